@@ -1,0 +1,220 @@
+//! Command line: `serve`, `replay`, `send`.
+
+use crate::config::{Config, SinkConfig, EXIT_BAD_CONFIG};
+use crate::schema::Schema;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// probewatch: detect model extraction and decision-boundary probing in mirrored inference
+/// traffic.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (embedded default config unless --config).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Ingest gRPC address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Write alerts as JSON Lines here (replaces the configured sinks' JSON Lines output).
+        #[arg(long)]
+        alerts_file: Option<String>,
+        /// Model schema (schema.json).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+    },
+    /// Run the pipeline offline over a recorded trace.
+    Replay {
+        trace: PathBuf,
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Alerts as JSON Lines (`-` for stdout).
+        #[arg(long)]
+        alerts: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Stream a trace into a running sidecar.
+    Send {
+        trace: PathBuf,
+        /// Sidecar ingest address, e.g. 127.0.0.1:50051.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Records per second (default: as fast as acknowledged).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, crate::config::ConfigError> {
+    match path {
+        Some(p) => Config::from_file(p),
+        None => Config::from_toml_str(""),
+    }
+}
+
+fn load_schema(
+    cfg: &Config,
+    flag: Option<&PathBuf>,
+) -> Result<Option<Schema>, crate::schema::SchemaError> {
+    flag.or(cfg.schema.as_ref())
+        .map(|p| Schema::from_file(p))
+        .transpose()
+}
+
+fn bad_config(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("probewatch: {e}");
+    ExitCode::from(EXIT_BAD_CONFIG as u8)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging(cli.log_json);
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            alerts_file,
+            schema,
+        } => {
+            let mut cfg = match load_config(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => return bad_config(e),
+            };
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            if let Some(f) = alerts_file {
+                cfg.alerts
+                    .sinks
+                    .retain(|s| !matches!(s, SinkConfig::Jsonl { .. }));
+                cfg.alerts.sinks.push(SinkConfig::Jsonl { path: f });
+            }
+            if let Err(e) = cfg.validate() {
+                return bad_config(e);
+            }
+            let schema = match load_schema(&cfg, schema.as_ref()) {
+                Ok(s) => s,
+                Err(e) => return bad_config(e),
+            };
+            run_async(serve(cfg, schema))
+        }
+        Command::Replay {
+            trace,
+            labels,
+            schema,
+            alerts,
+            config,
+        } => {
+            let cfg = match load_config(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => return bad_config(e),
+            };
+            let schema = match load_schema(&cfg, schema.as_ref()) {
+                Ok(s) => s,
+                Err(e) => return bad_config(e),
+            };
+            let opts = crate::replay::ReplayOptions {
+                labels: labels.as_deref(),
+                alerts_out: alerts.as_deref(),
+                progress: true,
+            };
+            match crate::replay::replay(Arc::new(cfg), schema, &trace, &opts) {
+                Ok(rep) => {
+                    eprintln!(
+                        "replayed {} records ({} accepted, {} rejected, {} unreadable lines): {} alerts raised, {} alert events",
+                        rep.records, rep.accepted, rep.rejected, rep.bad_lines, rep.raised.len(), rep.events
+                    );
+                    if let Some(s) = rep.score {
+                        eprint!("{}", s.render());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("probewatch replay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Send {
+            trace,
+            to,
+            batch,
+            rate,
+        } => run_async(async move {
+            let r = crate::send::send(&trace, &to, batch, rate).await?;
+            eprintln!(
+                "sent {} batches: {} accepted, {} rejected, {} alerts, {} unreadable lines",
+                r.batches, r.accepted, r.rejected, r.alerts, r.bad_lines
+            );
+            Ok(())
+        }),
+    }
+}
+
+fn run_async<F>(f: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("probewatch: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("probewatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: Config, schema: Option<Schema>) -> anyhow::Result<()> {
+    let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "probewatch ingest listening");
+    let sinks = cfg.alerts.sinks.clone();
+    let pipeline = Arc::new(crate::pipeline::Pipeline::new(
+        Arc::new(cfg),
+        schema,
+        crate::clock::system(),
+    )?);
+    let dispatcher = Arc::new(crate::alert::Dispatcher::start(&sinks)?);
+    crate::server::run(
+        listener,
+        pipeline,
+        dispatcher.clone(),
+        crate::server::shutdown_signal(),
+    )
+    .await?;
+    // The service's clones are gone once the server returns; drain the sinks.
+    if let Ok(d) = Arc::try_unwrap(dispatcher) {
+        d.shutdown(grace).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! Configuration: serde structs with `deny_unknown_fields`, an embedded default
+//! ([`DEFAULT_CONFIG_TOML`]) and a validation step that rejects bad values with a clear message.
+//!
+//! A user's file is merged over the embedded default key by key, so it only names what it
+//! changes. `probewatch` exits with code 64 (`EX_USAGE`) on a bad config.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The embedded default configuration.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default_config.toml");
+/// Exit code for a configuration error (sysexits `EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+/// Hard ceiling on one feature vector, whatever the config says.
+pub const MAX_INPUT_DIM_CEILING: usize = 1 << 20;
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub window: WindowConfig,
+    pub baseline: BaselineConfig,
+    pub detect: DetectConfig,
+    pub policy: PolicyConfig,
+    pub privacy: PrivacyConfig,
+    pub alerts: AlertsConfig,
+    /// Optional model schema (`schema.json` of the trace format).
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+}
+
+/// Ingest server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_batch_records: usize,
+    pub max_input_dim: usize,
+    pub max_output_dim: usize,
+    pub max_concurrent_batches: usize,
+    pub shed_after_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+/// Sliding windows and client bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    pub length_ms: i64,
+    pub bucket_ms: i64,
+    pub max_skew_ms: i64,
+    pub max_clients: usize,
+    pub idle_ttl_ms: i64,
+}
+
+impl WindowConfig {
+    /// Number of buckets in one window.
+    pub fn buckets(&self) -> usize {
+        (self.length_ms / self.bucket_ms).max(1) as usize
+    }
+}
+
+/// Learning normal traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    pub per_client_cap: u32,
+    pub reservoir: usize,
+    pub min_clients: usize,
+    pub min_samples: usize,
+    pub refresh_every: u64,
+}
+
+/// Detector settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    pub fingerprint: FingerprintConfig,
+    pub prada: PradaConfig,
+    pub margin: MarginConfig,
+    pub coverage: CoverageConfig,
+    pub drift: DriftConfig,
+    pub sanity: SanityConfig,
+}
+
+/// Blacklight-style fingerprints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FingerprintConfig {
+    pub window: usize,
+    pub top_n: usize,
+    pub quant_step: u32,
+    pub match_share: f64,
+    pub history: usize,
+    pub global_slots: usize,
+}
+
+/// PRADA.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PradaConfig {
+    pub delta: f64,
+    pub growing_set_cap: usize,
+    pub min_distances: usize,
+    pub test_every: u32,
+    pub distances: usize,
+}
+
+/// Decision-margin concentration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MarginConfig {
+    pub low_quantile: f64,
+}
+
+/// Feature-space coverage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoverageConfig {
+    pub projections: usize,
+    pub cell_bits: u32,
+}
+
+/// Drift from normal traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    pub iqr_k: f64,
+    pub min_width: f64,
+}
+
+/// Input sanity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SanityConfig {
+    pub domain_tolerance: f64,
+}
+
+/// Turning signals into alerts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub alpha: f64,
+    pub min_queries: u32,
+    pub quiet_ms: i64,
+}
+
+impl PolicyConfig {
+    /// CUSUM decision threshold `ln(1/alpha)`.
+    pub fn threshold(&self) -> f64 {
+        (1.0 / self.alpha).ln()
+    }
+}
+
+/// Client pseudonymisation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    pub pseudonymize_clients: bool,
+    pub key_env: String,
+}
+
+/// Alert sinks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// One alert sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON Lines to a file, or stdout with `path = "-"`.
+    Jsonl { path: String },
+    /// JSON POST of each alert.
+    Webhook {
+        url: String,
+        #[serde(default = "default_webhook_queue")]
+        queue: usize,
+        #[serde(default = "default_webhook_retries")]
+        max_retries: u32,
+        #[serde(default = "default_webhook_backoff_ms")]
+        backoff_ms: u64,
+        #[serde(default = "default_webhook_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+/// Default bounded queue length of a webhook sink.
+pub const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
+/// Default retries of one webhook delivery.
+pub const DEFAULT_WEBHOOK_RETRIES: u32 = 5;
+/// Default first backoff of a webhook retry.
+pub const DEFAULT_WEBHOOK_BACKOFF_MS: u64 = 200;
+/// Default per-request timeout of a webhook.
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5000;
+fn default_webhook_queue() -> usize {
+    DEFAULT_WEBHOOK_QUEUE
+}
+fn default_webhook_retries() -> u32 {
+    DEFAULT_WEBHOOK_RETRIES
+}
+fn default_webhook_backoff_ms() -> u64 {
+    DEFAULT_WEBHOOK_BACKOFF_MS
+}
+fn default_webhook_timeout_ms() -> u64 {
+    DEFAULT_WEBHOOK_TIMEOUT_MS
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded default is parsed and validated by a unit test.
+        Self::from_toml_str("").expect("embedded default config is valid")
+    }
+}
+
+impl Config {
+    /// Parses `text` as a user's file merged over the embedded default, then validates.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let mut base: toml::Value =
+            toml::from_str(DEFAULT_CONFIG_TOML).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let user: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        merge(&mut base, user);
+        let cfg: Config = base
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file (see [`Config::from_toml_str`]).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Checks every value a user can get wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_batch_records == 0 {
+            return Err(invalid("server.max_batch_records", "must be at least 1"));
+        }
+        if s.max_input_dim == 0 || s.max_input_dim > MAX_INPUT_DIM_CEILING {
+            return Err(invalid(
+                "server.max_input_dim",
+                format!("must be in 1..={MAX_INPUT_DIM_CEILING}"),
+            ));
+        }
+        if s.max_output_dim < 2 {
+            return Err(invalid("server.max_output_dim", "must be at least 2"));
+        }
+        if s.max_concurrent_batches == 0 {
+            return Err(invalid(
+                "server.max_concurrent_batches",
+                "must be at least 1",
+            ));
+        }
+        let w = &self.window;
+        if w.bucket_ms <= 0 || w.length_ms < w.bucket_ms {
+            return Err(invalid("window", "need 0 < bucket_ms <= length_ms"));
+        }
+        if w.length_ms / w.bucket_ms > 1024 {
+            return Err(invalid("window", "at most 1024 buckets per window"));
+        }
+        if w.max_skew_ms < 0 || w.idle_ttl_ms <= 0 {
+            return Err(invalid(
+                "window",
+                "max_skew_ms must be >= 0 and idle_ttl_ms > 0",
+            ));
+        }
+        if w.max_clients == 0 {
+            return Err(invalid("window.max_clients", "must be at least 1"));
+        }
+        let b = &self.baseline;
+        if b.per_client_cap == 0 || b.reservoir < 16 || b.refresh_every == 0 {
+            return Err(invalid(
+                "baseline",
+                "need per_client_cap >= 1, reservoir >= 16, refresh_every >= 1",
+            ));
+        }
+        if b.min_samples > b.reservoir {
+            return Err(invalid(
+                "baseline.min_samples",
+                "cannot exceed baseline.reservoir",
+            ));
+        }
+        let f = &self.detect.fingerprint;
+        if f.window == 0 || f.top_n == 0 || f.top_n > 64 || f.quant_step == 0 || f.quant_step > 255
+        {
+            return Err(invalid(
+                "detect.fingerprint",
+                "need window >= 1, 1 <= top_n <= 64, 1 <= quant_step <= 255",
+            ));
+        }
+        if !(f.match_share > 0.0 && f.match_share < 1.0) {
+            return Err(invalid(
+                "detect.fingerprint.match_share",
+                "must be in (0, 1)",
+            ));
+        }
+        if f.history == 0 || f.history > 4096 || !f.global_slots.is_power_of_two() {
+            return Err(invalid(
+                "detect.fingerprint",
+                "need 1 <= history <= 4096 and global_slots a power of two",
+            ));
+        }
+        let p = &self.detect.prada;
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            return Err(invalid("detect.prada.delta", "must be in (0, 1)"));
+        }
+        if p.growing_set_cap == 0 || p.test_every == 0 || p.min_distances < 3 {
+            return Err(invalid(
+                "detect.prada",
+                "need growing_set_cap >= 1, test_every >= 1, min_distances >= 3",
+            ));
+        }
+        if p.distances < p.min_distances || p.distances > 5000 {
+            return Err(invalid(
+                "detect.prada.distances",
+                "must be in min_distances..=5000 (Shapiro-Wilk's range)",
+            ));
+        }
+        let m = &self.detect.margin;
+        if !(m.low_quantile > 0.0 && m.low_quantile < 0.5) {
+            return Err(invalid("detect.margin.low_quantile", "must be in (0, 0.5)"));
+        }
+        let c = &self.detect.coverage;
+        if c.projections == 0 || c.projections > 16 || c.cell_bits == 0 || c.cell_bits > 4 {
+            return Err(invalid(
+                "detect.coverage",
+                "need 1 <= projections <= 16 and 1 <= cell_bits <= 4",
+            ));
+        }
+        let d = &self.detect.drift;
+        if !(d.iqr_k >= 0.0 && d.min_width >= 0.0) {
+            return Err(invalid("detect.drift", "iqr_k and min_width must be >= 0"));
+        }
+        if !(self.detect.sanity.domain_tolerance >= 0.0) {
+            return Err(invalid("detect.sanity.domain_tolerance", "must be >= 0"));
+        }
+        let pol = &self.policy;
+        if !(pol.alpha > 0.0 && pol.alpha < 0.5) {
+            return Err(invalid("policy.alpha", "must be in (0, 0.5)"));
+        }
+        if pol.quiet_ms <= 0 {
+            return Err(invalid("policy.quiet_ms", "must be > 0"));
+        }
+        if self.privacy.pseudonymize_clients && self.privacy.key_env.is_empty() {
+            return Err(invalid(
+                "privacy.key_env",
+                "must name an environment variable",
+            ));
+        }
+        for sink in &self.alerts.sinks {
+            if let SinkConfig::Webhook { url, queue, .. } = sink {
+                let ok = url.starts_with("http://") || url.starts_with("https://");
+                if !ok || reqwest::Url::parse(url).is_err() {
+                    return Err(invalid(
+                        "alerts.sinks.url",
+                        format!("{url:?} is not an http(s) URL"),
+                    ));
+                }
+                if *queue == 0 {
+                    return Err(invalid("alerts.sinks.queue", "must be at least 1"));
+                }
+            }
+            if let SinkConfig::Jsonl { path } = sink {
+                if path.is_empty() {
+                    return Err(invalid("alerts.sinks.path", "must be a file path or \"-\""));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Merges `over` into `base`: tables key by key, everything else replaced.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::default();
+        assert_eq!(c.window.buckets(), 15);
+        assert_eq!(c.alerts.sinks.len(), 1);
+        assert!((c.policy.threshold() - 13.8155).abs() < 1e-3);
+    }
+
+    #[test]
+    fn user_file_overrides_only_what_it_names() {
+        let c = Config::from_toml_str("[window]\nbucket_ms = 30000\n").unwrap();
+        assert_eq!(c.window.bucket_ms, 30_000);
+        assert_eq!(c.window.length_ms, Config::default().window.length_ms);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(err("[window]\nbukket_ms = 1\n").contains("bukket_ms"));
+        assert!(err("[nonsense]\nx = 1\n").contains("nonsense"));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_field_name() {
+        assert!(err("[window]\nbucket_ms = 0\n").contains("window"));
+        assert!(err("[detect.prada]\ndelta = 1.5\n").contains("detect.prada.delta"));
+        assert!(err("[policy]\nalpha = 0\n").contains("policy.alpha"));
+        assert!(err("[detect.fingerprint]\nglobal_slots = 1000\n").contains("global_slots"));
+        assert!(err("[detect.margin]\nlow_quantile = 0.7\n").contains("low_quantile"));
+        assert!(err("[server]\nmax_input_dim = 0\n").contains("max_input_dim"));
+    }
+
+    #[test]
+    fn bad_sinks_are_rejected() {
+        let e = err("[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"ftp://x\"\n");
+        assert!(e.contains("not an http(s) URL"), "{e}");
+        let e = err("[[alerts.sinks]]\ntype = \"carrier_pigeon\"\n");
+        assert!(e.contains("carrier_pigeon"), "{e}");
+    }
+
+    #[test]
+    fn webhook_defaults_apply() {
+        let c = Config::from_toml_str(
+            "[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.alerts.sinks[0],
+            SinkConfig::Webhook {
+                url: "http://127.0.0.1:9/x".into(),
+                queue: DEFAULT_WEBHOOK_QUEUE,
+                max_retries: DEFAULT_WEBHOOK_RETRIES,
+                backoff_ms: DEFAULT_WEBHOOK_BACKOFF_MS,
+                timeout_ms: DEFAULT_WEBHOOK_TIMEOUT_MS,
+            }
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Drift from normal traffic: how many features of a query fall outside the fences of the
+//! model's normal traffic (Tukey fences on the learned sample, or the schema's training
+//! range). Uniform-random and out-of-domain (Knockoff-style) query sets put many features
+//! where normal queries never go; the threshold on that count is itself learned (the 99th
+//! percentile among normal queries), so noisy-but-benign traffic sets its own bar.
+
+use super::{Detector, ModelView, Query, Signals};
+
+/// The drift detector.
+#[derive(Debug, Default)]
+pub struct Drift;
+
+impl Detector for Drift {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "drift"
+    }
+
+    fn new_state(&self) {}
+
+    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &mut (), sig: &mut Signals) {
+        if !m.baseline.ready {
+            return;
+        }
+        sig.out_count = m.baseline.out_count(q.sketch);
+        sig.out_of_range = sig.out_count > m.baseline.out_threshold;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Answer;
+    use crate::window::baseline::Baseline;
+
+    #[test]
+    fn counts_features_outside_the_fences() {
+        let b = Baseline::unit_scale(4, 1.0); // fences [0, 1], threshold 2
+        let m = ModelView {
+            baseline: &b,
+            schema: None,
+        };
+        let mut check = |x: [f32; 4]| {
+            let q = Query {
+                ts_ms: 0,
+                input: &x,
+                sketch: &x,
+                answer: Answer {
+                    class: None,
+                    margin: None,
+                },
+                client_tag: 0,
+            };
+            let mut s = Signals::default();
+            Drift.observe(&q, &m, &mut (), &mut s);
+            (s.out_count, s.out_of_range)
+        };
+        assert_eq!(check([0.5, 0.5, 0.5, 0.5]), (0, false));
+        assert_eq!(check([2.0, -1.0, 0.5, 0.5]), (2, false));
+        assert_eq!(check([2.0, -1.0, 3.0, 0.5]), (3, true));
+    }
+}

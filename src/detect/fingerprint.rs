@@ -1,0 +1,395 @@
+//! Near-duplicate fingerprints after Blacklight (Li et al., USENIX Security 2022).
+//!
+//! The input is scaled to [0, 255] per feature (with the model's frozen normalisation),
+//! salted, folded modulo 255 and rounded to multiples of `quant_step`, as in the reference.
+//! Every window of `window` consecutive quantised values is hashed; the `top_n` largest
+//! distinct hashes are the query's fingerprint (a consistent pseudo-random choice). A query
+//! sharing more than `match_share` of its hashes with an earlier one is a near-duplicate.
+//!
+//! Differences from the reference, and why:
+//! - Each client keeps only its last `history` fingerprints and the model keeps one
+//!   direct-mapped global table of `global_slots` hashes, so memory is bounded (the reference
+//!   table grows without limit).
+//! - Bit-identical repeats (retries) are counted apart as exact duplicates and are not
+//!   near-duplicates: benign clients retry.
+//! - Hashes are a 64-bit polynomial hash finalised with splitmix64, not SHA-256: nothing here
+//!   needs a cryptographic hash, and this keeps fingerprints at a few hundred ns per query.
+
+use super::{mix64, Detector, ModelView, Query, Signals};
+use crate::config::FingerprintConfig;
+use parking_lot::Mutex;
+
+/// The fingerprint detector.
+#[derive(Debug)]
+pub struct Fingerprint {
+    cfg: FingerprintConfig,
+}
+
+/// A client's recent fingerprints (a ring) and exact-input hashes.
+#[derive(Debug, Clone)]
+pub struct FingerprintState {
+    hashes: Box<[u32]>,
+    lens: Box<[u8]>,
+    classes: Box<[u32]>,
+    exact: Box<[u64]>,
+    next: usize,
+    filled: usize,
+    seq: u32,
+}
+
+/// Model-wide table of recent hashes from every client, to see one probe spread over
+/// several accounts. Direct-mapped: a new hash overwrites its slot.
+#[derive(Debug)]
+pub struct GlobalTable {
+    slots: Mutex<Vec<GlobalSlot>>,
+    mask: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GlobalSlot {
+    hash: u32,
+    client: u32,
+    seq: u32,
+}
+
+impl GlobalTable {
+    /// A table of `slots` entries (a power of two).
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.next_power_of_two().max(1);
+        Self {
+            slots: Mutex::new(vec![GlobalSlot::default(); slots]),
+            mask: slots - 1,
+        }
+    }
+
+    /// Counts this query's hashes found under one other client's single earlier query
+    /// (the best such query), then stores this query's hashes.
+    fn check_and_insert(&self, hashes: &[u32], client: u32, seq: u32) -> u32 {
+        let mut cands: [(u32, u32); 64] = [(0, 0); 64];
+        let mut n = 0;
+        let mut slots = self.slots.lock();
+        for &h in hashes {
+            let s = &mut slots[(h as usize) & self.mask];
+            if s.hash == h && s.client != client && s.client != 0 {
+                cands[n] = (s.client, s.seq);
+                n += 1;
+            }
+            *s = GlobalSlot {
+                hash: h,
+                client,
+                seq,
+            };
+        }
+        drop(slots);
+        let c = &mut cands[..n];
+        c.sort_unstable();
+        let mut best = 0u32;
+        let mut run = 0u32;
+        for i in 0..c.len() {
+            run = if i > 0 && c[i] == c[i - 1] {
+                run + 1
+            } else {
+                1
+            };
+            best = best.max(run);
+        }
+        best
+    }
+}
+
+impl Fingerprint {
+    /// A detector with these settings.
+    pub fn new(cfg: FingerprintConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// Computes the query's fingerprint into `out` (sorted ascending); returns its length.
+    pub fn fingerprint(&self, sketch: &[f32], m: &ModelView<'_>, out: &mut [u32; 64]) -> usize {
+        let b = m.baseline;
+        let step = self.cfg.quant_step as f32;
+        let d = sketch.len();
+        let w = self.cfg.window.min(d).max(1);
+        // Quantised codes, then a polynomial hash of every window via prefix powers.
+        let mut codes = [0u8; crate::pipeline::SKETCH_DIM];
+        for (j, &x) in sketch.iter().enumerate() {
+            let (lo, scale) = b.norm(j);
+            let v = ((x - lo) / scale * 255.0 + b.salt(j)).rem_euclid(255.0);
+            codes[j] = (v / step).round() as u8;
+        }
+        let mut all = [0u64; crate::pipeline::SKETCH_DIM];
+        let nwin = d + 1 - w;
+        const P: u64 = 0x100_0000_01B3;
+        let mut pw = 1u64;
+        for _ in 0..w {
+            pw = pw.wrapping_mul(P);
+        }
+        let mut h = 0u64;
+        for (j, &c) in codes[..d].iter().enumerate() {
+            h = h.wrapping_mul(P).wrapping_add(u64::from(c) + 1);
+            if j >= w {
+                h = h.wrapping_sub(pw.wrapping_mul(u64::from(codes[j - w]) + 1));
+            }
+            if j + 1 >= w {
+                // Mix in the position so equal windows at different places differ.
+                all[j + 1 - w] = mix64(h ^ ((j as u64) << 56));
+            }
+        }
+        let all = &mut all[..nwin];
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        let mut n = 0;
+        let mut last = None;
+        for &v in all.iter() {
+            let v32 = (v >> 32) as u32;
+            if last == Some(v32) {
+                continue;
+            }
+            last = Some(v32);
+            out[n] = v32;
+            n += 1;
+            if n == self.cfg.top_n.min(64) {
+                break;
+            }
+        }
+        out[..n].sort_unstable();
+        n
+    }
+
+    /// Checks against the model-wide table; call with the same fingerprint as `observe`.
+    pub fn check_global(
+        &self,
+        table: &GlobalTable,
+        fp: &[u32],
+        client_tag: u64,
+        st: &FingerprintState,
+    ) -> bool {
+        let client = (client_tag as u32).max(1);
+        let best = table.check_and_insert(fp, client, st.seq);
+        !fp.is_empty() && f64::from(best) > self.cfg.match_share * fp.len() as f64
+    }
+
+    /// Observes a query given its precomputed fingerprint.
+    pub fn observe_fp(
+        &self,
+        q: &Query<'_>,
+        fp: &[u32],
+        st: &mut FingerprintState,
+        sig: &mut Signals,
+    ) {
+        let top = self.cfg.top_n.min(64);
+        let exact = exact_hash(q.input);
+        if st.exact[..st.filled].contains(&exact) {
+            sig.exact_dup = true;
+        } else {
+            let mut best = 0u32;
+            let mut best_i = usize::MAX;
+            for i in 0..st.filled {
+                let len = st.lens[i] as usize;
+                let other = &st.hashes[i * top..i * top + len];
+                let c = intersect_sorted(fp, other);
+                if c > best {
+                    best = c;
+                    best_i = i;
+                }
+            }
+            sig.best_match = best;
+            if !fp.is_empty() && f64::from(best) > self.cfg.match_share * fp.len() as f64 {
+                sig.near_dup = true;
+                if let Some(c) = q.answer.class {
+                    sig.flip = st.classes[best_i] != c;
+                }
+            }
+        }
+        let i = st.next;
+        st.hashes[i * top..i * top + fp.len()].copy_from_slice(fp);
+        st.lens[i] = fp.len() as u8;
+        st.classes[i] = q.answer.class.unwrap_or(u32::MAX);
+        st.exact[i] = exact;
+        st.next = (i + 1) % self.cfg.history;
+        st.filled = (st.filled + 1).min(self.cfg.history);
+        st.seq = st.seq.wrapping_add(1);
+    }
+}
+
+impl Detector for Fingerprint {
+    type State = FingerprintState;
+
+    fn name(&self) -> &'static str {
+        "fingerprint"
+    }
+
+    fn new_state(&self) -> FingerprintState {
+        let h = self.cfg.history;
+        FingerprintState {
+            hashes: vec![0; h * self.cfg.top_n.min(64)].into_boxed_slice(),
+            lens: vec![0; h].into_boxed_slice(),
+            classes: vec![u32::MAX; h].into_boxed_slice(),
+            exact: vec![0; h].into_boxed_slice(),
+            next: 0,
+            filled: 0,
+            seq: 0,
+        }
+    }
+
+    fn observe(
+        &self,
+        q: &Query<'_>,
+        m: &ModelView<'_>,
+        st: &mut FingerprintState,
+        sig: &mut Signals,
+    ) {
+        let mut buf = [0u32; 64];
+        let n = self.fingerprint(q.sketch, m, &mut buf);
+        self.observe_fp(q, &buf[..n], st, sig);
+    }
+}
+
+impl FingerprintState {
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.hashes.len() * 4 + self.lens.len() + self.classes.len() * 4 + self.exact.len() * 8
+    }
+}
+
+/// Hash of the exact input bits (for retries).
+pub fn exact_hash(input: &[f32]) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64;
+    for &x in input {
+        h = mix64(h ^ u64::from(x.to_bits()));
+    }
+    h
+}
+
+/// Size of the intersection of two ascending slices.
+fn intersect_sorted(a: &[u32], b: &[u32]) -> u32 {
+    let (mut i, mut j, mut c) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                c += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::record::Answer;
+    use crate::window::baseline::Baseline;
+
+    fn det() -> Fingerprint {
+        Fingerprint::new(Config::default().detect.fingerprint)
+    }
+
+    fn q<'a>(x: &'a [f32], class: u32) -> Query<'a> {
+        Query {
+            ts_ms: 0,
+            input: x,
+            sketch: x,
+            answer: Answer {
+                class: Some(class),
+                margin: Some(0.5),
+            },
+            client_tag: 7,
+        }
+    }
+
+    fn image(seed: u64) -> Vec<f32> {
+        (0..64)
+            .map(|i| (super::super::unit(seed, i) * 16.0).floor() as f32)
+            .collect()
+    }
+
+    fn run(d: &Fingerprint, st: &mut FingerprintState, x: &[f32], class: u32) -> Signals {
+        let b = Baseline::unit_scale(x.len(), 16.0);
+        let m = ModelView {
+            baseline: &b,
+            schema: None,
+        };
+        let mut s = Signals::default();
+        d.observe(&q(x, class), &m, st, &mut s);
+        s
+    }
+
+    #[test]
+    fn distinct_inputs_are_not_near_duplicates() {
+        let d = det();
+        let mut st = d.new_state();
+        for seed in 0..40 {
+            let s = run(&d, &mut st, &image(seed), 0);
+            assert!(!s.near_dup && !s.exact_dup, "seed {seed}: {s:?}");
+        }
+    }
+
+    #[test]
+    fn small_perturbations_match_and_flips_are_seen() {
+        let d = det();
+        let mut st = d.new_state();
+        let x = image(1);
+        run(&d, &mut st, &x, 3);
+        let mut y = x.clone();
+        y[10] += 0.05;
+        y[40] -= 0.05;
+        let s = run(&d, &mut st, &y, 5);
+        assert!(s.near_dup, "{s:?}");
+        assert!(s.flip);
+        assert!(!s.exact_dup);
+    }
+
+    #[test]
+    fn exact_repeats_are_counted_apart() {
+        let d = det();
+        let mut st = d.new_state();
+        let x = image(2);
+        run(&d, &mut st, &x, 1);
+        let s = run(&d, &mut st, &x, 1);
+        assert!(s.exact_dup && !s.near_dup);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let d = det();
+        let mut st = d.new_state();
+        let bytes = st.heap_bytes();
+        for seed in 0..500 {
+            run(&d, &mut st, &image(seed), 0);
+        }
+        assert_eq!(st.heap_bytes(), bytes);
+        // The first image has left the ring.
+        let s = run(&d, &mut st, &image(0), 0);
+        assert!(!s.exact_dup);
+    }
+
+    #[test]
+    fn global_table_sees_other_clients_only() {
+        let d = det();
+        let t = GlobalTable::new(1024);
+        let b = Baseline::unit_scale(64, 16.0);
+        let m = ModelView {
+            baseline: &b,
+            schema: None,
+        };
+        let x = image(9);
+        let mut fp = [0u32; 64];
+        let n = d.fingerprint(&x, &m, &mut fp);
+        let a = d.new_state();
+        assert!(!d.check_global(&t, &fp[..n], 1, &a));
+        assert!(
+            !d.check_global(&t, &fp[..n], 1, &a),
+            "same client is not cross-account"
+        );
+        assert!(d.check_global(&t, &fp[..n], 2, &a));
+    }
+
+    #[test]
+    fn intersection_counts_common_values() {
+        assert_eq!(intersect_sorted(&[1, 3, 5, 7], &[2, 3, 7, 9]), 2);
+        assert_eq!(intersect_sorted(&[], &[1]), 0);
+    }
+}

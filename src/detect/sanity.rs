@@ -1,0 +1,82 @@
+//! Input sanity against the schema's valid domain (e.g. pixels 0..16): a value outside it is
+//! impossible for a genuine input. Non-finite values never reach the detectors (ingest
+//! rejects them) but are counted against the client by the pipeline.
+
+use super::{Detector, ModelView, Query, Signals};
+
+/// The sanity detector.
+#[derive(Debug, Default)]
+pub struct Sanity {
+    /// Allowed excess beyond the domain, as a share of the domain's width.
+    pub tolerance: f64,
+}
+
+impl Detector for Sanity {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "sanity"
+    }
+
+    fn new_state(&self) {}
+
+    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &mut (), sig: &mut Signals) {
+        let Some(schema) = m.schema else { return };
+        let mut n = 0;
+        for (j, &x) in q.input.iter().enumerate() {
+            if let Some((lo, hi)) = schema.domain(j) {
+                let slack = self.tolerance * (hi - lo);
+                let x = f64::from(x);
+                if x < lo - slack || x > hi + slack {
+                    n += 1;
+                }
+            }
+        }
+        sig.domain_violations = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Answer;
+    use crate::schema::Schema;
+    use crate::window::baseline::Baseline;
+
+    #[test]
+    fn counts_values_outside_the_domain() {
+        let schema = Schema::from_json(
+            r#"{"n_features":3,"input_domain_min":[0,0,0],"input_domain_max":[16,16,16]}"#,
+        )
+        .unwrap();
+        let b = Baseline::unit_scale(3, 16.0);
+        let m = ModelView {
+            baseline: &b,
+            schema: Some(&schema),
+        };
+        let x = [-1.0f32, 16.0, 40.0];
+        let q = Query {
+            ts_ms: 0,
+            input: &x,
+            sketch: &x,
+            answer: Answer {
+                class: None,
+                margin: None,
+            },
+            client_tag: 0,
+        };
+        let mut s = Signals::default();
+        Sanity { tolerance: 0.0 }.observe(&q, &m, &mut (), &mut s);
+        assert_eq!(s.domain_violations, 2);
+        let mut s = Signals::default();
+        Sanity { tolerance: 0.1 }.observe(&q, &m, &mut (), &mut s);
+        assert_eq!(s.domain_violations, 1, "-1 is within 10% of the width");
+        let m = ModelView {
+            baseline: &b,
+            schema: None,
+        };
+        let mut s = Signals::default();
+        Sanity { tolerance: 0.0 }.observe(&q, &m, &mut (), &mut s);
+        assert_eq!(s.domain_violations, 0, "no schema, no domain");
+    }
+}

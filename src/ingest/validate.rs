@@ -1,0 +1,283 @@
+//! Stateless checks of one wire record. The model-dependent check (input dimension) is made
+//! by the pipeline, which knows the model's schema.
+
+use crate::proto::v1::{OutputKind, QueryRecord, RejectReason};
+use crate::record::{looks_like_probabilities, softmax, Output, Record};
+use std::sync::Arc;
+
+/// Why one record was rejected; `detail` never contains input values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str_name())]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Reject {
+    /// A rejection with a reason and detail.
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Size limits applied before anything is allocated per record.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_input_dim: usize,
+    pub max_output_dim: usize,
+    pub max_id_len: usize,
+}
+
+/// Longest client id, model name or request id accepted.
+pub const DEFAULT_MAX_ID_LEN: usize = 256;
+
+/// Checks and converts a wire record. `default_model` names records with an empty model;
+/// `now_ms` stamps records without a timestamp.
+pub fn validate(
+    rec: QueryRecord,
+    limits: &Limits,
+    default_model: &Arc<str>,
+    now_ms: i64,
+) -> Result<Record, Reject> {
+    use RejectReason as R;
+    if rec.client_id.trim().is_empty() {
+        return Err(Reject::new(R::MissingClient, "client_id is empty"));
+    }
+    if rec.client_id.len() > limits.max_id_len || rec.model.len() > limits.max_id_len {
+        return Err(Reject::new(
+            R::BadField,
+            format!("client_id/model longer than {} bytes", limits.max_id_len),
+        ));
+    }
+    if rec.input.is_empty() {
+        return Err(Reject::new(R::EmptyInput, "input is empty"));
+    }
+    if rec.input.len() > limits.max_input_dim {
+        return Err(Reject::new(
+            R::InputTooLarge,
+            format!(
+                "input has {} values, limit {}",
+                rec.input.len(),
+                limits.max_input_dim
+            ),
+        ));
+    }
+    if let Some(i) = rec.input.iter().position(|v| !v.is_finite()) {
+        return Err(Reject::new(
+            R::NonFinite,
+            format!("input[{i}] is not finite"),
+        ));
+    }
+    if rec.output.len() > limits.max_output_dim {
+        return Err(Reject::new(
+            R::BadOutput,
+            format!(
+                "output has {} values, limit {}",
+                rec.output.len(),
+                limits.max_output_dim
+            ),
+        ));
+    }
+    if rec.output.iter().any(|v| !v.is_finite()) {
+        return Err(Reject::new(R::BadOutput, "output has a non-finite value"));
+    }
+    if rec.ts_ms < 0 {
+        return Err(Reject::new(R::BadField, "ts_ms is negative"));
+    }
+    let kind = OutputKind::try_from(rec.output_kind).unwrap_or(OutputKind::Unspecified);
+    let output = if rec.output.len() == 1 {
+        return Err(Reject::new(
+            R::BadOutput,
+            "output needs at least two classes (send a label instead)",
+        ));
+    } else if !rec.output.is_empty() {
+        let probs = match kind {
+            OutputKind::Probabilities => {
+                if !looks_like_probabilities(&rec.output) {
+                    return Err(Reject::new(
+                        R::BadOutput,
+                        "output_kind is PROBABILITIES but values are not in [0,1] summing to 1",
+                    ));
+                }
+                rec.output
+            }
+            OutputKind::Logits => softmax(&rec.output),
+            OutputKind::Unspecified => {
+                if looks_like_probabilities(&rec.output) {
+                    rec.output
+                } else {
+                    softmax(&rec.output)
+                }
+            }
+        };
+        Output::Probabilities(probs)
+    } else if let Some(l) = rec.label {
+        Output::Label(l)
+    } else {
+        Output::None
+    };
+    let model: Arc<str> = if rec.model.is_empty() {
+        default_model.clone()
+    } else {
+        Arc::from(rec.model.as_str())
+    };
+    Ok(Record {
+        client: Arc::from(rec.client_id.as_str()),
+        model,
+        ts_ms: if rec.ts_ms == 0 { now_ms } else { rec.ts_ms },
+        input: rec.input,
+        output,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_input_dim: 8,
+            max_output_dim: 4,
+            max_id_len: 16,
+        }
+    }
+
+    fn good() -> QueryRecord {
+        QueryRecord {
+            client_id: "c1".into(),
+            ts_ms: 5,
+            input: vec![1.0, 2.0],
+            output: vec![0.25, 0.75],
+            ..Default::default()
+        }
+    }
+
+    fn check(r: QueryRecord) -> Result<Record, Reject> {
+        validate(r, &limits(), &Arc::from("default"), 99)
+    }
+
+    #[test]
+    fn good_record_passes_with_defaults_filled() {
+        let r = check(QueryRecord { ts_ms: 0, ..good() }).unwrap();
+        assert_eq!(&*r.model, "default");
+        assert_eq!(r.ts_ms, 99);
+        assert_eq!(r.output, Output::Probabilities(vec![0.25, 0.75]));
+    }
+
+    #[test]
+    fn each_bad_field_has_its_reason() {
+        use RejectReason as R;
+        let cases = [
+            (
+                QueryRecord {
+                    client_id: " ".into(),
+                    ..good()
+                },
+                R::MissingClient,
+            ),
+            (
+                QueryRecord {
+                    input: vec![],
+                    ..good()
+                },
+                R::EmptyInput,
+            ),
+            (
+                QueryRecord {
+                    input: vec![0.0; 9],
+                    ..good()
+                },
+                R::InputTooLarge,
+            ),
+            (
+                QueryRecord {
+                    input: vec![1.0, f32::NAN],
+                    ..good()
+                },
+                R::NonFinite,
+            ),
+            (
+                QueryRecord {
+                    input: vec![f32::INFINITY],
+                    ..good()
+                },
+                R::NonFinite,
+            ),
+            (
+                QueryRecord {
+                    output: vec![0.1; 5],
+                    ..good()
+                },
+                R::BadOutput,
+            ),
+            (
+                QueryRecord {
+                    output: vec![1.0],
+                    ..good()
+                },
+                R::BadOutput,
+            ),
+            (
+                QueryRecord {
+                    output: vec![0.5, f32::NAN],
+                    ..good()
+                },
+                R::BadOutput,
+            ),
+            (
+                QueryRecord {
+                    ts_ms: -1,
+                    ..good()
+                },
+                R::BadField,
+            ),
+            (
+                QueryRecord {
+                    client_id: "x".repeat(17),
+                    ..good()
+                },
+                R::BadField,
+            ),
+            (
+                QueryRecord {
+                    output: vec![3.0, 1.0],
+                    output_kind: OutputKind::Probabilities as i32,
+                    ..good()
+                },
+                R::BadOutput,
+            ),
+        ];
+        for (rec, want) in cases {
+            let got = check(rec).unwrap_err();
+            assert_eq!(got.reason, want, "{got}");
+            assert!(!got.detail.contains("NaN"), "detail must not echo values");
+        }
+    }
+
+    #[test]
+    fn logits_become_probabilities() {
+        let r = check(QueryRecord {
+            output: vec![2.0, 0.0],
+            ..good()
+        })
+        .unwrap();
+        let Output::Probabilities(p) = r.output else {
+            panic!("expected probabilities")
+        };
+        assert!((p[0] - 0.8808).abs() < 1e-3);
+    }
+
+    #[test]
+    fn label_only_answers_are_kept() {
+        let r = check(QueryRecord {
+            output: vec![],
+            label: Some(3),
+            ..good()
+        })
+        .unwrap();
+        assert_eq!(r.output, Output::Label(3));
+    }
+}

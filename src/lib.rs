@@ -1,0 +1,50 @@
+//! # probewatch
+//!
+//! A sidecar that watches a model's mirrored query/response stream and raises alerts when a
+//! client extracts the model or probes its decision boundary.
+//!
+//! # Layout
+//!
+//! The modules follow one record from the wire to an alert (see `ARCHITECTURE.md`):
+//!
+//! - [`ingest`]: the gRPC ingest service (`probewatch.v1.Ingest`), batch acks, backpressure;
+//!   [`ingest::validate`] checks each record.
+//! - [`pipeline`]: the per-record pipeline shared by the server and offline replay.
+//! - [`window`]: per-client sliding-window sketches in a dashmap ([`window::store`]) and
+//!   the model's learned normal traffic ([`window::baseline`]).
+//! - [`detect`]: one module per detector, and the [`detect::policy`] that turns their
+//!   signals into alerts.
+//! - [`alert`]: the alert model and its sinks (JSON Lines, webhook).
+//! - [`server`]: `serve`: the gRPC server with health and reflection, graceful shutdown.
+//! - [`replay`]: offline replay of a recorded trace, with scoring against labels;
+//!   [`trace`] reads the trace format; [`send`] streams a trace to a running sidecar.
+//! - [`config`], [`schema`], [`record`], [`clock`], [`telemetry`]: the supporting cast.
+#![forbid(unsafe_code)]
+
+pub mod alert;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod detect;
+pub mod ingest;
+pub mod pipeline;
+pub mod record;
+pub mod replay;
+pub mod schema;
+pub mod send;
+pub mod server;
+pub mod telemetry;
+pub mod trace;
+pub mod window;
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    /// `probewatch.v1`.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("probewatch.v1");
+    }
+    /// Encoded file descriptors, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/probewatch_descriptor.bin"));
+}

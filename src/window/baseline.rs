@@ -1,0 +1,391 @@
+//! The model's normal traffic, learned from the stream itself.
+//!
+//! Robustness comes from *who* may contribute: each client offers at most
+//! `per_client_cap` of its queries to a bounded reservoir, and clients that raise an alert
+//! are purged from it. A heavy attacker therefore weighs no more than a light benign client,
+//! and stops counting once caught. Figures are per-feature robust statistics (quartiles,
+//! Tukey fences) and rates of each detector event, so thresholds are relative to the model's
+//! normal, not fixed numbers.
+
+use crate::config::{BaselineConfig, DriftConfig, MarginConfig};
+use crate::schema::Schema;
+
+/// One query offered to the reservoir.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub tag: u64,
+    pub sketch: Box<[f32]>,
+    pub margin: Option<f32>,
+    pub prada_distance: Option<f32>,
+    pub structured: bool,
+}
+
+/// A bounded uniform sample (Algorithm R, deterministic seed) of contributed queries.
+#[derive(Debug)]
+pub struct Reservoir {
+    cap: usize,
+    seen: u64,
+    rng: u64,
+    samples: Vec<Sample>,
+}
+
+impl Reservoir {
+    /// An empty reservoir of `cap` samples.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: 0,
+            rng: 0x5EED_0F_BA5E_11AE,
+            samples: Vec::with_capacity(cap),
+        }
+    }
+
+    /// Offers a sample.
+    pub fn offer(&mut self, s: Sample) {
+        self.seen += 1;
+        if self.samples.len() < self.cap {
+            self.samples.push(s);
+            return;
+        }
+        self.rng = crate::detect::mix64(self.rng);
+        let j = self.rng % self.seen;
+        if (j as usize) < self.cap {
+            self.samples[j as usize] = s;
+        }
+    }
+
+    /// Removes every sample of a client (it raised an alert: it is not normal).
+    pub fn purge(&mut self, tag: u64) -> usize {
+        let before = self.samples.len();
+        self.samples.retain(|s| s.tag != tag);
+        before - self.samples.len()
+    }
+
+    /// Samples held.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// Base rates of the per-query events the policy tests.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Rates {
+    pub low_margin: f64,
+    pub out_of_range: f64,
+    pub structured: f64,
+}
+
+/// A snapshot of the model's normal traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    /// True once enough clients and samples have been seen.
+    pub ready: bool,
+    pub samples: usize,
+    pub clients: usize,
+    norm_lo: Vec<f32>,
+    norm_scale: Vec<f32>,
+    salt: Vec<f32>,
+    /// Drift fences per sketch dimension.
+    pub fence_lo: Vec<f32>,
+    pub fence_hi: Vec<f32>,
+    /// Spread of each dimension (q99 - q01, floored).
+    pub scale: Vec<f32>,
+    /// Median of each dimension.
+    pub center: Vec<f32>,
+    /// A query is out of range when more than this many dimensions are outside the fences.
+    pub out_threshold: u32,
+    /// Margins below this are "low".
+    pub margin_low: Option<f32>,
+    /// Radius within which an earlier query counts as the same neighbourhood.
+    pub near_radius: Option<f32>,
+    pub rates: Rates,
+}
+
+fn quantile_sorted(v: &[f32], q: f64) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let pos = q * (v.len() - 1) as f64;
+    let (i, f) = (pos.floor() as usize, pos.fract() as f32);
+    let j = (i + 1).min(v.len() - 1);
+    v[i] * (1.0 - f) + v[j] * f
+}
+
+impl Baseline {
+    /// Not ready; identity normalisation over `dims` dimensions.
+    pub fn empty(dims: usize) -> Self {
+        Self::unit_scale(dims, 1.0).not_ready()
+    }
+
+    fn not_ready(mut self) -> Self {
+        self.ready = false;
+        self
+    }
+
+    /// A ready baseline with every dimension spanning `[0, range]` (tests, benches).
+    pub fn unit_scale(dims: usize, range: f32) -> Self {
+        Self {
+            ready: true,
+            samples: 0,
+            clients: 0,
+            norm_lo: vec![0.0; dims],
+            norm_scale: vec![range; dims],
+            salt: salts(dims),
+            fence_lo: vec![0.0; dims],
+            fence_hi: vec![range; dims],
+            scale: vec![range; dims],
+            center: vec![range / 2.0; dims],
+            out_threshold: 2,
+            margin_low: Some(0.05),
+            near_radius: Some(range * dims as f32 / 64.0),
+            rates: Rates {
+                low_margin: 0.02,
+                out_of_range: 0.01,
+                structured: 0.005,
+            },
+        }
+    }
+
+    /// Frozen normalisation of dimension `j`: `(lo, scale)`.
+    pub fn norm(&self, j: usize) -> (f32, f32) {
+        (
+            self.norm_lo.get(j).copied().unwrap_or(0.0),
+            self.norm_scale.get(j).copied().unwrap_or(1.0),
+        )
+    }
+
+    /// Blacklight's per-dimension salt in [0, 255).
+    pub fn salt(&self, j: usize) -> f32 {
+        self.salt.get(j).copied().unwrap_or(0.0)
+    }
+
+    /// Recomputes the normal profile from the reservoir. Normalisation is frozen the first
+    /// time the baseline becomes ready (fingerprints must stay comparable over time).
+    pub fn compute(
+        res: &Reservoir,
+        prev: &Baseline,
+        dims: usize,
+        schema: Option<&Schema>,
+        cfg: &BaselineConfig,
+        drift: &DriftConfig,
+        margin: &MarginConfig,
+    ) -> Baseline {
+        let n = res.samples.len();
+        let mut tags: Vec<u64> = res.samples.iter().map(|s| s.tag).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        let clients = tags.len();
+        let schema = schema.filter(|s| s.n_features == dims);
+        let learned_ready = clients >= cfg.min_clients && n >= cfg.min_samples;
+        let mut b = prev.clone();
+        b.samples = n;
+        b.clients = clients;
+        if !learned_ready {
+            // Rates and thresholds from a handful of samples would be noise; a schema only
+            // improves the fences once there is a sample to calibrate against.
+            b.ready = false;
+            return b;
+        }
+        // Per-dimension robust statistics.
+        let mut col = Vec::with_capacity(n);
+        let (mut q01, mut q25, mut q50, mut q75, mut q99) = (
+            vec![0f32; dims],
+            vec![0f32; dims],
+            vec![0f32; dims],
+            vec![0f32; dims],
+            vec![0f32; dims],
+        );
+        if n > 0 {
+            for j in 0..dims {
+                col.clear();
+                col.extend(res.samples.iter().map(|s| s.sketch[j]));
+                col.sort_unstable_by(f32::total_cmp);
+                q01[j] = quantile_sorted(&col, 0.01);
+                q25[j] = quantile_sorted(&col, 0.25);
+                q50[j] = quantile_sorted(&col, 0.5);
+                q75[j] = quantile_sorted(&col, 0.75);
+                q99[j] = quantile_sorted(&col, 0.99);
+            }
+        }
+        let mut spreads: Vec<f32> = (0..dims).map(|j| q99[j] - q01[j]).collect();
+        let mut sorted_spreads = spreads.clone();
+        sorted_spreads.sort_unstable_by(f32::total_cmp);
+        let typical = quantile_sorted(&sorted_spreads, 0.5).max(f32::EPSILON);
+        // A constant feature (an image border) still needs a scale: 5 % of a typical one.
+        let floor = 0.05 * typical;
+        for s in spreads.iter_mut() {
+            *s = s.max(floor);
+        }
+        let k = drift.iqr_k as f32;
+        let w = drift.min_width as f32;
+        for j in 0..dims {
+            let (lo, hi, scale) = match schema.and_then(|s| s.training_range(j)) {
+                Some((a, b)) => {
+                    let width = schema
+                        .and_then(|s| s.domain(j))
+                        .map(|(c, d)| (d - c) as f32)
+                        .unwrap_or((b - a) as f32)
+                        .max(f32::EPSILON);
+                    (a as f32 - w * width, b as f32 + w * width, width)
+                }
+                None => {
+                    let iqr = q75[j] - q25[j];
+                    (
+                        q25[j] - k * iqr - w * spreads[j],
+                        q75[j] + k * iqr + w * spreads[j],
+                        spreads[j],
+                    )
+                }
+            };
+            b.fence_lo[j] = lo;
+            b.fence_hi[j] = hi;
+            b.scale[j] = scale;
+            b.center[j] = if n > 0 { q50[j] } else { (lo + hi) / 2.0 };
+        }
+        if !prev.ready {
+            // Freeze the quantisation grid.
+            for j in 0..dims {
+                let (lo, scale) = match schema.and_then(|s| s.domain(j)) {
+                    Some((a, c)) => (a as f32, ((c - a) as f32).max(f32::EPSILON)),
+                    None => (q01[j], spreads[j]),
+                };
+                b.norm_lo[j] = lo;
+                b.norm_scale[j] = scale;
+            }
+        }
+        // Event thresholds and base rates among the samples.
+        let mut outs: Vec<u32> = res.samples.iter().map(|s| b.out_count(&s.sketch)).collect();
+        outs.sort_unstable();
+        b.out_threshold = if outs.is_empty() {
+            2
+        } else {
+            outs[((outs.len() - 1) as f64 * 0.99) as usize].max(1)
+        };
+        let mut margins: Vec<f32> = res.samples.iter().filter_map(|s| s.margin).collect();
+        margins.sort_unstable_by(f32::total_cmp);
+        b.margin_low =
+            (margins.len() >= 32).then(|| quantile_sorted(&margins, margin.low_quantile));
+        let mut dists: Vec<f32> = res
+            .samples
+            .iter()
+            .filter_map(|s| s.prada_distance)
+            .filter(|d| *d > 0.0)
+            .collect();
+        dists.sort_unstable_by(f32::total_cmp);
+        b.near_radius = (dists.len() >= 16).then(|| 0.25 * quantile_sorted(&dists, 0.5));
+        let nf = n.max(1) as f64;
+        b.rates = Rates {
+            low_margin: match b.margin_low {
+                Some(t) => {
+                    margins.iter().filter(|&&m| m < t).count() as f64 / margins.len().max(1) as f64
+                }
+                None => 0.0,
+            },
+            out_of_range: outs.iter().filter(|&&o| o > b.out_threshold).count() as f64 / nf,
+            structured: res.samples.iter().filter(|s| s.structured).count() as f64 / nf,
+        };
+        b.ready = true;
+        b
+    }
+
+    /// Dimensions of `sketch` outside the drift fences.
+    pub fn out_count(&self, sketch: &[f32]) -> u32 {
+        sketch
+            .iter()
+            .zip(self.fence_lo.iter().zip(self.fence_hi.iter()))
+            .filter(|(x, (lo, hi))| **x < **lo || **x > **hi)
+            .count() as u32
+    }
+}
+
+/// Blacklight's salt: one fixed pseudo-random offset in [0, 255) per dimension.
+fn salts(dims: usize) -> Vec<f32> {
+    (0..dims)
+        .map(|j| (crate::detect::unit(0x0B1A_C411_6417, j as u64) * 255.0) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn sample(tag: u64, x: Vec<f32>, margin: f32) -> Sample {
+        Sample {
+            tag,
+            sketch: x.into_boxed_slice(),
+            margin: Some(margin),
+            prada_distance: Some(10.0),
+            structured: false,
+        }
+    }
+
+    fn compute(res: &Reservoir, dims: usize) -> Baseline {
+        let c = Config::default();
+        Baseline::compute(
+            res,
+            &Baseline::empty(dims),
+            dims,
+            None,
+            &c.baseline,
+            &c.detect.drift,
+            &c.detect.margin,
+        )
+    }
+
+    #[test]
+    fn not_ready_until_enough_clients() {
+        let mut r = Reservoir::new(256);
+        for i in 0..200u64 {
+            r.offer(sample(i % 3, vec![i as f32 % 7.0; 4], 0.5));
+        }
+        assert!(!compute(&r, 4).ready);
+    }
+
+    #[test]
+    fn a_few_heavy_outliers_do_not_move_the_fences() {
+        let mut r = Reservoir::new(1024);
+        for i in 0..600u64 {
+            let x = vec![(i % 10) as f32, 0.0, 5.0 + (i % 3) as f32];
+            r.offer(sample(i % 60, x, 0.2 + (i % 50) as f32 / 100.0));
+        }
+        // Two "attackers" with 8 samples each of uniform noise on dimension 1.
+        for i in 0..16u64 {
+            r.offer(sample(
+                1000 + i / 8,
+                vec![3.0, 15.0 * (i as f32 / 16.0), 6.0],
+                0.0,
+            ));
+        }
+        let b = compute(&r, 3);
+        assert!(b.ready);
+        assert!(b.fence_hi[1] < 2.0, "fence {:?}", b.fence_hi);
+        assert_eq!(b.out_count(&[3.0, 12.0, 6.0]), 1);
+        assert!(b.margin_low.unwrap() < 0.25);
+    }
+
+    #[test]
+    fn purge_removes_a_client() {
+        let mut r = Reservoir::new(8);
+        r.offer(sample(1, vec![0.0], 0.1));
+        r.offer(sample(2, vec![0.0], 0.1));
+        assert_eq!(r.purge(1), 1);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn reservoir_is_bounded_and_uniform() {
+        let mut r = Reservoir::new(100);
+        for i in 0..10_000u64 {
+            r.offer(sample(i, vec![i as f32], 0.5));
+        }
+        assert_eq!(r.len(), 100);
+        let late = r.samples.iter().filter(|s| s.tag >= 5000).count();
+        assert!((30..=70).contains(&late), "{late}");
+    }
+}

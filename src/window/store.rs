@@ -1,0 +1,89 @@
+//! The concurrent map of client states, with a global cap.
+//!
+//! When a new client would exceed `max_clients`, the idlest 1/64 of clients (by event time
+//! of their last query) are evicted in one sweep, so the O(n) scan is paid once per n/64
+//! insertions. Clients idle past `idle_ttl_ms` are dropped by [`ClientStore::sweep_idle`].
+//! Both are counted. Eviction loses that client's evidence, never an open alert silently:
+//! the caller resolves open alerts of evicted clients.
+
+use super::ClientState;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// Key of a client's state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub model: Arc<str>,
+    pub client: Arc<str>,
+}
+
+/// All client states.
+#[derive(Debug)]
+pub struct ClientStore {
+    map: DashMap<ClientKey, ClientState>,
+    max_clients: usize,
+}
+
+impl ClientStore {
+    /// An empty store holding at most `max_clients`.
+    pub fn new(max_clients: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            max_clients,
+        }
+    }
+
+    /// The underlying map.
+    pub fn map(&self) -> &DashMap<ClientKey, ClientState> {
+        &self.map
+    }
+
+    /// Clients tracked.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no client is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Makes room for one more client if the store is full; returns the evicted states.
+    pub fn make_room(&self) -> Vec<ClientState> {
+        if self.map.len() < self.max_clients {
+            return Vec::new();
+        }
+        let batch = (self.max_clients / 64).max(1);
+        let mut ages: Vec<(i64, ClientKey)> = self
+            .map
+            .iter()
+            .map(|e| (e.value().last_seen_ms, e.key().clone()))
+            .collect();
+        let batch = batch.min(ages.len());
+        if batch == 0 {
+            return Vec::new();
+        }
+        ages.select_nth_unstable_by_key(batch - 1, |(t, _)| *t);
+        ages.truncate(batch);
+        ages.into_iter()
+            .filter_map(|(_, k)| self.map.remove(&k).map(|(_, v)| v))
+            .collect()
+    }
+
+    /// Removes clients whose last query is older than `before_ms`.
+    pub fn sweep_idle(&self, before_ms: i64) -> Vec<ClientState> {
+        let keys: Vec<ClientKey> = self
+            .map
+            .iter()
+            .filter(|e| e.value().last_seen_ms < before_ms)
+            .map(|e| e.key().clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                self.map
+                    .remove_if(&k, |_, v| v.last_seen_ms < before_ms)
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    }
+}

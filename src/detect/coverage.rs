@@ -79,7 +79,7 @@ mod tests {
             baseline: &b,
             schema: None,
         };
-        let x = vec![0.5f32; 16];
+        let x: Vec<f32> = (0..16).map(|j| 0.5 + 0.07 * (j % 3) as f32).collect();
         let mut y = x.clone();
         y[3] += 0.001;
         assert_eq!(c.cell(&x, &m), c.cell(&y, &m));

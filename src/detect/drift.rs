@@ -41,7 +41,7 @@ mod tests {
             baseline: &b,
             schema: None,
         };
-        let mut check = |x: [f32; 4]| {
+        let check = |x: [f32; 4]| {
             let q = Query {
                 ts_ms: 0,
                 input: &x,

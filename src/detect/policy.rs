@@ -397,7 +397,7 @@ mod tests {
             true,
             &Baseline::unit_scale(2, 1.0),
             500,
-            [500, 0, 0, 5, 0],
+            [10, 0, 0, 5, 0],
         );
         assert_eq!(d[0].kind, Kind::Extraction);
     }

@@ -1,0 +1,180 @@
+//! The gRPC server on a real loopback socket: per-record rejections, health, and the same
+//! alerts as offline replay.
+
+use probewatch::alert::Dispatcher;
+use probewatch::config::{Config, SinkConfig};
+use probewatch::pipeline::Pipeline;
+use probewatch::proto::v1::ingest_client::IngestClient;
+use probewatch::proto::v1::{QueryRecord, RecordBatch, RejectReason};
+use probewatch::replay::{replay, ReplayOptions};
+use probewatch::schema::Schema;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+fn data(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/public")
+        .join(p)
+}
+
+struct Running {
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(cfg: Config, schema: Option<Schema>) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let sinks = cfg.alerts.sinks.clone();
+    let pipeline =
+        Arc::new(Pipeline::new(Arc::new(cfg), schema, probewatch::clock::system()).unwrap());
+    let dispatcher = Arc::new(Dispatcher::start(&sinks).unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        probewatch::server::run(listener, pipeline, dispatcher.clone(), async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        if let Ok(d) = Arc::try_unwrap(dispatcher) {
+            d.shutdown(std::time::Duration::from_secs(5)).await;
+        }
+    });
+    Running { addr, stop, task }
+}
+
+fn rec(client: &str, input: Vec<f32>) -> QueryRecord {
+    QueryRecord {
+        client_id: client.into(),
+        model: "m".into(),
+        ts_ms: 1_000,
+        input,
+        output: vec![0.2, 0.8],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn bad_records_are_rejected_one_by_one_and_the_stream_goes_on() {
+    let mut cfg = Config::default();
+    cfg.alerts.sinks.clear();
+    let srv = start(cfg, None).await;
+    let mut client = IngestClient::connect(srv.addr.clone()).await.unwrap();
+    let batches = vec![
+        RecordBatch {
+            batch_id: 7,
+            records: vec![
+                rec("a", vec![1.0, 2.0]),
+                rec("", vec![1.0, 2.0]),
+                rec("b", vec![f32::NAN, 2.0]),
+                rec("c", vec![]),
+                rec("d", vec![1.0, 2.0, 3.0]),
+                rec("e", vec![3.0, 4.0]),
+            ],
+        },
+        RecordBatch {
+            batch_id: 8,
+            records: vec![rec("a", vec![5.0, 6.0])],
+        },
+    ];
+    let mut acks = client
+        .stream(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = acks.message().await.unwrap().unwrap();
+    assert_eq!(a.batch_id, 7);
+    assert_eq!((a.accepted, a.rejected), (2, 4));
+    let reasons: Vec<(u32, i32)> = a.rejections.iter().map(|r| (r.index, r.reason)).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (1, RejectReason::MissingClient as i32),
+            (2, RejectReason::NonFinite as i32),
+            (3, RejectReason::EmptyInput as i32),
+            (4, RejectReason::DimensionMismatch as i32),
+        ]
+    );
+    assert!(a.rejections.iter().all(|r| !r.detail.is_empty()));
+    let b = acks.message().await.unwrap().unwrap();
+    assert_eq!((b.batch_id, b.accepted, b.rejected), (8, 1, 0));
+    assert!(acks.message().await.unwrap().is_none());
+
+    // Health service reports the ingest service as serving.
+    let channel = tonic::transport::Channel::from_shared(srv.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "probewatch.v1.Ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    srv.stop.send(()).unwrap();
+    srv.task.await.unwrap();
+}
+
+fn raised(path: &Path) -> BTreeSet<(String, String, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "raised")
+        .map(|v| {
+            (
+                v["client"].as_str().unwrap().to_string(),
+                v["kind"].as_str().unwrap().to_string(),
+                v["ts_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_the_trace_raises_the_same_alerts_as_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served.jsonl");
+    let offline = dir.path().join("offline.jsonl");
+    let schema = Schema::from_file(&data("schema.json")).unwrap();
+
+    let mut cfg = Config::default();
+    cfg.alerts.sinks = vec![SinkConfig::Jsonl {
+        path: served.display().to_string(),
+    }];
+    let srv = start(cfg.clone(), Some(schema.clone())).await;
+    let rep = probewatch::send::send(&data("trace.jsonl.gz"), &srv.addr, 512, None)
+        .await
+        .unwrap();
+    assert_eq!(rep.rejected, 0);
+    assert!(rep.accepted > 40_000);
+    srv.stop.send(()).unwrap();
+    srv.task.await.unwrap();
+
+    let out = offline.clone();
+    let off = tokio::task::spawn_blocking(move || {
+        let opts = ReplayOptions {
+            labels: None,
+            alerts_out: Some(&out),
+            progress: false,
+        };
+        replay(Arc::new(cfg), Some(schema), &data("trace.jsonl.gz"), &opts).map(|r| r.raised.len())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let a = raised(&served);
+    let b = raised(&offline);
+    assert!(off > 0 && !a.is_empty());
+    assert_eq!(a, b, "served and offline alerts differ");
+}

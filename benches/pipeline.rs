@@ -1,1 +1,159 @@
-fn main() {}
+//! Per-record pipeline cost with every detector on (64-dim input), against a baseline of
+//! validation alone in the same run; and memory per active client.
+//!
+//! `cargo bench --bench pipeline`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use probewatch::clock::ManualClock;
+use probewatch::config::Config;
+use probewatch::ingest::validate::{validate, Limits};
+use probewatch::pipeline::Pipeline;
+use probewatch::proto::v1::QueryRecord;
+use std::sync::Arc;
+
+const DIM: usize = 64;
+const CLIENTS: u64 = 1000;
+
+fn unit(seed: u64, i: u64) -> f32 {
+    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z >> 40) as f32) / (1u64 << 24) as f32
+}
+
+/// Natural-looking traffic: per-client prototypes plus noise, confident answers.
+fn records(n: u64) -> Vec<QueryRecord> {
+    (0..n)
+        .map(|i| {
+            let c = i % CLIENTS;
+            let input: Vec<f32> = (0..DIM as u64)
+                .map(|j| (16.0 * unit(c % 10, j) + unit(i, j)).floor())
+                .collect();
+            let k = (c % 10) as usize;
+            let mut output = vec![0.01f32; 10];
+            output[k] = 0.91;
+            QueryRecord {
+                client_id: format!("client-{c}"),
+                model: "bench".into(),
+                ts_ms: 1_000_000 + i as i64 * 5,
+                input,
+                output,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn bench_pipeline(c: &mut Criterion) {
+    let recs = records(20_000);
+    let mut g = c.benchmark_group("per_record");
+    g.throughput(Throughput::Elements(recs.len() as u64));
+    g.sample_size(10);
+    let limits = Limits {
+        max_input_dim: 65536,
+        max_output_dim: 4096,
+        max_id_len: 256,
+    };
+    let model: Arc<str> = Arc::from("bench");
+    g.bench_function(BenchmarkId::new("validate_only", DIM), |b| {
+        b.iter_batched(
+            || recs.clone(),
+            |rs| {
+                for r in rs {
+                    std::hint::black_box(validate(r, &limits, &model, 0).ok());
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.bench_function(BenchmarkId::new("all_detectors", DIM), |b| {
+        // A warm pipeline (baseline learned) processing fresh batches.
+        let p = Pipeline::new(
+            Arc::new(Config::default()),
+            None,
+            Arc::new(ManualClock::new(0)),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        for r in recs.clone() {
+            let _ = p.process_wire(r, &mut out);
+        }
+        let mut shift = 0i64;
+        b.iter_batched(
+            || {
+                shift += 200_000;
+                recs.iter()
+                    .cloned()
+                    .map(|mut r| {
+                        r.ts_ms += shift;
+                        r
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |rs| {
+                out.clear();
+                for r in rs {
+                    let _ = p.process_wire(r, &mut out);
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Memory per active client at default settings: each client sends enough queries to fill
+/// its fingerprint history and PRADA growing set.
+fn memory_per_client(_: &mut Criterion) {
+    let n_clients = 10_000u64;
+    let per = 60u64;
+    let p = Pipeline::new(
+        Arc::new(Config::default()),
+        None,
+        Arc::new(ManualClock::new(0)),
+    )
+    .unwrap();
+    let before = rss_bytes();
+    let mut out = Vec::new();
+    for i in 0..n_clients * per {
+        let c = i % n_clients;
+        let input: Vec<f32> = (0..DIM as u64)
+            .map(|j| (16.0 * unit(i, j)).floor())
+            .collect();
+        let mut output = vec![0.01f32; 10];
+        output[(i % 10) as usize] = 0.91;
+        let r = QueryRecord {
+            client_id: format!("client-{c}"),
+            model: "bench".into(),
+            ts_ms: 1_000_000 + i as i64,
+            input,
+            output,
+            ..Default::default()
+        };
+        let _ = p.process_wire(r, &mut out);
+        out.clear();
+    }
+    let after = rss_bytes();
+    let mut total = 0usize;
+    for e in p.store().map().iter() {
+        total += e.value().approx_bytes();
+    }
+    let clients = p.clients();
+    eprintln!(
+        "memory_per_client: {} clients, accounted {:.0} B/client, RSS delta {} B/client",
+        clients,
+        total as f64 / clients as f64,
+        match (before, after) {
+            (Some(b), Some(a)) => format!("{:.0}", (a.saturating_sub(b)) as f64 / clients as f64),
+            _ => "n/a".into(),
+        }
+    );
+}
+
+criterion_group!(benches, bench_pipeline, memory_per_client);
+criterion_main!(benches);

@@ -363,7 +363,8 @@ impl Config {
         if !(d.iqr_k >= 0.0 && d.min_width >= 0.0) {
             return Err(invalid("detect.drift", "iqr_k and min_width must be >= 0"));
         }
-        if !(self.detect.sanity.domain_tolerance >= 0.0) {
+        if self.detect.sanity.domain_tolerance.is_nan() || self.detect.sanity.domain_tolerance < 0.0
+        {
             return Err(invalid("detect.sanity.domain_tolerance", "must be >= 0"));
         }
         let pol = &self.policy;

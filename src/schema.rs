@@ -81,7 +81,7 @@ impl Schema {
                     if lo
                         .iter()
                         .zip(hi)
-                        .any(|(a, b)| !(a <= b) || !a.is_finite() || !b.is_finite())
+                        .any(|(a, b)| a > b || !a.is_finite() || !b.is_finite())
                     {
                         return Err(SchemaError::Invalid(format!(
                             "{name}_min must be finite and <= {name}_max"

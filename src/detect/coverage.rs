@@ -32,7 +32,7 @@ impl Coverage {
             let mut acc = 0f32;
             for (j, &x) in sketch.iter().enumerate() {
                 let z = (x - b.center[j]) / b.scale[j];
-                let sign = if unit(0xC0_7E_2A6E ^ p as u64, j as u64) < 0.5 {
+                let sign = if unit(0xC07E_2A6E ^ p as u64, j as u64) < 0.5 {
                     -1.0
                 } else {
                     1.0

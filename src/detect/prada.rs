@@ -139,6 +139,11 @@ impl Detector for Prada {
         if st.dims != x.len() {
             *st = self.new_state();
             st.dims = x.len();
+            // Exact capacities: a VecDeque grown by pushes would double past them.
+            let cap = self.cfg.growing_set_cap + 1;
+            st.vectors = VecDeque::with_capacity(cap * x.len());
+            st.classes = VecDeque::with_capacity(cap);
+            st.distances = VecDeque::with_capacity(self.cfg.distances + 1);
         }
         let d = x.len();
         // Nearest member of G_class.
@@ -148,11 +153,12 @@ impl Detector for Prada {
             if c != class {
                 continue;
             }
-            let mut acc = 0f32;
-            for j in 0..d {
-                let t = st.vectors[i * d + j] - x[j];
-                acc += t * t;
-            }
+            let acc: f32 = st
+                .vectors
+                .range(i * d..(i + 1) * d)
+                .zip(x)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
             if acc < best {
                 best = acc;
                 best_i = i;
@@ -208,7 +214,7 @@ impl Detector for Prada {
                 st.vectors.drain(..d);
             }
         }
-        if st.queries % self.cfg.test_every == 0 {
+        if st.queries.is_multiple_of(self.cfg.test_every) {
             if let Some(w) = self.test(st) {
                 st.last_w = Some(w);
                 st.alarm = w < self.cfg.delta;

@@ -35,7 +35,7 @@ impl Reservoir {
         Self {
             cap,
             seen: 0,
-            rng: 0x5EED_0F_BA5E_11AE,
+            rng: 0x005E_ED0F_BA5E_11AE,
             samples: Vec::with_capacity(cap),
         }
     }

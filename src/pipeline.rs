@@ -270,7 +270,7 @@ impl Pipeline {
         if !self.store.map().contains_key(&key) {
             for gone in self.store.make_room() {
                 self.stats.evicted_capacity.fetch_add(1, Ordering::Relaxed);
-                alerts.extend(self.resolve_all(&gone, rec.ts_ms, "evicted"));
+                alerts.extend(self.resolve_all(&gone, rec.ts_ms));
             }
         }
         let mut purge = None;
@@ -564,7 +564,7 @@ impl Pipeline {
         }
     }
 
-    fn resolve_all(&self, st: &ClientState, ts: i64, _why: &str) -> Vec<Alert> {
+    fn resolve_all(&self, st: &ClientState, ts: i64) -> Vec<Alert> {
         let base = Baseline::empty(0);
         st.policy
             .open
@@ -630,7 +630,7 @@ impl Pipeline {
         }
         for gone in self.store.sweep_idle(now - self.cfg.window.idle_ttl_ms) {
             self.stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
-            out.extend(self.resolve_all(&gone, now, "idle"));
+            out.extend(self.resolve_all(&gone, now));
         }
         let quiet = self.policy.config().quiet_ms;
         for mut e in self.store.map().iter_mut() {

@@ -6,11 +6,11 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_probewatch"))
 }
 
-#[test]
-fn bad_config_exits_64_naming_the_field() {
+/// Runs `serve` on a config file with `text`; it must exit 64 naming `needle`.
+fn expect_bad_config(text: &str, needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[detect.prada]\ndelta = 2.0\n").unwrap();
+    std::fs::write(&cfg, text).unwrap();
     let out = bin()
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -18,16 +18,13 @@ fn bad_config_exits_64_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("detect.prada.delta"), "{err}");
+    assert!(err.contains(needle), "{err}");
+}
 
-    std::fs::write(&cfg, "[window]\nlenght_ms = 5\n").unwrap();
-    let out = bin()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lenght_ms"));
+#[test]
+fn bad_config_exits_64_naming_the_field() {
+    expect_bad_config("[detect.prada]\ndelta = 2.0\n", "detect.prada.delta");
+    expect_bad_config("[window]\nlenght_ms = 5\n", "lenght_ms");
 }
 
 #[test]

@@ -313,7 +313,7 @@ impl Pipeline {
             Drift.observe(&q, &view, &mut (), &mut sig);
             self.sanity.observe(&q, &view, &mut (), &mut sig);
             self.coverage.observe(&q, &view, &mut (), &mut sig);
-            record_window(&mut st.window, &rec, &sig, answer, &self.stats);
+            record_window(&mut st.window, &rec, &sig, answer, base.ready, &self.stats);
             if st.contributed < self.cfg.baseline.per_client_cap && st.policy.open.is_empty() {
                 st.contributed += 1;
                 model.reservoir.lock().offer(Sample {
@@ -324,21 +324,14 @@ impl Pipeline {
                     structured: sig.structured,
                 });
             }
-            let counts = st.window.total_counts();
-            let events = [
-                counts.queries,
-                counts.low_margin,
-                counts.out_of_range,
-                counts.structured,
-                counts.invalid,
-            ];
+            let events = st.window.total_counts();
             let decisions = self.policy.observe(
                 &mut st.policy,
                 &sig,
                 answer.margin.is_some(),
                 &base,
                 st.total,
-                events,
+                &events,
             );
             let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, &mut alerts);
             if raised {
@@ -599,17 +592,7 @@ impl Pipeline {
                 st.window.bucket_mut(p).counts.invalid += 1;
             }
             let c = st.window.total_counts();
-            let decisions = self.policy.observe_invalid(
-                &mut st.policy,
-                st.total,
-                [
-                    c.queries,
-                    c.low_margin,
-                    c.out_of_range,
-                    c.structured,
-                    c.invalid,
-                ],
-            );
+            let decisions = self.policy.observe_invalid(&mut st.policy, st.total, &c);
             self.apply(st, &decisions, ts, &base, &Signals::default(), &mut out);
         }
         out
@@ -657,6 +640,7 @@ fn record_window(
     rec: &Record,
     sig: &Signals,
     answer: crate::record::Answer,
+    scored: bool,
     stats: &Stats,
 ) {
     match w.slot(rec.ts_ms) {
@@ -664,6 +648,7 @@ fn record_window(
             let b = w.bucket_mut(p);
             let c = &mut b.counts;
             c.queries += 1;
+            c.scored += u32::from(scored);
             c.exact_dups += u32::from(sig.exact_dup);
             c.near_dups += u32::from(sig.near_dup);
             c.global_near_dups += u32::from(sig.global_near_dup);

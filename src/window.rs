@@ -8,6 +8,7 @@
 
 pub mod baseline;
 pub mod client;
+pub mod grid;
 pub mod store;
 
 pub use client::ClientState;
@@ -25,6 +26,9 @@ pub const CELL_BITS: usize = 512;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub queries: u32,
+    /// Queries evaluated against a ready baseline: the denominator of event shares, since
+    /// baseline-relative events cannot happen before.
+    pub scored: u32,
     pub exact_dups: u32,
     pub near_dups: u32,
     pub global_near_dups: u32,
@@ -39,6 +43,7 @@ impl Counts {
     /// Adds `o` into `self`.
     pub fn merge(&mut self, o: &Counts) {
         self.queries += o.queries;
+        self.scored += o.scored;
         self.exact_dups += o.exact_dups;
         self.near_dups += o.near_dups;
         self.global_near_dups += o.global_near_dups;

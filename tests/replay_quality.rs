@@ -38,20 +38,25 @@ fn check_common(rep: &ReplayReport) {
         s.benign_alerted, 0,
         "benign clients alerted (hard cases included)"
     );
-    for t in &s.techniques {
-        if t.technique == "hopskipjump" || t.technique == "uniform_random" {
-            assert_eq!(t.flagged, t.clients, "{} not all detected", t.technique);
-            assert_eq!(
-                t.kind_match, t.flagged,
-                "{} detected with the wrong kind",
-                t.technique
-            );
-        }
+    // Every attack client, each first alerted with the right kind.
+    assert_eq!(s.attack_detected, s.attack_clients);
+    for t in s.techniques.iter().filter(|t| t.kind != "benign") {
+        assert_eq!(t.flagged, t.clients, "{} not all detected", t.technique);
+        assert_eq!(
+            t.kind_match, t.flagged,
+            "{} detected with the wrong kind",
+            t.technique
+        );
     }
-    let boundary = s.median_by_kind.get("boundary_probe").copied().unwrap();
+    let boundary = s.median_by_kind["boundary_probe"];
     assert!(
         boundary <= 50.0,
         "median queries to first boundary alert {boundary}"
+    );
+    let extraction = s.median_by_kind["extraction"];
+    assert!(
+        extraction <= 300.0,
+        "median queries to first extraction alert {extraction}"
     );
 }
 
@@ -63,15 +68,4 @@ fn public_trace_with_schema() {
 #[test]
 fn public_trace_without_schema() {
     check_common(&run(false));
-}
-
-/// The full bar: every attack client, including Jacobian-augmentation extraction,
-/// within a median of 300 queries. Not met yet (see README, "Known gaps").
-#[test]
-#[ignore = "papernot_jbda extraction is not detected yet"]
-fn every_attack_client_is_detected() {
-    let rep = run(true);
-    let s = rep.score.unwrap();
-    assert_eq!(s.attack_detected, s.attack_clients);
-    assert!(s.median_by_kind["extraction"] <= 300.0);
 }

@@ -20,6 +20,7 @@
 use super::Signals;
 use crate::config::PolicyConfig;
 use crate::window::baseline::Baseline;
+use crate::window::Counts;
 use serde::Serialize;
 
 /// Lowest base rate the policy trusts: rarer events are estimated from too few samples.
@@ -192,8 +193,7 @@ impl Policy {
     }
 
     /// Feeds one query's signals; returns the kinds whose evidence is over the threshold.
-    /// `events` are the window's counts of (queries, low-margin, out-of-range, structured,
-    /// invalid).
+    /// `events` are the client's window totals.
     pub fn observe(
         &self,
         st: &mut PolicyState,
@@ -201,7 +201,7 @@ impl Policy {
         has_margin: bool,
         base: &Baseline,
         total: u64,
-        events: [u32; 5],
+        events: &Counts,
     ) -> Vec<Decision> {
         let c = &mut st.cusum;
         // A retry repeats evidence already counted; it is not new evidence.
@@ -232,7 +232,7 @@ impl Policy {
         &self,
         st: &mut PolicyState,
         total: u64,
-        events: [u32; 5],
+        events: &Counts,
     ) -> Vec<Decision> {
         step(&mut st.cusum.invalid, true, INVALID_BASE_RATE, 0.5);
         self.decide(st, false, total, events)
@@ -243,7 +243,7 @@ impl Policy {
         st: &PolicyState,
         prada_alarm: bool,
         total: u64,
-        events: [u32; 5],
+        events: &Counts,
     ) -> Vec<Decision> {
         let mut out = Vec::new();
         if total < u64::from(self.cfg.min_queries) {
@@ -251,8 +251,16 @@ impl Policy {
         }
         let c = &st.cusum;
         let h = self.h;
-        let [window_queries, low, out_n, structured, invalid] = events;
-        let share = |k: u32| f64::from(k) >= MIN_WINDOW_SHARE * f64::from(window_queries.max(1));
+        let (scored, low, out_n, structured) = (
+            events.scored,
+            events.low_margin,
+            events.out_of_range,
+            events.structured,
+        );
+        // Baseline-relative events are shares of the scored queries; invalid inputs can be
+        // seen from the first query.
+        let share_of = |k: u32, of: u32| f64::from(k) >= MIN_WINDOW_SHARE * f64::from(of.max(1));
+        let share = |k: u32| share_of(k, scored);
         if c.low_margin >= h && low >= MIN_EVENTS && share(low) {
             out.push(Decision {
                 kind: Kind::BoundaryProbe,
@@ -267,7 +275,7 @@ impl Policy {
         };
         let corroborated = prada_alarm && ex >= h / 2.0;
         let boundary_dominant =
-            f64::from(low) >= BOUNDARY_DOMINANT_SHARE * window_queries.max(1) as f64;
+            f64::from(low) >= BOUNDARY_DOMINANT_SHARE * f64::from(scored.max(1));
         if (ex >= h || corroborated)
             && ex_events >= MIN_EVENTS
             && share(ex_events)
@@ -279,7 +287,10 @@ impl Policy {
                 strength: (ex / h * boost).max(1.0),
             });
         }
-        if c.invalid >= h && invalid >= MIN_EVENTS && share(invalid) {
+        if c.invalid >= h
+            && events.invalid >= MIN_EVENTS
+            && share_of(events.invalid, events.queries)
+        {
             out.push(Decision {
                 kind: Kind::InputAnomaly,
                 strength: c.invalid / h,
@@ -314,6 +325,19 @@ mod tests {
         Policy::new(Config::default().policy)
     }
 
+    /// Window totals of (queries, low-margin, out-of-range, structured, invalid), all scored.
+    fn ev(c: [u32; 5]) -> Counts {
+        Counts {
+            queries: c[0],
+            scored: c[0],
+            low_margin: c[1],
+            out_of_range: c[2],
+            structured: c[3],
+            invalid: c[4],
+            ..Default::default()
+        }
+    }
+
     fn feed(
         p: &Policy,
         st: &mut PolicyState,
@@ -324,7 +348,7 @@ mod tests {
         let b = Baseline::unit_scale(2, 1.0);
         let mut last = vec![];
         for i in 0..n {
-            last = p.observe(st, sig, true, &b, 100 + i, events);
+            last = p.observe(st, sig, true, &b, 100 + i, &ev(events));
         }
         last
     }
@@ -355,8 +379,15 @@ mod tests {
                 ..Default::default()
             };
             assert!(
-                p.observe(&mut st, &sig, true, &b, 100 + i, [10_000, 99, 99, 99, 0])
-                    .is_empty(),
+                p.observe(
+                    &mut st,
+                    &sig,
+                    true,
+                    &b,
+                    100 + i,
+                    &ev([10_000, 99, 99, 99, 0])
+                )
+                .is_empty(),
                 "query {i}"
             );
         }
@@ -397,7 +428,7 @@ mod tests {
             true,
             &Baseline::unit_scale(2, 1.0),
             500,
-            [10, 0, 0, 5, 0],
+            &ev([10, 0, 0, 5, 0]),
         );
         assert_eq!(d[0].kind, Kind::Extraction);
     }
@@ -414,7 +445,7 @@ mod tests {
         for i in 0..15 {
             // Fewer than min_queries queries in total.
             assert!(p
-                .observe(&mut st, &sig, true, &b, i, [15, 15, 0, 0, 0])
+                .observe(&mut st, &sig, true, &b, i, &ev([15, 15, 0, 0, 0]))
                 .is_empty());
         }
     }

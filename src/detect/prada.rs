@@ -9,17 +9,20 @@
 //! with Shapiro–Wilk when more than `min_distances` remain; the alarm holds while `W < delta`.
 //!
 //! Bounded memory (the reference keeps everything): `G` holds at most `growing_set_cap`
-//! vectors per client (oldest out first) and `D` the last `distances` values. Exact repeats
-//! are skipped: a retry's distance of 0 says nothing about extraction.
+//! members per client, a byte per dimension ([`store`]), and `D` the last `distances`
+//! values. Exact repeats are skipped: a retry's distance of 0 says nothing about extraction.
 //!
 //! The same nearest neighbour also gives a structural signal: crafted queries (sign-gradient
-//! steps, coordinate-wise searches) differ from their neighbour by one common step size on
+//! steps, coordinate-wise searches) differ from their neighbour by one common, small step on
 //! many coordinates, where natural variation spreads over many magnitudes.
+
+pub mod store;
 
 use super::shapiro::shapiro_wilk;
 use super::{Detector, ModelView, Query, Signals};
 use crate::config::PradaConfig;
 use std::collections::VecDeque;
+use store::GrowingSet;
 
 /// Minimum number of changed coordinates for the structural test to mean anything.
 pub const STRUCT_MIN_CHANGED: usize = 3;
@@ -29,8 +32,13 @@ pub const STRUCT_MODAL_SHARE: f64 = 0.8;
 pub const STRUCT_QUANTUM: f32 = 1.0 / 256.0;
 /// Coordinates that moved by at most this many quanta count as unchanged.
 pub const STRUCT_MIN_STEP: f32 = 2.0;
-/// Two steps are "the same size" within this relative tolerance (or one quantum).
+/// Two steps are "the same size" within this relative tolerance, or within one step of the
+/// byte grid stored members are rounded to.
 pub const STRUCT_STEP_TOLERANCE: f32 = 0.05;
+/// A common step larger than this many quanta (a quarter of the feature's scale) is a
+/// different point, not a perturbation: one-hot and coarse categorical features move by
+/// their whole range between natural neighbours.
+pub const STRUCT_MAX_STEP: f32 = 64.0;
 
 /// The PRADA detector.
 #[derive(Debug)]
@@ -52,8 +60,7 @@ struct ClassStat {
 #[derive(Debug, Clone)]
 pub struct PradaState {
     dims: usize,
-    vectors: VecDeque<f32>,
-    classes: VecDeque<u32>,
+    set: Option<GrowingSet>,
     stats: Vec<ClassStat>,
     distances: VecDeque<(u32, f32)>,
     queries: u32,
@@ -66,8 +73,7 @@ pub struct PradaState {
 impl PradaState {
     /// Heap bytes held (capacity).
     pub fn heap_bytes(&self) -> usize {
-        self.vectors.capacity() * 4
-            + self.classes.capacity() * 4
+        self.set.as_ref().map_or(0, GrowingSet::heap_bytes)
             + self.stats.capacity() * std::mem::size_of::<ClassStat>()
             + self.distances.capacity() * 8
     }
@@ -119,8 +125,7 @@ impl Detector for Prada {
     fn new_state(&self) -> PradaState {
         PradaState {
             dims: 0,
-            vectors: VecDeque::new(),
-            classes: VecDeque::new(),
+            set: None,
             stats: Vec::new(),
             distances: VecDeque::new(),
             queries: 0,
@@ -139,31 +144,21 @@ impl Detector for Prada {
         if st.dims != x.len() {
             *st = self.new_state();
             st.dims = x.len();
-            // Exact capacities: a VecDeque grown by pushes would double past them.
-            let cap = self.cfg.growing_set_cap + 1;
-            st.vectors = VecDeque::with_capacity(cap * x.len());
-            st.classes = VecDeque::with_capacity(cap);
+            // Exact capacity: a VecDeque grown by pushes would double past it.
             st.distances = VecDeque::with_capacity(self.cfg.distances + 1);
         }
-        let d = x.len();
-        // Nearest member of G_class.
-        let mut best = f32::INFINITY;
-        let mut best_i = usize::MAX;
-        for (i, &c) in st.classes.iter().enumerate() {
-            if c != class {
-                continue;
-            }
-            let acc: f32 = st
-                .vectors
-                .range(i * d..(i + 1) * d)
-                .zip(x)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            if acc < best {
-                best = acc;
-                best_i = i;
+        if st.set.is_none() {
+            // Members are stored on the model's grid as it is when the client starts; until
+            // the model has one (its first few samples), there is nowhere to store them.
+            match &m.baseline.grid {
+                Some(g) if g.dims() == x.len() => {
+                    st.set = Some(GrowingSet::new(g.clone(), self.cfg.growing_set_cap));
+                }
+                _ => return,
             }
         }
+        let Some(set) = st.set.as_mut() else { return };
+        let nearest = set.nearest(x, class);
         let si = match st.stats.iter().position(|s| s.class == class) {
             Some(i) => i,
             None => {
@@ -178,13 +173,10 @@ impl Detector for Prada {
                 st.stats.len() - 1
             }
         };
-        let join = if best_i == usize::MAX {
-            // First query of the class (or its members were evicted): it founds G_c.
-            true
-        } else {
-            let dist = best.sqrt();
+        let join = if let Some(n) = nearest {
+            let dist = n.distance;
             sig.prada_distance = Some(dist);
-            sig.structured = structured(x, &st.vectors, best_i, dist, m);
+            sig.structured = structured(x, set, n.index, m);
             st.distances.push_back((class, dist));
             if st.distances.len() > self.cfg.distances {
                 st.distances.pop_front();
@@ -192,14 +184,13 @@ impl Detector for Prada {
             let s = &mut st.stats[si];
             s.distances = s.distances.saturating_add(1);
             dist > s.threshold
+        } else {
+            // First query of the class (or its members were replaced): it founds G_c.
+            true
         };
         if join {
             let s = &mut st.stats[si];
-            let dist = if best_i == usize::MAX {
-                0.0
-            } else {
-                f64::from(best.sqrt())
-            };
+            let dist = nearest.map_or(0.0, |n| f64::from(n.distance));
             s.members += 1;
             s.sum += dist;
             s.sum_sq += dist * dist;
@@ -207,12 +198,7 @@ impl Detector for Prada {
             let mean = s.sum / n;
             let sd = (s.sum_sq / n - mean * mean).max(0.0).sqrt();
             s.threshold = s.threshold.max((mean - sd) as f32);
-            st.vectors.extend(x.iter().copied());
-            st.classes.push_back(class);
-            if st.classes.len() > self.cfg.growing_set_cap {
-                st.classes.pop_front();
-                st.vectors.drain(..d);
-            }
+            set.insert(x, class);
         }
         if st.queries.is_multiple_of(self.cfg.test_every) {
             if let Some(w) = self.test(st) {
@@ -226,39 +212,46 @@ impl Detector for Prada {
     }
 }
 
-/// Is `x` a structured perturbation of growing-set member `i`?
-fn structured(x: &[f32], vectors: &VecDeque<f32>, i: usize, dist: f32, m: &ModelView<'_>) -> bool {
+/// Is `x` a structured perturbation of growing-set member `i`: at least
+/// [`STRUCT_MIN_CHANGED`] coordinates moved, most of them by one common small step?
+///
+/// Steps are compared in the input's own units, because that is how the attacks take them
+/// (`λ·sign(∇)`, `±ε` per coordinate); whether a coordinate moved at all, and whether the
+/// step is small, is judged against that feature's normal scale.
+fn structured(x: &[f32], set: &GrowingSet, i: usize, m: &ModelView<'_>) -> bool {
     let b = m.baseline;
-    let Some(radius) = b.near_radius else {
-        return false;
-    };
-    if !b.ready || dist > radius || dist == 0.0 {
+    if !b.ready {
         return false;
     }
-    let d = x.len();
-    let mut steps = [0f32; crate::pipeline::SKETCH_DIM];
+    let mut steps = [(0f32, false); crate::pipeline::SKETCH_DIM];
     let mut n = 0;
-    for j in 0..d {
+    // Two stored members' rounding may differ by one grid step.
+    let mut slack = 0f32;
+    for (j, &v) in x.iter().enumerate() {
         let q = b.scale[j] * STRUCT_QUANTUM;
-        let delta = (x[j] - vectors[i * d + j]).abs() / q;
-        // Differences of a few quanta are noise (sensor jitter, rounding), not steps.
-        if delta > STRUCT_MIN_STEP {
-            steps[n] = delta;
+        let g = set.grid().step(j);
+        let delta = (v - set.value(i, j)).abs();
+        // Differences of a few quanta are noise (sensor jitter, the grid's rounding), not steps.
+        if delta > (STRUCT_MIN_STEP * q).max(g) {
+            steps[n] = (delta, delta <= STRUCT_MAX_STEP * q);
             n += 1;
+            slack = slack.max(g);
         }
     }
     if n < STRUCT_MIN_CHANGED {
         return false;
     }
     let s = &mut steps[..n];
-    s.sort_unstable_by(f32::total_cmp);
-    // Largest group of steps equal within tolerance (two-pointer sweep over sorted steps).
-    let (mut best, mut lo) = (0usize, 0usize);
+    s.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    // Largest group of small steps equal within tolerance (two pointers over sorted steps).
+    let (mut best, mut lo, mut small) = (0usize, 0usize, 0usize);
     for hi in 0..n {
-        while s[hi] - s[lo] > (STRUCT_STEP_TOLERANCE * s[lo]).max(1.0) {
+        small += usize::from(s[hi].1);
+        while s[hi].0 - s[lo].0 > (STRUCT_STEP_TOLERANCE * s[lo].0).max(slack) {
+            small -= usize::from(s[lo].1);
             lo += 1;
         }
-        best = best.max(hi + 1 - lo);
+        best = best.max(small);
     }
     best as f64 >= STRUCT_MODAL_SHARE * n as f64
 }
@@ -311,23 +304,33 @@ mod tests {
 
     #[test]
     fn synthetic_augmentation_raises_the_alarm() {
-        // Jacobian-style: 30 seeds, then children at a fixed small step from their seeds.
+        // Jacobian-based augmentation: 30 natural seeds, then three rounds in which every
+        // query so far gets a child `x + λ·sign(g)` (g stands in for the substitute's
+        // gradient), so the set doubles each round.
         let p = Prada::new(Config::default().detect.prada);
         let mut st = p.new_state();
-        let seeds: Vec<Vec<f32>> = (0..30u64)
+        let mut set: Vec<Vec<f32>> = (0..30u64)
             .map(|i| (0..16).map(|j| 8.0 + 3.0 * gaussian(i, j)).collect())
             .collect();
-        for (i, s) in seeds.iter().enumerate() {
+        for (i, s) in set.iter().enumerate() {
             run(&p, &mut st, s, (i % 3) as u32);
         }
-        for k in 0..300u64 {
-            let i = (k % 30) as usize;
-            let x: Vec<f32> = seeds[i]
+        let mut k = 0u64;
+        for _round in 0..3 {
+            let children: Vec<Vec<f32>> = set
                 .iter()
-                .enumerate()
-                .map(|(j, v)| v + if unit(k, j as u64) < 0.5 { 0.5 } else { -0.5 })
+                .map(|x| {
+                    k += 1;
+                    x.iter()
+                        .enumerate()
+                        .map(|(j, v)| v + if unit(k, j as u64) < 0.5 { 0.5 } else { -0.5 })
+                        .collect()
+                })
                 .collect();
-            run(&p, &mut st, &x, (i % 3) as u32);
+            for (i, c) in children.iter().enumerate() {
+                run(&p, &mut st, c, (i % 3) as u32);
+            }
+            set.extend(children);
         }
         assert!(st.alarm, "W = {:?}", st.last_w);
     }
@@ -353,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn whole_range_flips_are_not_perturbations() {
+        // One-hot or binary features: natural neighbours differ by the feature's whole range
+        // on a few coordinates, with equal magnitudes, and that is not an attack's step.
+        let p = Prada::new(Config::default().detect.prada);
+        let mut st = p.new_state();
+        let x: Vec<f32> = (0..16)
+            .map(|j| if j % 4 == 0 { 16.0 } else { 0.0 })
+            .collect();
+        run(&p, &mut st, &x, 0);
+        let mut y = x.clone();
+        for j in [0, 1, 5, 8, 9] {
+            y[j] = 16.0 - y[j];
+        }
+        let s = run(&p, &mut st, &y, 0);
+        assert!(s.prada_distance.is_some() && !s.structured);
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let cfg = Config::default().detect.prada;
         let cap = cfg.growing_set_cap;
@@ -362,7 +383,7 @@ mod tests {
             let x: Vec<f32> = (0..16).map(|j| 100.0 * gaussian(i, j)).collect();
             run(&p, &mut st, &x, 0);
         }
-        assert!(st.classes.len() <= cap);
+        assert!(st.set.as_ref().unwrap().len() <= cap);
         assert!(st.distances.len() <= Config::default().detect.prada.distances);
     }
 
@@ -391,6 +412,6 @@ mod tests {
             ..Default::default()
         };
         p.observe(&q, &m, &mut st, &mut s);
-        assert!(s.prada_distance.is_none() && st.classes.is_empty());
+        assert!(s.prada_distance.is_none() && st.set.as_ref().is_none_or(GrowingSet::is_empty));
     }
 }

@@ -7,8 +7,13 @@
 //! Tukey fences) and rates of each detector event, so thresholds are relative to the model's
 //! normal, not fixed numbers.
 
+use super::grid::Grid;
 use crate::config::{BaselineConfig, DriftConfig, MarginConfig};
 use crate::schema::Schema;
+use std::sync::Arc;
+
+/// Samples needed before a provisional byte grid is drawn (until the baseline is ready).
+pub const GRID_MIN_SAMPLES: usize = 16;
 
 /// One query offered to the reservoir.
 #[derive(Debug, Clone)]
@@ -104,6 +109,9 @@ pub struct Baseline {
     /// Radius within which an earlier query counts as the same neighbourhood.
     pub near_radius: Option<f32>,
     pub rates: Rates,
+    /// Byte grid for per-client history: provisional from the first samples (or the
+    /// schema's domain), then frozen with the normalisation. `None` before any sample.
+    pub grid: Option<Arc<Grid>>,
 }
 
 fn quantile_sorted(v: &[f32], q: f64) -> f32 {
@@ -124,6 +132,7 @@ impl Baseline {
 
     fn not_ready(mut self) -> Self {
         self.ready = false;
+        self.grid = None;
         self
     }
 
@@ -148,6 +157,7 @@ impl Baseline {
                 out_of_range: 0.01,
                 structured: 0.005,
             },
+            grid: Some(Arc::new(Grid::new(vec![(0.0, range); dims]))),
         }
     }
 
@@ -189,6 +199,13 @@ impl Baseline {
             // Rates and thresholds from a handful of samples would be noise; a schema only
             // improves the fences once there is a sample to calibrate against.
             b.ready = false;
+            if let Some(s) = schema {
+                b.grid = Some(Arc::new(Grid::new(
+                    (0..dims).map(|j| domain_range(s, j).unwrap_or((0.0, 1.0))),
+                )));
+            } else if n >= GRID_MIN_SAMPLES {
+                b.grid = Some(Arc::new(provisional_grid(res, dims)));
+            }
             return b;
         }
         // Per-dimension robust statistics.
@@ -250,13 +267,15 @@ impl Baseline {
         if !prev.ready {
             // Freeze the quantisation grid.
             for j in 0..dims {
-                let (lo, scale) = match schema.and_then(|s| s.domain(j)) {
-                    Some((a, c)) => (a as f32, ((c - a) as f32).max(f32::EPSILON)),
-                    None => (q01[j], spreads[j]),
-                };
+                let (lo, scale) = schema
+                    .and_then(|s| domain_range(s, j))
+                    .unwrap_or((q01[j], spreads[j]));
                 b.norm_lo[j] = lo;
                 b.norm_scale[j] = scale;
             }
+            b.grid = Some(Arc::new(floored_grid(
+                b.norm_lo.iter().copied().zip(b.norm_scale.iter().copied()),
+            )));
         }
         // Event thresholds and base rates among the samples.
         let mut outs: Vec<u32> = res.samples.iter().map(|s| b.out_count(&s.sketch)).collect();
@@ -301,6 +320,34 @@ impl Baseline {
             .filter(|(x, (lo, hi))| **x < **lo || **x > **hi)
             .count() as u32
     }
+}
+
+/// `(lo, width)` of a feature's valid domain in the schema.
+fn domain_range(s: &Schema, j: usize) -> Option<(f32, f32)> {
+    s.domain(j)
+        .map(|(a, c)| (a as f32, ((c - a) as f32).max(f32::EPSILON)))
+}
+
+/// A grid over each dimension's 1st–99th percentile of the few samples seen so far.
+fn provisional_grid(res: &Reservoir, dims: usize) -> Grid {
+    let mut col = Vec::with_capacity(res.samples.len());
+    floored_grid((0..dims).map(|j| {
+        col.clear();
+        col.extend(res.samples.iter().map(|s| s.sketch[j]));
+        col.sort_unstable_by(f32::total_cmp);
+        let lo = quantile_sorted(&col, 0.01);
+        (lo, quantile_sorted(&col, 0.99) - lo)
+    }))
+}
+
+/// A grid whose narrow dimensions (constant in normal traffic, like an image border) span at
+/// least a quarter of a typical dimension's range, so that perturbations of them still fit.
+fn floored_grid(ranges: impl Iterator<Item = (f32, f32)>) -> Grid {
+    let ranges: Vec<(f32, f32)> = ranges.collect();
+    let mut widths: Vec<f32> = ranges.iter().map(|r| r.1).collect();
+    widths.sort_unstable_by(f32::total_cmp);
+    let floor = 0.25 * quantile_sorted(&widths, 0.5);
+    Grid::new(ranges.into_iter().map(|(lo, w)| (lo, w.max(floor))))
 }
 
 /// Blacklight's salt: one fixed pseudo-random offset in [0, 255) per dimension.

@@ -1,0 +1,185 @@
+//! PRADA's growing set in bounded memory.
+//!
+//! The reference keeps every member forever. Here a client holds at most `cap` members, one
+//! byte per dimension on the grid it started with ([`Grid`]), so the default 128 members fit
+//! in 8 KiB at 64 dimensions. When the set is full a new member replaces a pseudo-random one
+//! (deterministic, so replays repeat exactly): unlike oldest-out, a member then survives `m`
+//! later joins with probability `(1 - 1/cap)^m`, so parents of synthetic queries hundreds of
+//! queries back are still found, for attack set-ups of any size, in proportion to `cap`.
+
+use crate::detect::mix64;
+use crate::window::grid::Grid;
+use std::sync::Arc;
+
+/// A member found by [`GrowingSet::nearest`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Nearest {
+    pub index: usize,
+    /// L2 distance in the input's own units.
+    pub distance: f32,
+}
+
+/// Members of every class of one client.
+#[derive(Debug, Clone)]
+pub struct GrowingSet {
+    grid: Arc<Grid>,
+    cap: usize,
+    codes: Vec<u8>,
+    classes: Vec<u32>,
+    joins: u64,
+}
+
+impl GrowingSet {
+    /// An empty set on `grid` (allocated in full now, so its memory never grows later).
+    pub fn new(grid: Arc<Grid>, cap: usize) -> Self {
+        let dims = grid.dims();
+        Self {
+            grid,
+            cap,
+            codes: Vec::with_capacity(cap * dims),
+            classes: Vec::with_capacity(cap),
+            joins: 0,
+        }
+    }
+
+    /// The grid members are stored on.
+    pub fn grid(&self) -> &Grid {
+        &self.grid
+    }
+
+    /// Members held.
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// True when no member is held.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
+    /// Heap bytes held (capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.codes.capacity() + self.classes.capacity() * 4
+    }
+
+    /// The nearest member of `class` to `x`, if the class has one.
+    pub fn nearest(&self, x: &[f32], class: u32) -> Option<Nearest> {
+        let d = self.grid.dims();
+        let mut coords = [0f32; crate::pipeline::SKETCH_DIM];
+        let mut weights = [0f32; crate::pipeline::SKETCH_DIM];
+        for j in 0..d {
+            coords[j] = self.grid.coord(j, x[j]);
+            let s = self.grid.step(j);
+            weights[j] = s * s;
+        }
+        let (coords, weights) = (&coords[..d], &weights[..d]);
+        let mut best: Option<(usize, f32)> = None;
+        for (i, &c) in self.classes.iter().enumerate() {
+            if c != class {
+                continue;
+            }
+            let member = &self.codes[i * d..(i + 1) * d];
+            let acc: f32 = member
+                .iter()
+                .zip(coords)
+                .zip(weights)
+                .map(|((&m, &u), &w)| {
+                    let t = u - f32::from(m);
+                    w * t * t
+                })
+                .sum();
+            if best.is_none_or(|(_, b)| acc < b) {
+                best = Some((i, acc));
+            }
+        }
+        best.map(|(index, acc)| Nearest {
+            index,
+            distance: acc.sqrt(),
+        })
+    }
+
+    /// Value of member `i` in dimension `j`.
+    pub fn value(&self, i: usize, j: usize) -> f32 {
+        self.grid.decode(j, self.codes[i * self.grid.dims() + j])
+    }
+
+    /// Adds `x` as a member of `class`, replacing a pseudo-random member when full.
+    pub fn insert(&mut self, x: &[f32], class: u32) {
+        let d = self.grid.dims();
+        self.joins += 1;
+        let slot = if self.classes.len() < self.cap {
+            self.classes.push(class);
+            self.codes.resize(self.classes.len() * d, 0);
+            self.classes.len() - 1
+        } else {
+            let i = (mix64(self.joins ^ 0x6A0E_5E70) % self.cap as u64) as usize;
+            self.classes[i] = class;
+            i
+        };
+        for (j, (c, &v)) in self.codes[slot * d..(slot + 1) * d]
+            .iter_mut()
+            .zip(x)
+            .enumerate()
+        {
+            *c = self.grid.encode(j, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::unit;
+
+    fn grid(d: usize) -> Arc<Grid> {
+        Arc::new(Grid::new(vec![(0.0, 16.0); d]))
+    }
+
+    #[test]
+    fn nearest_matches_an_exact_scan_within_the_grid_error() {
+        let mut s = GrowingSet::new(grid(16), 64);
+        let pts: Vec<Vec<f32>> = (0..50u64)
+            .map(|i| (0..16).map(|j| 16.0 * unit(i, j) as f32).collect())
+            .collect();
+        for (i, p) in pts.iter().enumerate() {
+            s.insert(p, (i % 2) as u32);
+        }
+        for q in 100..140u64 {
+            let x: Vec<f32> = (0..16).map(|j| 16.0 * unit(q, j) as f32).collect();
+            let exact = pts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, p)| {
+                    p.iter()
+                        .zip(&x)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>()
+                        .sqrt()
+                })
+                .fold(f32::INFINITY, f32::min);
+            let got = s.nearest(&x, 1).unwrap().distance;
+            // Each coordinate is off by at most half a step (24/255/2).
+            assert!((got - exact).abs() < 0.05 * 4.0, "{got} vs {exact}");
+        }
+        assert!(s.nearest(&pts[0], 7).is_none());
+    }
+
+    #[test]
+    fn full_sets_replace_members_and_keep_old_ones_in_proportion() {
+        let cap = 128;
+        let mut s = GrowingSet::new(grid(4), cap);
+        let bytes = s.heap_bytes();
+        for i in 0..1000u32 {
+            s.insert(&[i as f32 / 100.0, 0.0, 0.0, 0.0], i);
+        }
+        assert_eq!(s.len(), cap);
+        assert_eq!(s.heap_bytes(), bytes);
+        // A member survives m later joins with (1 - 1/128)^m: of the last 128 joins about
+        // 128·(1 - 1/e) ≈ 81 remain, of those 500 or more joins back about 3.
+        let recent = s.classes.iter().filter(|&&c| c >= 872).count();
+        assert!((65..=95).contains(&recent), "{recent}");
+        let old = s.classes.iter().filter(|&&c| c < 500).count();
+        assert!(old <= 12, "{old}");
+    }
+}

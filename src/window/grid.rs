@@ -1,0 +1,102 @@
+//! A per-dimension byte grid, so that per-client history costs one byte per dimension.
+//!
+//! Detectors that keep whole past queries (PRADA's growing set) would otherwise pay four
+//! bytes per dimension and fit a quarter of the history into the same per-client budget;
+//! synthetic-augmentation attacks are only visible when a query's parent, sometimes hundreds
+//! of queries back, is still held. A byte per dimension over `[lo - ¼·scale, lo + 1¼·scale]`
+//! keeps 1/170 of the feature's normal spread, finer than any step the detectors compare.
+//!
+//! Each client keeps the grid it started with (an `Arc`), so its stored codes stay
+//! comparable even when the model's grid is later refined.
+
+/// Share of the scale added below and above the normal range.
+pub const GRID_MARGIN: f32 = 0.25;
+/// Codes per dimension.
+const LEVELS: f32 = 255.0;
+
+/// A byte grid over each dimension's normal range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    lo: Vec<f32>,
+    step: Vec<f32>,
+}
+
+impl Grid {
+    /// A grid over `(lo, scale)` ranges, one per dimension. A zero or non-finite scale is
+    /// replaced by 1 so that every code stays finite.
+    pub fn new(ranges: impl IntoIterator<Item = (f32, f32)>) -> Self {
+        let (lo, step) = ranges
+            .into_iter()
+            .map(|(lo, scale)| {
+                let scale = if scale.is_finite() && scale > 0.0 {
+                    scale
+                } else {
+                    1.0
+                };
+                let step = scale * (1.0 + 2.0 * GRID_MARGIN) / LEVELS;
+                (lo - GRID_MARGIN * scale, step)
+            })
+            .unzip();
+        Self { lo, step }
+    }
+
+    /// Dimensions covered.
+    pub fn dims(&self) -> usize {
+        self.lo.len()
+    }
+
+    /// Width of one code in dimension `j`.
+    pub fn step(&self, j: usize) -> f32 {
+        self.step[j]
+    }
+
+    /// Continuous grid coordinate of value `x` in dimension `j` (not rounded, not clamped).
+    pub fn coord(&self, j: usize, x: f32) -> f32 {
+        (x - self.lo[j]) / self.step[j]
+    }
+
+    /// The code of `x` in dimension `j`; values beyond the grid clamp to its ends.
+    pub fn encode(&self, j: usize, x: f32) -> u8 {
+        self.coord(j, x).round().clamp(0.0, LEVELS) as u8
+    }
+
+    /// The value a code stands for.
+    pub fn decode(&self, j: usize, code: u8) -> f32 {
+        self.lo[j] + f32::from(code) * self.step[j]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn degenerate_scales_stay_finite() {
+        let g = Grid::new([(0.0, 0.0), (1.0, f32::NAN)]);
+        assert!(g.step(0) > 0.0 && g.step(1) > 0.0);
+        assert!(g.decode(1, 200).is_finite());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_error_is_half_a_step_inside_the_range(
+            lo in -1e4f32..1e4, scale in 1e-3f32..1e4, t in -0.25f32..1.25,
+        ) {
+            let g = Grid::new([(lo, scale)]);
+            let x = lo + t * scale;
+            let back = g.decode(0, g.encode(0, x));
+            // Half a step, plus f32 rounding of the affine map.
+            let tol = 0.5 * g.step(0) + 1e-5 * (lo.abs() + scale);
+            prop_assert!((back - x).abs() <= tol, "x {x} back {back} tol {tol}");
+            prop_assert!(g.step(0) <= scale / 170.0 * 1.001);
+        }
+
+        #[test]
+        fn out_of_range_values_clamp(lo in -10f32..10.0, scale in 0.1f32..10.0, far in 2f32..1e6) {
+            let g = Grid::new([(lo, scale)]);
+            prop_assert_eq!(g.encode(0, lo + far * scale), 255);
+            prop_assert_eq!(g.encode(0, lo - far * scale), 0);
+        }
+    }
+}

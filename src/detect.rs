@@ -58,7 +58,9 @@ pub struct Signals {
     pub flip: bool,
     /// Matches a recent query of *another* client.
     pub global_near_dup: bool,
-    /// Hash matches with the best earlier query, out of the hashes kept.
+    /// Hash matches with the best earlier query, out of the hashes kept. Exact when it is
+    /// over the near-duplicate threshold; below it, earlier queries that cannot reach the
+    /// threshold are not compared and it may be an underestimate.
     pub best_match: u32,
     /// PRADA: minimum L2 distance to the growing set of the predicted class.
     pub prada_distance: Option<f32>,

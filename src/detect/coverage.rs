@@ -5,20 +5,35 @@
 
 use super::{mix64, unit, Detector, ModelView, Query, Signals};
 use crate::config::CoverageConfig;
+use crate::pipeline::SKETCH_DIM;
 
 /// The coverage detector.
 #[derive(Debug)]
 pub struct Coverage {
     projections: usize,
     levels: u32,
+    /// Fixed ±1 projection signs, `projections` rows of [`SKETCH_DIM`].
+    signs: Vec<f32>,
 }
 
 impl Coverage {
     /// A detector with these settings.
     pub fn new(cfg: &CoverageConfig) -> Self {
+        let signs = (0..cfg.projections)
+            .flat_map(|p| {
+                (0..SKETCH_DIM).map(move |j| {
+                    if unit(0xC07E_2A6E ^ p as u64, j as u64) < 0.5 {
+                        -1.0
+                    } else {
+                        1.0
+                    }
+                })
+            })
+            .collect();
         Self {
             projections: cfg.projections,
             levels: 1 << cfg.cell_bits,
+            signs,
         }
     }
 
@@ -26,19 +41,16 @@ impl Coverage {
     /// `levels` slices of one standard unit around the centre.
     pub fn cell(&self, sketch: &[f32], m: &ModelView<'_>) -> u64 {
         let b = m.baseline;
-        let norm = (sketch.len() as f32).sqrt().max(1.0);
+        let d = sketch.len().min(SKETCH_DIM);
+        let norm = (d as f32).sqrt().max(1.0);
+        let mut z = [0f32; SKETCH_DIM];
+        for (j, zj) in z[..d].iter_mut().enumerate() {
+            *zj = (sketch[j] - b.center[j]) / b.scale[j];
+        }
         let mut h = 0u64;
         for p in 0..self.projections {
-            let mut acc = 0f32;
-            for (j, &x) in sketch.iter().enumerate() {
-                let z = (x - b.center[j]) / b.scale[j];
-                let sign = if unit(0xC07E_2A6E ^ p as u64, j as u64) < 0.5 {
-                    -1.0
-                } else {
-                    1.0
-                };
-                acc += sign * z;
-            }
+            let signs = &self.signs[p * SKETCH_DIM..p * SKETCH_DIM + d];
+            let acc: f32 = signs.iter().zip(&z[..d]).map(|(s, z)| s * z).sum();
             // ~N(0, 0.3²) for natural data; 4 slices of width 0.25 around 0.
             let level = ((acc / norm) * 4.0 + self.levels as f32 / 2.0)
                 .floor()

@@ -29,9 +29,16 @@ pub struct Fingerprint {
 #[derive(Debug, Clone)]
 pub struct FingerprintState {
     hashes: Box<[u32]>,
+    /// One 64-bit Bloom signature per fingerprint. Shared hashes set shared bits, so
+    /// `popcount(a & b)` plus the query's own bit collisions bounds the number of shared
+    /// hashes from above, and most earlier queries are ruled out with one AND.
+    blooms: Box<[u64]>,
     lens: Box<[u8]>,
-    classes: Box<[u32]>,
-    exact: Box<[u64]>,
+    /// Predicted class of each fingerprint ([`class_tag`]).
+    classes: Box<[u16]>,
+    /// High 32 bits of [`exact_hash`]: a false match needs a 1-in-4-billion collision
+    /// within `history` queries.
+    exact: Box<[u32]>,
     next: usize,
     filled: usize,
     seq: u32,
@@ -176,13 +183,21 @@ impl Fingerprint {
         sig: &mut Signals,
     ) {
         let top = self.cfg.top_n.min(64);
-        let exact = exact_hash(q.input);
+        let exact = (exact_hash(q.input) >> 32) as u32;
+        let bloom = bloom(fp);
+        // Matches needed to be a near-duplicate: more than `match_share` of the hashes.
+        let need = (self.cfg.match_share * fp.len() as f64).floor() as u32 + 1;
+        // Hashes of this query that share a bit with another of its hashes.
+        let collided = fp.len() as u32 - bloom.count_ones();
         if st.exact[..st.filled].contains(&exact) {
             sig.exact_dup = true;
         } else {
             let mut best = 0u32;
             let mut best_i = usize::MAX;
             for i in 0..st.filled {
+                if (st.blooms[i] & bloom).count_ones() + collided < need.max(best + 1) {
+                    continue;
+                }
                 let len = st.lens[i] as usize;
                 let other = &st.hashes[i * top..i * top + len];
                 let c = intersect_sorted(fp, other);
@@ -195,14 +210,15 @@ impl Fingerprint {
             if !fp.is_empty() && f64::from(best) > self.cfg.match_share * fp.len() as f64 {
                 sig.near_dup = true;
                 if let Some(c) = q.answer.class {
-                    sig.flip = st.classes[best_i] != c;
+                    sig.flip = st.classes[best_i] != class_tag(Some(c));
                 }
             }
         }
         let i = st.next;
         st.hashes[i * top..i * top + fp.len()].copy_from_slice(fp);
+        st.blooms[i] = bloom;
         st.lens[i] = fp.len() as u8;
-        st.classes[i] = q.answer.class.unwrap_or(u32::MAX);
+        st.classes[i] = class_tag(q.answer.class);
         st.exact[i] = exact;
         st.next = (i + 1) % self.cfg.history;
         st.filled = (st.filled + 1).min(self.cfg.history);
@@ -221,8 +237,9 @@ impl Detector for Fingerprint {
         let h = self.cfg.history;
         FingerprintState {
             hashes: vec![0; h * self.cfg.top_n.min(64)].into_boxed_slice(),
+            blooms: vec![0; h].into_boxed_slice(),
             lens: vec![0; h].into_boxed_slice(),
-            classes: vec![u32::MAX; h].into_boxed_slice(),
+            classes: vec![u16::MAX; h].into_boxed_slice(),
             exact: vec![0; h].into_boxed_slice(),
             next: 0,
             filled: 0,
@@ -246,8 +263,18 @@ impl Detector for Fingerprint {
 impl FingerprintState {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.hashes.len() * 4 + self.lens.len() + self.classes.len() * 4 + self.exact.len() * 8
+        self.hashes.len() * 4
+            + self.blooms.len() * 8
+            + self.lens.len()
+            + self.classes.len() * 2
+            + self.exact.len() * 4
     }
+}
+
+/// A class in 16 bits: `u16::MAX` for none; classes past 65534 share the last tag (their
+/// flips go unseen; no classifier served here has that many).
+pub fn class_tag(class: Option<u32>) -> u16 {
+    class.map_or(u16::MAX, |c| c.min(u32::from(u16::MAX) - 1) as u16)
 }
 
 /// Hash of the exact input bits (for retries).
@@ -260,6 +287,12 @@ pub fn exact_hash(input: &[f32]) -> u64 {
 }
 
 /// Size of the intersection of two ascending slices.
+/// 64-bit Bloom signature of a fingerprint (one bit per hash).
+fn bloom(fp: &[u32]) -> u64 {
+    fp.iter()
+        .fold(0, |b, &h| b | 1 << (mix64(u64::from(h)) & 63))
+}
+
 fn intersect_sorted(a: &[u32], b: &[u32]) -> u32 {
     let (mut i, mut j, mut c) = (0, 0, 0);
     while i < a.len() && j < b.len() {
@@ -391,5 +424,20 @@ mod tests {
     fn intersection_counts_common_values() {
         assert_eq!(intersect_sorted(&[1, 3, 5, 7], &[2, 3, 7, 9]), 2);
         assert_eq!(intersect_sorted(&[], &[1]), 0);
+    }
+
+    proptest::proptest! {
+        /// The Bloom pre-filter never rules out a query that shares enough hashes.
+        #[test]
+        fn bloom_bound_is_an_upper_bound(
+            a in proptest::collection::btree_set(0u32..200, 0..16),
+            b in proptest::collection::btree_set(0u32..200, 0..16),
+        ) {
+            let a: Vec<u32> = a.into_iter().collect();
+            let b: Vec<u32> = b.into_iter().collect();
+            let (ba, bb) = (bloom(&a), bloom(&b));
+            let bound = (ba & bb).count_ones() + a.len() as u32 - ba.count_ones();
+            proptest::prop_assert!(intersect_sorted(&a, &b) <= bound);
+        }
     }
 }

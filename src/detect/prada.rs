@@ -18,9 +18,11 @@
 
 pub mod store;
 
+use super::fingerprint::class_tag;
 use super::shapiro::shapiro_wilk;
 use super::{Detector, ModelView, Query, Signals};
 use crate::config::PradaConfig;
+use half::f16;
 use std::collections::VecDeque;
 use store::GrowingSet;
 
@@ -62,7 +64,9 @@ pub struct PradaState {
     dims: usize,
     set: Option<GrowingSet>,
     stats: Vec<ClassStat>,
-    distances: VecDeque<(u32, f32)>,
+    /// `(class tag, distance)`: half precision is ample for a normality test and halves the
+    /// ring's memory.
+    distances: VecDeque<(u16, f16)>,
     queries: u32,
     /// Last Shapiro–Wilk W.
     pub last_w: Option<f64>,
@@ -75,7 +79,7 @@ impl PradaState {
     pub fn heap_bytes(&self) -> usize {
         self.set.as_ref().map_or(0, GrowingSet::heap_bytes)
             + self.stats.capacity() * std::mem::size_of::<ClassStat>()
-            + self.distances.capacity() * 8
+            + self.distances.capacity() * 4
     }
 }
 
@@ -93,7 +97,7 @@ impl Prada {
             .filter(|(c, _)| {
                 st.stats
                     .iter()
-                    .find(|s| s.class == *c)
+                    .find(|s| class_tag(Some(s.class)) == *c)
                     .is_some_and(|s| s.distances >= 10)
             })
             .map(|&(_, d)| f64::from(d))
@@ -177,7 +181,8 @@ impl Detector for Prada {
             let dist = n.distance;
             sig.prada_distance = Some(dist);
             sig.structured = structured(x, set, n.index, m);
-            st.distances.push_back((class, dist));
+            st.distances
+                .push_back((class_tag(Some(class)), f16::from_f32(dist)));
             if st.distances.len() > self.cfg.distances {
                 st.distances.pop_front();
             }

@@ -7,6 +7,7 @@
 //! later joins with probability `(1 - 1/cap)^m`, so parents of synthetic queries hundreds of
 //! queries back are still found, for attack set-ups of any size, in proportion to `cap`.
 
+use crate::detect::fingerprint::class_tag;
 use crate::detect::mix64;
 use crate::window::grid::Grid;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub struct GrowingSet {
     grid: Arc<Grid>,
     cap: usize,
     codes: Vec<u8>,
-    classes: Vec<u32>,
+    classes: Vec<u16>,
     joins: u64,
 }
 
@@ -59,11 +60,12 @@ impl GrowingSet {
 
     /// Heap bytes held (capacity).
     pub fn heap_bytes(&self) -> usize {
-        self.codes.capacity() + self.classes.capacity() * 4
+        self.codes.capacity() + self.classes.capacity() * 2
     }
 
     /// The nearest member of `class` to `x`, if the class has one.
     pub fn nearest(&self, x: &[f32], class: u32) -> Option<Nearest> {
+        let class = class_tag(Some(class));
         let d = self.grid.dims();
         let mut coords = [0f32; crate::pipeline::SKETCH_DIM];
         let mut weights = [0f32; crate::pipeline::SKETCH_DIM];
@@ -105,6 +107,7 @@ impl GrowingSet {
 
     /// Adds `x` as a member of `class`, replacing a pseudo-random member when full.
     pub fn insert(&mut self, x: &[f32], class: u32) {
+        let class = class_tag(Some(class));
         let d = self.grid.dims();
         self.joins += 1;
         let slot = if self.classes.len() < self.cap {

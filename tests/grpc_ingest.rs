@@ -21,6 +21,7 @@ fn data(p: &str) -> PathBuf {
 
 struct Running {
     addr: String,
+    pipeline: Arc<Pipeline>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -33,8 +34,9 @@ async fn start(cfg: Config, schema: Option<Schema>) -> Running {
         Arc::new(Pipeline::new(Arc::new(cfg), schema, probewatch::clock::system()).unwrap());
     let dispatcher = Arc::new(Dispatcher::start(&sinks).unwrap());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = pipeline.clone();
     let task = tokio::spawn(async move {
-        probewatch::server::run(listener, pipeline, dispatcher.clone(), async {
+        probewatch::server::run(listener, served, dispatcher.clone(), async {
             let _ = rx.await;
         })
         .await
@@ -43,7 +45,12 @@ async fn start(cfg: Config, schema: Option<Schema>) -> Running {
             d.shutdown(std::time::Duration::from_secs(5)).await;
         }
     });
-    Running { addr, stop, task }
+    Running {
+        addr,
+        pipeline,
+        stop,
+        task,
+    }
 }
 
 fn rec(client: &str, input: Vec<f32>) -> QueryRecord {
@@ -121,6 +128,75 @@ async fn bad_records_are_rejected_one_by_one_and_the_stream_goes_on() {
         resp.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    srv.stop.send(()).unwrap();
+    srv.task.await.unwrap();
+}
+
+/// A flood beyond the processing limit is shed whole batches at a time, each record rejected
+/// as OVERLOADED and counted; nothing is lost silently and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_shed_with_counted_overloaded_rejections() {
+    let mut cfg = Config::default();
+    cfg.alerts.sinks.clear();
+    cfg.server.max_concurrent_batches = 1;
+    cfg.server.shed_after_ms = 1;
+    let srv = start(cfg, None).await;
+    let (streams, per_batch) = (8usize, 3000usize);
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let addr = srv.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = IngestClient::connect(addr).await.unwrap();
+            let records = (0..per_batch)
+                .map(|i| rec(&format!("s{s}-c{}", i % 50), vec![i as f32, s as f32]))
+                .collect();
+            let batch = RecordBatch {
+                batch_id: s as u64,
+                records,
+            };
+            let mut acks = client
+                .stream(tokio_stream::iter(vec![batch]))
+                .await
+                .unwrap()
+                .into_inner();
+            acks.message().await.unwrap().unwrap()
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.push(t.await.unwrap());
+    }
+    let shed: Vec<_> = acks.iter().filter(|a| a.accepted == 0).collect();
+    assert!(
+        !shed.is_empty(),
+        "8 concurrent batches through 1 slot: some must be shed"
+    );
+    assert!(shed.len() < streams, "the first batch gets the slot");
+    let mut overloaded = 0;
+    for a in &acks {
+        assert_eq!(u64::from(a.accepted + a.rejected), per_batch as u64);
+        for r in &a.rejections {
+            assert_eq!(r.reason, RejectReason::Overloaded as i32);
+            assert!(r.detail.contains("overloaded"), "{}", r.detail);
+            overloaded += 1;
+        }
+    }
+    // Every shed record is counted where the metrics will read it.
+    assert_eq!(
+        srv.pipeline.stats.rejected(RejectReason::Overloaded),
+        overloaded
+    );
+    // Once the flood is over the server accepts again.
+    let mut client = IngestClient::connect(srv.addr.clone()).await.unwrap();
+    let mut after = client
+        .stream(tokio_stream::iter(vec![RecordBatch {
+            batch_id: 99,
+            records: vec![rec("late", vec![1.0, 2.0])],
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.message().await.unwrap().unwrap().accepted, 1);
     srv.stop.send(()).unwrap();
     srv.task.await.unwrap();
 }

@@ -4,7 +4,12 @@
 //! fans each one out to every configured sink through a bounded queue per sink. A full queue
 //! drops the event for that sink only, and counts it: detection never waits on a sink.
 
+pub mod cloudevents;
 pub mod jsonl;
+pub mod ocsf;
+pub mod pagerduty;
+pub mod slack;
+pub mod syslog;
 pub mod webhook;
 
 use crate::config::SinkConfig;
@@ -56,6 +61,9 @@ pub struct QueryCounts {
 pub struct Alert {
     /// Stable for the life of one (client, kind) alert: updates and resolve reuse it.
     pub id: String,
+    /// Unique per event of that alert (`<id>.<n>`, n = 0 for raised, counting up), and the
+    /// same on every redelivery, so receivers can deduplicate.
+    pub event_id: String,
     pub event: Event,
     pub model: String,
     /// Client id, or its pseudonym when configured.
@@ -79,6 +87,32 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// A plausible raised extraction alert with this id, for tests and examples.
+    #[doc(hidden)]
+    pub fn example(id: &str) -> Alert {
+        Alert {
+            id: id.into(),
+            event_id: format!("{id}.0"),
+            event: Event::Raised,
+            model: "digits-mlp".into(),
+            client: "c-17".into(),
+            kind: Kind::Extraction,
+            severity: Severity::High,
+            confidence: 0.9,
+            technique: Alert::technique(Kind::Extraction),
+            first_seen_ms: 1_700_000_000_000,
+            last_seen_ms: 1_700_000_060_000,
+            ts_ms: 1_700_000_060_000,
+            alert_first_ts_ms: 1_700_000_060_000,
+            queries: QueryCounts {
+                total: 300,
+                window: 120,
+            },
+            evidence: serde_json::json!({"out_of_range_share": 0.9, "normal_out_of_range_share": 0.01}),
+            emitted_at_ms: 1_700_000_060_123,
+        }
+    }
+
     /// Builds the technique block for a kind.
     pub fn technique(kind: Kind) -> Technique {
         let (id, name) = kind.atlas();

@@ -521,8 +521,14 @@ impl Pipeline {
             "cusum": st.policy.cusum,
             "threshold": self.policy.threshold(),
         });
+        let n = match event {
+            Event::Raised => 0,
+            Event::Updated => a.updates,
+            Event::Resolved => a.updates + 1,
+        };
         Alert {
             id: a.id.clone(),
+            event_id: format!("{}.{n}", a.id),
             event,
             model: st.model.to_string(),
             client: self.client_label(&st.client),

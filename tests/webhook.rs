@@ -1,9 +1,8 @@
 //! The webhook sink against a real HTTP receiver on loopback that fails before it succeeds.
 
 use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
-use probewatch::alert::{Alert, Dispatcher, Event, QueryCounts};
+use probewatch::alert::{Alert, Dispatcher};
 use probewatch::config::SinkConfig;
-use probewatch::detect::policy::{Kind, Severity};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,26 +22,7 @@ async fn hook(State(r): State<Receiver>, Json(v): Json<serde_json::Value>) -> St
 }
 
 fn alert(id: &str) -> Alert {
-    Alert {
-        id: id.into(),
-        event: Event::Raised,
-        model: "m".into(),
-        client: "c".into(),
-        kind: Kind::Extraction,
-        severity: Severity::High,
-        confidence: 0.9,
-        technique: Alert::technique(Kind::Extraction),
-        first_seen_ms: 1,
-        last_seen_ms: 2,
-        ts_ms: 2,
-        alert_first_ts_ms: 2,
-        queries: QueryCounts {
-            total: 30,
-            window: 30,
-        },
-        evidence: serde_json::json!({"out_of_range_share": 1.0}),
-        emitted_at_ms: 3,
-    }
+    Alert::example(id)
 }
 
 #[tokio::test]

@@ -1,23 +1,29 @@
 //! Alerts and their delivery.
 //!
-//! The pipeline produces [`Alert`] events (raised, updated, resolved); the [`Dispatcher`]
-//! fans each one out to every configured sink through a bounded queue per sink. A full queue
-//! drops the event for that sink only, and counts it: detection never waits on a sink.
+//! The pipeline produces [`Alert`] events (raised, updated, resolved). The [`Dispatcher`]
+//! writes each to the durable [`spool`] (that is when it counts as raised) and every sink's
+//! task ([`delivery`]) delivers it from there at least once, in the sink's own format.
 
+pub mod alertmanager;
 pub mod cloudevents;
+pub mod delivery;
+pub mod http;
 pub mod jsonl;
 pub mod ocsf;
 pub mod pagerduty;
 pub mod slack;
+pub mod spool;
 pub mod syslog;
 pub mod webhook;
 
-use crate::config::SinkConfig;
+use crate::config::{AlertsConfig, ResolvedSink, SinkType};
 use crate::detect::policy::{Kind, Severity};
+use delivery::SinkStats;
 use serde::{Deserialize, Serialize};
+use spool::{Spool, SpoolError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
 /// Alert-sink errors.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,32 @@ pub enum AlertError {
     },
     #[error("cannot build HTTP client: {0}")]
     Client(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("sink {0}: {1}")]
+    Sink(String, String),
+}
+
+/// RFC 3339 UTC with milliseconds (`2023-11-14T22:13:20.000Z`) of Unix milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
 }
 
 /// Lifecycle step an alert event reports.
@@ -123,88 +155,117 @@ impl Alert {
     }
 }
 
-/// Delivery counters of one sink.
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    pub name: String,
-    pub sent: AtomicU64,
-    pub failed: AtomicU64,
-    pub retried: AtomicU64,
-    pub dropped: AtomicU64,
-}
-
-struct SinkHandle {
-    tx: mpsc::Sender<Arc<Alert>>,
-    stats: Arc<SinkStats>,
-}
-
-/// Fans alerts out to sinks, each behind its own bounded queue and task.
+/// Writes alert events to the spool and runs one delivery task per sink.
 pub struct Dispatcher {
-    sinks: Vec<SinkHandle>,
+    spool: Arc<Spool>,
+    stats: Vec<Arc<SinkStats>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// Events the spool could not take (full under `reject_new`, or a disk error).
+    pub lost: AtomicU64,
 }
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("sinks", &self.sinks.len())
+            .field("sinks", &self.stats.len())
             .finish()
     }
 }
 
 impl Dispatcher {
-    /// Starts one task per sink. Must be called inside a tokio runtime.
-    pub fn start(configs: &[SinkConfig]) -> Result<Self, AlertError> {
-        let mut sinks = Vec::new();
+    /// Opens the spool and starts one task per sink. Must be called inside a tokio runtime.
+    pub fn start(cfg: &AlertsConfig, sinks: Vec<ResolvedSink>) -> Result<Self, AlertError> {
+        let names = sinks.iter().map(|s| s.name.clone()).collect();
+        let spool = Arc::new(Spool::open(cfg, names)?);
+        let (stop, rx) = watch::channel(false);
+        let mut stats = Vec::new();
         let mut tasks = Vec::new();
-        for (i, cfg) in configs.iter().enumerate() {
-            let (queue, name) = match cfg {
-                SinkConfig::Jsonl { path } => (jsonl::QUEUE, format!("jsonl[{i}]:{path}")),
-                SinkConfig::Webhook { queue, .. } => (*queue, format!("webhook[{i}]")),
-            };
-            let (tx, rx) = mpsc::channel(queue);
-            let stats = Arc::new(SinkStats {
-                name,
+        for (i, s) in sinks.into_iter().enumerate() {
+            let st = Arc::new(SinkStats {
+                name: s.name.clone(),
                 ..Default::default()
             });
-            let task = match cfg {
-                SinkConfig::Jsonl { path } => {
-                    let sink = jsonl::JsonlSink::open(path)?;
-                    tokio::spawn(sink.run(rx, stats.clone()))
+            let c = s.config.clone();
+            let (sp, st2, rx) = (spool.clone(), st.clone(), rx.clone());
+            let task = match s.config.kind {
+                SinkType::Jsonl => {
+                    let path = s.config.path.as_deref().unwrap_or("-");
+                    tokio::spawn(delivery::run(jsonl::JsonlSink::open(path)?, i, c, sp, st2, rx))
                 }
-                SinkConfig::Webhook { .. } => {
-                    let sink = webhook::WebhookSink::new(cfg)?;
-                    tokio::spawn(sink.run(rx, stats.clone()))
+                SinkType::Webhook => {
+                    tokio::spawn(delivery::run(webhook::WebhookSink::new(&s)?, i, c, sp, st2, rx))
+                }
+                SinkType::Alertmanager => tokio::spawn(delivery::run(
+                    alertmanager::AlertmanagerSink::new(&s)?,
+                    i,
+                    c,
+                    sp,
+                    st2,
+                    rx,
+                )),
+                other => {
+                    return Err(AlertError::Sink(
+                        s.name.clone(),
+                        format!("type {} is not available yet", other.as_str()),
+                    ))
                 }
             };
-            sinks.push(SinkHandle { tx, stats });
+            stats.push(st);
             tasks.push(task);
         }
-        Ok(Self { sinks, tasks })
+        Ok(Self {
+            spool,
+            stats,
+            tasks,
+            stop,
+            lost: AtomicU64::new(0),
+        })
     }
 
-    /// Queues an alert for every sink; a full sink drops it (counted).
+    /// Spools an alert event for every sink. Detection never waits on a sink: this is a local
+    /// append (and fsync), whatever the sinks are doing.
     pub fn send(&self, alert: Alert) {
-        let alert = Arc::new(alert);
-        for s in &self.sinks {
-            if s.tx.try_send(alert.clone()).is_err() {
-                s.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sink = %s.stats.name, "alert queue full, alert dropped for this sink");
-            }
+        if let Err(e) = self.spool.append(&alert) {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, alert = %alert.id, kind = alert.kind.as_str(), "alert not spooled");
         }
     }
 
-    /// Per-sink counters.
-    pub fn stats(&self) -> Vec<Arc<SinkStats>> {
-        self.sinks.iter().map(|s| s.stats.clone()).collect()
+    /// The spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
     }
 
-    /// Closes the queues and waits (up to `grace`) for sinks to drain.
+    /// Per-sink counters, in sink order.
+    pub fn stats(&self) -> &[Arc<SinkStats>] {
+        &self.stats
+    }
+
+    /// Lets sinks deliver what is spooled, for at most `grace`; what is left stays spooled
+    /// for the next start.
     pub async fn shutdown(self, grace: std::time::Duration) {
-        drop(self.sinks);
+        let _ = self.stop.send(true);
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
         let all = futures::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!("alert sinks did not drain within the grace period");
+            for a in aborts {
+                a.abort();
+            }
+            tracing::warn!("alert sinks did not drain within the grace period; undelivered alerts stay in the spool");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
     }
 }

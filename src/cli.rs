@@ -1,6 +1,6 @@
 //! Command line: `serve`, `replay`, `send`.
 
-use crate::config::{Config, SinkConfig, EXIT_BAD_CONFIG};
+use crate::config::{Config, SinkConfig, SinkType, EXIT_BAD_CONFIG};
 use crate::schema::Schema;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -104,10 +104,8 @@ pub fn main() -> ExitCode {
                 cfg.server.listen = l;
             }
             if let Some(f) = alerts_file {
-                cfg.alerts
-                    .sinks
-                    .retain(|s| !matches!(s, SinkConfig::Jsonl { .. }));
-                cfg.alerts.sinks.push(SinkConfig::Jsonl { path: f });
+                cfg.alerts.sinks.retain(|s| s.kind != SinkType::Jsonl);
+                cfg.alerts.sinks.push(SinkConfig::jsonl(&f));
             }
             if let Err(e) = cfg.validate() {
                 return bad_config(e);
@@ -116,7 +114,12 @@ pub fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return bad_config(e),
             };
-            run_async(serve(cfg, schema))
+            // Secrets are read now, so a missing one is a configuration error (exit 64).
+            let sinks = match cfg.alerts.resolve_sinks() {
+                Ok(s) => s,
+                Err(e) => return bad_config(e),
+            };
+            run_async(serve(cfg, schema, sinks))
         }
         Command::Replay {
             trace,
@@ -194,17 +197,21 @@ where
     }
 }
 
-async fn serve(cfg: Config, schema: Option<Schema>) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    schema: Option<Schema>,
+    sinks: Vec<crate::config::ResolvedSink>,
+) -> anyhow::Result<()> {
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "probewatch ingest listening");
-    let sinks = cfg.alerts.sinks.clone();
+    let alerts = cfg.alerts.clone();
     let pipeline = Arc::new(crate::pipeline::Pipeline::new(
         Arc::new(cfg),
         schema,
         crate::clock::system(),
     )?);
-    let dispatcher = Arc::new(crate::alert::Dispatcher::start(&sinks)?);
+    let dispatcher = Arc::new(crate::alert::Dispatcher::start(&alerts, sinks)?);
     crate::server::run(
         listener,
         pipeline,

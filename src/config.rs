@@ -4,6 +4,10 @@
 //! A user's file is merged over the embedded default key by key, so it only names what it
 //! changes. `probewatch` exits with code 64 (`EX_USAGE`) on a bad config.
 
+pub mod sink;
+
+pub use sink::{Fsync, Overflow, ResolvedSink, Secret, SinkConfig, SinkType};
+
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,12 +30,12 @@ pub enum ConfigError {
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("invalid config: {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        field: field.into(),
         reason: reason.into(),
     }
 }
@@ -183,52 +187,16 @@ pub struct PrivacyConfig {
     pub key_env: String,
 }
 
-/// Alert sinks.
+/// Alert delivery: the durable spool and the sinks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
+    /// Directory of the on-disk spool; empty keeps alerts in memory only (not durable).
+    pub spool_dir: String,
+    pub spool_max_bytes: u64,
+    pub spool_fsync: Fsync,
+    pub spool_overflow: Overflow,
     pub sinks: Vec<SinkConfig>,
-}
-
-/// One alert sink.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// JSON Lines to a file, or stdout with `path = "-"`.
-    Jsonl { path: String },
-    /// JSON POST of each alert.
-    Webhook {
-        url: String,
-        #[serde(default = "default_webhook_queue")]
-        queue: usize,
-        #[serde(default = "default_webhook_retries")]
-        max_retries: u32,
-        #[serde(default = "default_webhook_backoff_ms")]
-        backoff_ms: u64,
-        #[serde(default = "default_webhook_timeout_ms")]
-        timeout_ms: u64,
-    },
-}
-
-/// Default bounded queue length of a webhook sink.
-pub const DEFAULT_WEBHOOK_QUEUE: usize = 1024;
-/// Default retries of one webhook delivery.
-pub const DEFAULT_WEBHOOK_RETRIES: u32 = 5;
-/// Default first backoff of a webhook retry.
-pub const DEFAULT_WEBHOOK_BACKOFF_MS: u64 = 200;
-/// Default per-request timeout of a webhook.
-pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5000;
-fn default_webhook_queue() -> usize {
-    DEFAULT_WEBHOOK_QUEUE
-}
-fn default_webhook_retries() -> u32 {
-    DEFAULT_WEBHOOK_RETRIES
-}
-fn default_webhook_backoff_ms() -> u64 {
-    DEFAULT_WEBHOOK_BACKOFF_MS
-}
-fn default_webhook_timeout_ms() -> u64 {
-    DEFAULT_WEBHOOK_TIMEOUT_MS
 }
 
 impl Default for Config {
@@ -380,26 +348,32 @@ impl Config {
                 "must name an environment variable",
             ));
         }
-        for sink in &self.alerts.sinks {
-            if let SinkConfig::Webhook { url, queue, .. } = sink {
-                let ok = url.starts_with("http://") || url.starts_with("https://");
-                if !ok || reqwest::Url::parse(url).is_err() {
-                    return Err(invalid(
-                        "alerts.sinks.url",
-                        format!("{url:?} is not an http(s) URL"),
-                    ));
-                }
-                if *queue == 0 {
-                    return Err(invalid("alerts.sinks.queue", "must be at least 1"));
-                }
-            }
-            if let SinkConfig::Jsonl { path } = sink {
-                if path.is_empty() {
-                    return Err(invalid("alerts.sinks.path", "must be a file path or \"-\""));
-                }
+        let al = &self.alerts;
+        if al.spool_max_bytes < 1 << 20 {
+            return Err(invalid("alerts.spool_max_bytes", "at least 1 MiB"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in al.sinks.iter().enumerate() {
+            sink.check(i)?;
+            if !names.insert(sink.name_at(i)) {
+                return Err(invalid(
+                    format!("alerts.sinks[{i}].name"),
+                    format!("duplicate sink name {:?}", sink.name_at(i)),
+                ));
             }
         }
         Ok(())
+    }
+}
+
+impl AlertsConfig {
+    /// Every sink with its secrets read (from the environment and files).
+    pub fn resolve_sinks(&self) -> Result<Vec<ResolvedSink>, ConfigError> {
+        self.sinks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.resolve(i))
+            .collect()
     }
 }
 
@@ -460,28 +434,14 @@ mod tests {
     }
 
     #[test]
-    fn bad_sinks_are_rejected() {
-        let e = err("[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"ftp://x\"\n");
-        assert!(e.contains("not an http(s) URL"), "{e}");
-        let e = err("[[alerts.sinks]]\ntype = \"carrier_pigeon\"\n");
-        assert!(e.contains("carrier_pigeon"), "{e}");
-    }
-
-    #[test]
     fn webhook_defaults_apply() {
         let c = Config::from_toml_str(
             "[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n",
         )
         .unwrap();
-        assert_eq!(
-            c.alerts.sinks[0],
-            SinkConfig::Webhook {
-                url: "http://127.0.0.1:9/x".into(),
-                queue: DEFAULT_WEBHOOK_QUEUE,
-                max_retries: DEFAULT_WEBHOOK_RETRIES,
-                backoff_ms: DEFAULT_WEBHOOK_BACKOFF_MS,
-                timeout_ms: DEFAULT_WEBHOOK_TIMEOUT_MS,
-            }
-        );
+        let mut want = SinkConfig::new(SinkType::Webhook);
+        want.url = Some("http://127.0.0.1:9/x".into());
+        assert_eq!(c.alerts.sinks, vec![want]);
+        assert_eq!(c.alerts.sinks[0].rate_per_sec, sink::DEFAULT_SINK_RATE_PER_SEC);
     }
 }

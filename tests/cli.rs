@@ -104,6 +104,7 @@ fn sigterm_drains_flushes_alerts_and_exits_cleanly() {
     let trace = synthetic_trace(dir.path());
     let alerts = dir.path().join("served.jsonl");
     let mut serve = bin()
+        .current_dir(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0", "--alerts-file"])
         .arg(&alerts)
         .stderr(Stdio::piped())

@@ -29,10 +29,13 @@ struct Running {
 async fn start(cfg: Config, schema: Option<Schema>) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let sinks = cfg.alerts.sinks.clone();
+    let mut alerts = cfg.alerts.clone();
+    // These tests are about ingest: alerts stay in a memory spool.
+    alerts.spool_dir.clear();
+    let sinks = alerts.resolve_sinks().unwrap();
     let pipeline =
         Arc::new(Pipeline::new(Arc::new(cfg), schema, probewatch::clock::system()).unwrap());
-    let dispatcher = Arc::new(Dispatcher::start(&sinks).unwrap());
+    let dispatcher = Arc::new(Dispatcher::start(&alerts, sinks).unwrap());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let served = pipeline.clone();
     let task = tokio::spawn(async move {
@@ -225,9 +228,7 @@ async fn streaming_the_trace_raises_the_same_alerts_as_replay() {
     let schema = Schema::from_file(&data("schema.json")).unwrap();
 
     let mut cfg = Config::default();
-    cfg.alerts.sinks = vec![SinkConfig::Jsonl {
-        path: served.display().to_string(),
-    }];
+    cfg.alerts.sinks = vec![SinkConfig::jsonl(&served.display().to_string())];
     let srv = start(cfg.clone(), Some(schema.clone())).await;
     let rep = probewatch::send::send(&data("trace.jsonl.gz"), &srv.addr, 512, None)
         .await

@@ -1,13 +1,8 @@
-//! JSON Lines sink: one alert per line to a file (appended) or stdout (`-`).
+//! JSON Lines sink: one alert event per line to a file (appended) or stdout (`-`).
 
-use super::{Alert, AlertError, SinkStats};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use super::delivery::{Outcome, Sink};
+use super::{Alert, AlertError};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
-
-/// Queue length of a JSON Lines sink.
-pub const QUEUE: usize = 65_536;
 
 /// Writes alerts as JSON Lines.
 pub struct JsonlSink {
@@ -32,33 +27,25 @@ impl JsonlSink {
         };
         Ok(Self { out })
     }
+}
 
-    /// Writes alerts until the queue closes, flushing after each burst.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Arc<Alert>>, stats: Arc<SinkStats>) {
-        while let Some(a) = rx.recv().await {
-            let mut ok = self.write(&a, &stats).await;
-            while let Ok(a) = rx.try_recv() {
-                ok &= self.write(&a, &stats).await;
-            }
-            if ok && self.out.flush().await.is_ok() {
-                continue;
-            }
-            tracing::error!(sink = %stats.name, "cannot write alerts");
+impl Sink for JsonlSink {
+    async fn deliver(&mut self, a: &Alert) -> Outcome {
+        let mut line = to_line(a).into_bytes();
+        line.push(b'\n');
+        // Flushed per event: the spool cursor moves on once this returns.
+        match async {
+            self.out.write_all(&line).await?;
+            self.out.flush().await
         }
-        let _ = self.out.flush().await;
-    }
-
-    async fn write(&mut self, a: &Alert, stats: &SinkStats) -> bool {
-        let ok = match serde_json::to_vec(a) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                self.out.write_all(&line).await.is_ok()
-            }
-            Err(_) => false,
-        };
-        let counter = if ok { &stats.sent } else { &stats.failed };
-        counter.fetch_add(1, Ordering::Relaxed);
-        ok
+        .await
+        {
+            Ok(()) => Outcome::Delivered,
+            Err(e) => Outcome::Retry {
+                after: None,
+                reason: e.to_string(),
+            },
+        }
     }
 }
 

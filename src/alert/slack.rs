@@ -1,1 +1,351 @@
-//! (being written)
+//! Slack incoming-webhook rendering (Block Kit), plus the human wording of alerts that the
+//! other renderers (PagerDuty summary, OCSF message, CEF `msg`) share.
+
+use super::cloudevents::readable_utc;
+use super::{Alert, Event};
+use crate::detect::policy::{Kind, Severity};
+use serde_json::{json, Value};
+
+/// Longest client or model string shown: Slack rejects a field text over 2000 characters, and
+/// an analyst gains nothing from more than this.
+const MAX_NAME: usize = 200;
+/// Most evidence figures shown: enough to justify the alert, few enough to read at a glance.
+const MAX_FIGURES: usize = 5;
+
+/// Human title of an alert kind.
+pub fn title(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Extraction => "Model extraction",
+        Kind::BoundaryProbe => "Decision-boundary probing",
+        Kind::InputAnomaly => "Anomalous model inputs",
+    }
+}
+
+/// Wire name of a severity (its serde name; `Severity` has no `as_str`).
+pub fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}
+
+/// One-line plain-text summary of an alert event (not escaped for any format).
+pub fn summary(a: &Alert) -> String {
+    let (what, detail) = match a.event {
+        Event::Resolved => ("resolved", String::new()),
+        e => (
+            if e == Event::Raised {
+                "raised"
+            } else {
+                "updated"
+            },
+            format!(
+                ", {}, confidence {}",
+                severity_name(a.severity),
+                percent(a.confidence)
+            ),
+        ),
+    };
+    format!(
+        "{} {what}: client {} on model {} ({}{detail})",
+        title(a.kind),
+        clip(&a.client, MAX_NAME),
+        clip(&a.model, MAX_NAME),
+        a.technique.id,
+    )
+}
+
+/// The few evidence figures that best explain an alert of this kind, in words, most telling
+/// first; figures missing from the evidence are skipped.
+pub fn highlights(a: &Alert) -> Vec<String> {
+    let ev = &a.evidence;
+    let num = |k: &str| ev.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
+    let share = |label: &str, k: &str, normal: Option<&str>| {
+        num(k).map(|x| match normal.and_then(num) {
+            Some(n) => format!(
+                "{label}: {} of window queries (normal {})",
+                percent(x),
+                percent(n)
+            ),
+            None => format!("{label}: {} of window queries", percent(x)),
+        })
+    };
+    let count = |label: &str, k: &str| num(k).map(|x| format!("{label}: {x:.0}"));
+    let prada = || {
+        (ev.get("prada_alarm").and_then(Value::as_bool) == Some(true)).then(|| {
+            match num("prada_w") {
+                Some(w) => format!("PRADA distance-distribution alarm (W = {w:.3})"),
+                None => "PRADA distance-distribution alarm".to_string(),
+            }
+        })
+    };
+    let rate = || num("queries_per_minute").map(|r| format!("Rate: {r:.1} queries/min"));
+    let near_dups = || share("Near-duplicate queries", "near_duplicate_share", None);
+    let figures = match a.kind {
+        Kind::Extraction => vec![
+            share(
+                "Out-of-range inputs",
+                "out_of_range_share",
+                Some("normal_out_of_range_share"),
+            ),
+            share(
+                "Structured perturbations",
+                "structured_perturbation_share",
+                Some("normal_structured_share"),
+            ),
+            prada(),
+            count("Distinct input cells", "distinct_cells"),
+            rate(),
+        ],
+        Kind::BoundaryProbe => vec![
+            share(
+                "Low-margin answers",
+                "low_margin_share",
+                Some("normal_low_margin_share"),
+            ),
+            near_dups(),
+            count("Class flips in window", "class_flips"),
+            rate(),
+        ],
+        Kind::InputAnomaly => vec![
+            count("Invalid inputs in window", "invalid_inputs"),
+            count(
+                "Out-of-range features on last query",
+                "last_out_of_range_features",
+            ),
+            share(
+                "Out-of-range inputs",
+                "out_of_range_share",
+                Some("normal_out_of_range_share"),
+            ),
+            rate(),
+        ],
+    };
+    figures.into_iter().flatten().take(MAX_FIGURES).collect()
+}
+
+/// The Slack incoming-webhook payload of an alert event: a one-line `text` fallback (used in
+/// notifications) and Block Kit `blocks`. `client_link`, when given, becomes a button.
+pub fn body(a: &Alert, client_link: Option<&str>) -> Value {
+    let (icon, head) = match a.event {
+        Event::Raised => (
+            ":rotating_light:",
+            format!("{} ({})", title(a.kind), severity_name(a.severity)),
+        ),
+        Event::Updated => (
+            ":arrows_counterclockwise:",
+            format!("{} updated ({})", title(a.kind), severity_name(a.severity)),
+        ),
+        Event::Resolved => (":white_check_mark:", format!("{} resolved", title(a.kind))),
+    };
+    let field =
+        |name: &str, value: String| json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")});
+    let fields = vec![
+        field("Model", code(&a.model)),
+        field("Client", code(&a.client)),
+        field(
+            "Technique",
+            format!("{} {}", a.technique.id, escape(&a.technique.name)),
+        ),
+        field("Confidence", percent(a.confidence)),
+        field("Severity", severity_name(a.severity).to_string()),
+        field(
+            "Queries",
+            format!("{} total, {} in window", a.queries.total, a.queries.window),
+        ),
+        field("First seen", readable_utc(a.first_seen_ms)),
+        field("Last seen", readable_utc(a.last_seen_ms)),
+    ];
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": format!("{icon} {head}"), "emoji": true}}),
+        json!({"type": "section", "fields": fields}),
+    ];
+    let figures = highlights(a);
+    if !figures.is_empty() {
+        let label = if a.event == Event::Resolved {
+            "Last evidence"
+        } else {
+            "Evidence"
+        };
+        let lines: Vec<String> = figures.iter().map(|f| format!("• {}", escape(f))).collect();
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{label}*\n{}", lines.join("\n"))}}));
+    }
+    blocks.push(
+        json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+            "probewatch alert {} · event {} · {}",
+            code(&a.id), code(&a.event_id), readable_utc(a.ts_ms)
+        )}]}),
+    );
+    if let Some(url) = client_link {
+        blocks.push(json!({"type": "actions", "elements": [{
+            "type": "button",
+            "action_id": "probewatch_open_client",
+            "text": {"type": "plain_text", "text": "Investigate client"},
+            "url": url,
+        }]}));
+    }
+    json!({"text": escape(&format!("[probewatch] {}", summary(a))), "blocks": blocks})
+}
+
+/// Escapes Slack's three mrkdwn control characters; `&` first so the others stay single.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// An untrusted name as inline code, so `*`, `_` or `~` in it cannot format the message; a
+/// name containing a backtick (which would end the span) is only escaped.
+fn code(s: &str) -> String {
+    let s = escape(&clip(s, MAX_NAME));
+    if s.contains('`') || s.is_empty() {
+        s
+    } else {
+        format!("`{s}`")
+    }
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// A share in [0, 1] as a percentage, at one decimal below 10 % so small normal rates stay
+/// visible; non-finite values (never expected) read "n/a".
+pub fn percent(x: f64) -> String {
+    let p = x * 100.0;
+    match p {
+        p if !p.is_finite() => "n/a".to_string(),
+        p if p.abs() < 10.0 => format!("{p:.1}%"),
+        p => format!("{p:.0}%"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: &Value) -> String {
+        serde_json::to_string(v).expect("json")
+    }
+
+    #[test]
+    fn raised_body_has_header_fields_evidence_and_button() {
+        let a = Alert::example("al-1");
+        let v = body(&a, Some("https://soc.example/clients/c-17"));
+        assert!(v["text"]
+            .as_str()
+            .expect("text")
+            .contains("Model extraction raised"));
+        assert!(!v["text"].as_str().expect("text").contains('\n'));
+        let blocks = v["blocks"].as_array().expect("blocks");
+        assert_eq!(blocks[0]["type"], "header");
+        assert_eq!(
+            blocks[0]["text"]["text"],
+            ":rotating_light: Model extraction (high)"
+        );
+        let fields = texts(&blocks[1]["fields"]);
+        for want in [
+            "`digits-mlp`",
+            "`c-17`",
+            "AML.T0024.002",
+            "90%",
+            "300 total, 120 in window",
+            "2023-11-14 22:13:20 UTC",
+            "2023-11-14 22:14:20 UTC",
+        ] {
+            assert!(fields.contains(want), "{want} missing from {fields}");
+        }
+        assert!(blocks[1]["fields"].as_array().expect("fields").len() <= 10);
+        let ev = blocks[2]["text"]["text"].as_str().expect("evidence");
+        assert!(
+            ev.contains("Out-of-range inputs: 90% of window queries (normal 1.0%)"),
+            "{ev}"
+        );
+        let last = blocks.last().expect("blocks");
+        assert_eq!(last["type"], "actions");
+        assert_eq!(
+            last["elements"][0]["url"],
+            "https://soc.example/clients/c-17"
+        );
+    }
+
+    #[test]
+    fn updated_and_resolved_read_differently_and_no_link_means_no_button() {
+        let mut a = Alert::example("al-1");
+        a.event = Event::Updated;
+        a.severity = Severity::Critical;
+        let v = body(&a, None);
+        assert_eq!(
+            v["blocks"][0]["text"]["text"],
+            ":arrows_counterclockwise: Model extraction updated (critical)"
+        );
+        assert!(v["text"].as_str().expect("text").contains("updated"));
+        a.event = Event::Resolved;
+        let v = body(&a, None);
+        assert_eq!(
+            v["blocks"][0]["text"]["text"],
+            ":white_check_mark: Model extraction resolved"
+        );
+        assert!(v["text"]
+            .as_str()
+            .expect("text")
+            .contains("Model extraction resolved"));
+        assert!(texts(&v).contains("Last evidence"));
+        assert!(v["blocks"]
+            .as_array()
+            .expect("blocks")
+            .iter()
+            .all(|b| b["type"] != "actions"));
+    }
+
+    #[test]
+    fn untrusted_names_are_escaped() {
+        let mut a = Alert::example("al-1");
+        a.client = "<!channel> & *bold*".into();
+        a.model = "m<x>".into();
+        let v = body(&a, None);
+        let all = texts(&v);
+        assert!(!all.contains("<!channel>"), "{all}");
+        assert!(all.contains("`&lt;!channel&gt; &amp; *bold*`"));
+        assert!(all.contains("`m&lt;x&gt;`"));
+        assert!(v["text"]
+            .as_str()
+            .expect("text")
+            .contains("&lt;!channel&gt; &amp;"));
+        assert_eq!(code("a`b"), "a`b");
+        assert_eq!(clip("héllo", 2), "hé…");
+        assert_eq!(clip("hé", 2), "hé");
+    }
+
+    #[test]
+    fn highlights_pick_kind_specific_figures() {
+        let mut a = Alert::example("al-1");
+        a.kind = Kind::BoundaryProbe;
+        a.evidence = json!({"low_margin_share": 0.62, "normal_low_margin_share": 0.04, "class_flips": 17,
+            "near_duplicate_share": 0.3, "queries_per_minute": 42.26, "out_of_range_share": 0.9, "prada_alarm": true});
+        let h = highlights(&a);
+        assert_eq!(
+            h,
+            vec![
+                "Low-margin answers: 62% of window queries (normal 4.0%)",
+                "Near-duplicate queries: 30% of window queries",
+                "Class flips in window: 17",
+                "Rate: 42.3 queries/min",
+            ]
+        );
+        a.kind = Kind::Extraction;
+        a.evidence = json!({"prada_alarm": true, "prada_w": 0.81234, "out_of_range_share": null});
+        assert_eq!(
+            highlights(&a),
+            vec!["PRADA distance-distribution alarm (W = 0.812)"]
+        );
+        a.evidence = Value::Null;
+        assert!(highlights(&a).is_empty());
+    }
+}

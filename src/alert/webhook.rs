@@ -1,91 +1,122 @@
-//! Generic HTTP webhook: each alert is POSTed as JSON. Transient failures (connection errors,
-//! timeouts, 429, 5xx) are retried with exponential backoff and full jitter; other 4xx are
-//! not (counted as failed, logged with the status). Signed, durable delivery comes with the
-//! delivery issue; this sink is best-effort with bounded retries.
+//! Generic webhook, signed per the Standard Webhooks spec (standardwebhooks.com).
+//!
+//! Body: `{"type": "probewatch.alert.<event>", "timestamp": RFC 3339, "data": <alert>}`.
+//! Headers: `webhook-id` (the alert's event id, the same on every redelivery, for dedup),
+//! `webhook-timestamp` (Unix seconds of this attempt) and `webhook-signature`: for every
+//! configured secret, `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, separated by
+//! spaces, so a receiver can rotate secrets without losing alerts.
 
-use super::{Alert, AlertError, SinkStats};
-use crate::config::SinkConfig;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use super::delivery::{Outcome, Sink};
+use super::{http, Alert, AlertError};
+use crate::config::ResolvedSink;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
-/// Longest backoff between two attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// POSTs alerts to a URL.
+/// POSTs signed alert events.
 #[derive(Debug)]
 pub struct WebhookSink {
     client: reqwest::Client,
     url: String,
-    max_retries: u32,
-    backoff: Duration,
+    keys: Vec<Vec<u8>>,
 }
 
 impl WebhookSink {
-    /// Builds the sink from its config.
-    pub fn new(cfg: &SinkConfig) -> Result<Self, AlertError> {
-        let SinkConfig::Webhook {
-            url,
-            max_retries,
-            backoff_ms,
-            timeout_ms,
-            ..
-        } = cfg
-        else {
-            return Err(AlertError::Client("not a webhook config".into()));
-        };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(*timeout_ms))
-            .user_agent(concat!("probewatch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AlertError::Client(e.to_string()))?;
+    /// Builds the sink.
+    pub fn new(s: &ResolvedSink) -> Result<Self, AlertError> {
+        if s.signing_keys.is_empty() {
+            tracing::warn!(sink = %s.name, "webhook has no signing secret: receivers cannot verify its alerts");
+        }
         Ok(Self {
-            client,
-            url: url.clone(),
-            max_retries: *max_retries,
-            backoff: Duration::from_millis(*backoff_ms),
+            client: http::client(s.config.timeout_ms)?,
+            url: s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+            keys: s.signing_keys.iter().map(|k| k.0.clone()).collect(),
         })
     }
+}
 
-    /// Delivers alerts in order until the queue closes.
-    pub async fn run(self, mut rx: mpsc::Receiver<Arc<Alert>>, stats: Arc<SinkStats>) {
-        let mut rng = crate::detect::mix64(std::process::id() as u64);
-        while let Some(a) = rx.recv().await {
-            let mut attempt = 0u32;
-            loop {
-                match self.client.post(&self.url).json(&*a).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Ok(r) if !(r.status().is_server_error() || r.status().as_u16() == 429) => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(sink = %stats.name, status = %r.status(), alert = %a.id, "webhook rejected alert; not retried");
-                        break;
-                    }
-                    Ok(r) => {
-                        tracing::debug!(sink = %stats.name, status = %r.status(), "webhook: transient status")
-                    }
-                    Err(e) => {
-                        tracing::debug!(sink = %stats.name, error = %e, "webhook: transport error")
-                    }
-                }
-                if attempt >= self.max_retries {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(sink = %stats.name, alert = %a.id, "webhook gave up after {attempt} retries");
-                    break;
-                }
-                attempt += 1;
-                stats.retried.fetch_add(1, Ordering::Relaxed);
-                let cap = self
-                    .backoff
-                    .saturating_mul(1 << attempt.min(16))
-                    .min(MAX_BACKOFF);
-                rng = crate::detect::mix64(rng);
-                let jitter = cap.mul_f64((rng >> 11) as f64 / (1u64 << 53) as f64);
-                tokio::time::sleep(jitter).await;
-            }
+/// The Standard Webhooks payload of an alert event.
+pub fn body(a: &Alert) -> serde_json::Value {
+    serde_json::json!({
+        "type": format!("probewatch.alert.{}", event_name(a)),
+        "timestamp": super::rfc3339(a.emitted_at_ms),
+        "data": a,
+    })
+}
+
+fn event_name(a: &Alert) -> &'static str {
+    match a.event {
+        super::Event::Raised => "raised",
+        super::Event::Updated => "updated",
+        super::Event::Resolved => "resolved",
+    }
+}
+
+/// `webhook-signature` value for `body` under each key.
+pub fn signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|k| {
+            // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC accepts any key");
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            format!("v1,{sig}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Sink for WebhookSink {
+    async fn deliver(&mut self, a: &Alert) -> Outcome {
+        let body = match serde_json::to_vec(&body(a)) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Reject { reason: e.to_string() },
+        };
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut headers = vec![
+            ("webhook-id", a.event_id.clone()),
+            ("webhook-timestamp", ts.to_string()),
+        ];
+        if !self.keys.is_empty() {
+            headers.push(("webhook-signature", signature(&self.keys, &a.event_id, ts, &body)));
         }
+        http::post(&self.client, &self.url, "application/json", &headers, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_spec_example() {
+        // The example of the Standard Webhooks spec (secret, id, timestamp, payload).
+        let key = base64::engine::general_purpose::STANDARD
+            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let sig = signature(&[key], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn several_keys_give_several_signatures() {
+        let sig = signature(&[vec![1; 24], vec![2; 24]], "i", 1, b"{}");
+        assert_eq!(sig.split(' ').count(), 2);
+        assert!(sig.split(' ').all(|s| s.starts_with("v1,")));
+    }
+
+    #[test]
+    fn body_wraps_the_alert() {
+        let b = body(&Alert::example("pw-1"));
+        assert_eq!(b["type"], "probewatch.alert.raised");
+        assert_eq!(b["data"]["id"], "pw-1");
+        assert!(b["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 }

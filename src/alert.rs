@@ -159,7 +159,7 @@ impl Alert {
 pub struct Dispatcher {
     spool: Arc<Spool>,
     stats: Vec<Arc<SinkStats>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     /// Events the spool could not take (full under `reject_new`, or a disk error).
     pub lost: AtomicU64,
@@ -191,11 +191,23 @@ impl Dispatcher {
             let task = match s.config.kind {
                 SinkType::Jsonl => {
                     let path = s.config.path.as_deref().unwrap_or("-");
-                    tokio::spawn(delivery::run(jsonl::JsonlSink::open(path)?, i, c, sp, st2, rx))
+                    tokio::spawn(delivery::run(
+                        jsonl::JsonlSink::open(path)?,
+                        i,
+                        c,
+                        sp,
+                        st2,
+                        rx,
+                    ))
                 }
-                SinkType::Webhook => {
-                    tokio::spawn(delivery::run(webhook::WebhookSink::new(&s)?, i, c, sp, st2, rx))
-                }
+                SinkType::Webhook => tokio::spawn(delivery::run(
+                    webhook::WebhookSink::new(&s)?,
+                    i,
+                    c,
+                    sp,
+                    st2,
+                    rx,
+                )),
                 SinkType::Alertmanager => tokio::spawn(delivery::run(
                     alertmanager::AlertmanagerSink::new(&s)?,
                     i,
@@ -217,7 +229,7 @@ impl Dispatcher {
         Ok(Self {
             spool,
             stats,
-            tasks,
+            tasks: parking_lot::Mutex::new(tasks),
             stop,
             lost: AtomicU64::new(0),
         })
@@ -244,10 +256,11 @@ impl Dispatcher {
 
     /// Lets sinks deliver what is spooled, for at most `grace`; what is left stays spooled
     /// for the next start.
-    pub async fn shutdown(self, grace: std::time::Duration) {
+    pub async fn shutdown(&self, grace: std::time::Duration) {
         let _ = self.stop.send(true);
-        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
-        let all = futures::future::join_all(self.tasks);
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = futures::future::join_all(tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
             for a in aborts {
                 a.abort();

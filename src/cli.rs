@@ -219,9 +219,7 @@ async fn serve(
         crate::server::shutdown_signal(),
     )
     .await?;
-    // The service's clones are gone once the server returns; drain the sinks.
-    if let Ok(d) = Arc::try_unwrap(dispatcher) {
-        d.shutdown(grace).await;
-    }
+    // Ingest has stopped: let the sinks deliver what is spooled, within the grace period.
+    dispatcher.shutdown(grace).await;
     Ok(())
 }

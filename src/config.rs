@@ -442,6 +442,9 @@ mod tests {
         let mut want = SinkConfig::new(SinkType::Webhook);
         want.url = Some("http://127.0.0.1:9/x".into());
         assert_eq!(c.alerts.sinks, vec![want]);
-        assert_eq!(c.alerts.sinks[0].rate_per_sec, sink::DEFAULT_SINK_RATE_PER_SEC);
+        assert_eq!(
+            c.alerts.sinks[0].rate_per_sec,
+            sink::DEFAULT_SINK_RATE_PER_SEC
+        );
     }
 }

@@ -314,7 +314,13 @@ impl Pipeline {
             self.sanity.observe(&q, &view, &mut (), &mut sig);
             self.coverage.observe(&q, &view, &mut (), &mut sig);
             record_window(&mut st.window, &rec, &sig, answer, base.ready, &self.stats);
-            if st.contributed < self.cfg.baseline.per_client_cap && st.policy.open.is_empty() {
+            // Samples are the client's queries 1, 2, 4, 8, ...: events that depend on the client's
+            // own history (structured perturbations of an earlier query) are then sampled at
+            // the rate they have over a client's life, not only at its start.
+            if st.contributed < self.cfg.baseline.per_client_cap
+                && st.total.is_power_of_two()
+                && st.policy.open.is_empty()
+            {
                 st.contributed += 1;
                 model.reservoir.lock().offer(Sample {
                     tag: st.tag,
@@ -335,6 +341,9 @@ impl Pipeline {
             );
             let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, &mut alerts);
             if raised {
+                // Once alerted, a client never counts as normal again, even after its alert
+                // resolves: its samples leave the reservoir and it offers no more.
+                st.contributed = u32::MAX;
                 purge = Some(st.tag);
             }
         }
@@ -604,8 +613,13 @@ impl Pipeline {
         out
     }
 
+    /// Records processed so far.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
     /// Drops idle clients and resolves alerts that went quiet. Called every
-    /// [`SWEEP_EVERY`] records and by the server's timer.
+    /// [`SWEEP_EVERY`] records and by the server's timer when the stream is quiet.
     pub fn sweep(&self) -> Vec<Alert> {
         let mut out = Vec::new();
         let now = self

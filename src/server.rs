@@ -48,8 +48,16 @@ pub async fn run(
         let (p, a) = (pipeline.clone(), alerts.clone());
         tokio::spawn(async move {
             let mut t = tokio::time::interval(SWEEP_INTERVAL);
+            let mut last = u64::MAX;
             loop {
                 t.tick().await;
+                // Under traffic the pipeline sweeps itself every SWEEP_EVERY records, at the
+                // same records as an offline replay; the timer only covers a quiet stream
+                // (alerts must still resolve when a client stops).
+                let now = p.processed();
+                if now != std::mem::replace(&mut last, now) {
+                    continue;
+                }
                 let p2 = p.clone();
                 if let Ok(out) = tokio::task::spawn_blocking(move || p2.sweep()).await {
                     for alert in out {

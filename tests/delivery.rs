@@ -24,11 +24,13 @@ enum Behave {
     Reject,
 }
 
+/// One request: arrival, status answered, headers, body.
+type Request = (Instant, u16, HeaderMap, Bytes);
+
 #[derive(Clone, Default)]
 struct Recv {
     script: Arc<Mutex<VecDeque<Behave>>>,
-    /// Every request: arrival, status answered, headers, body.
-    log: Arc<Mutex<Vec<(Instant, u16, HeaderMap, Bytes)>>>,
+    log: Arc<Mutex<Vec<Request>>>,
 }
 
 impl Recv {
@@ -57,13 +59,20 @@ async fn hook(State(r): State<Recv>, headers: HeaderMap, body: Bytes) -> Respons
         Some(Behave::Fail) => (503, StatusCode::SERVICE_UNAVAILABLE.into_response()),
         Some(Behave::TooMany(s)) => (
             429,
-            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", s.to_string())]).into_response(),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", s.to_string())],
+            )
+                .into_response(),
         ),
         Some(Behave::Hang(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (200, StatusCode::OK.into_response())
         }
-        Some(Behave::Reject) => (400, (StatusCode::BAD_REQUEST, "no such route").into_response()),
+        Some(Behave::Reject) => (
+            400,
+            (StatusCode::BAD_REQUEST, "no such route").into_response(),
+        ),
         None => (204, StatusCode::NO_CONTENT.into_response()),
     };
     r.log.lock().unwrap().push((now, status, headers, body));
@@ -191,7 +200,11 @@ async fn permanent_rejections_are_counted_not_retried() {
         d.send(a);
     }
     d.shutdown(Duration::from_secs(10)).await;
-    assert_eq!(r.log.lock().unwrap().len(), 3, "the rejected one is not sent again");
+    assert_eq!(
+        r.log.lock().unwrap().len(),
+        3,
+        "the rejected one is not sent again"
+    );
     assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
     assert_eq!(stats.sent.load(Ordering::Relaxed), 2);
 }
@@ -295,11 +308,17 @@ async fn a_hanging_sink_does_not_hold_up_another() {
     }
     let t0 = Instant::now();
     loop {
-        let n = std::fs::read_to_string(&file).unwrap_or_default().lines().count();
+        let n = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .count();
         if n == 6 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "jsonl sink stuck at {n}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "jsonl sink stuck at {n}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(d.stats()[0].sent.load(Ordering::Relaxed), 0);

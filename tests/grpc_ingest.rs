@@ -44,9 +44,7 @@ async fn start(cfg: Config, schema: Option<Schema>) -> Running {
         })
         .await
         .unwrap();
-        if let Ok(d) = Arc::try_unwrap(dispatcher) {
-            d.shutdown(std::time::Duration::from_secs(5)).await;
-        }
+        dispatcher.shutdown(std::time::Duration::from_secs(5)).await;
     });
     Running {
         addr,

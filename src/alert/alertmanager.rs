@@ -2,8 +2,9 @@
 //!
 //! Alertmanager identifies an alert by its label set, and resolves one that is not re-sent
 //! within its `resolve_timeout`; so firing alerts are re-sent every `resend_ms`, and a resolved
-//! one is sent once more with `endsAt`. `startsAt` and `endsAt` are wall-clock times (when
-//! probewatch raised and resolved it); the queries' own event times are in the annotations.
+//! one is sent once more with `endsAt`. `startsAt` and `endsAt` are this sink's wall clock when
+//! it first delivered and resolved the alert (Alertmanager judges them against its own clock,
+//! and replayed traffic carries old event times); the queries' event times are annotations.
 //! Labels hold the client id (or its pseudonym) because each alert is about one client:
 //! alert labels are not metric labels, and without it two clients' alerts would merge.
 
@@ -60,8 +61,9 @@ pub fn alertname(kind: Kind) -> &'static str {
     }
 }
 
-/// One Alertmanager alert for `a`, starting at wall-clock `starts_ms`.
-pub fn am_alert(a: &Alert, starts_ms: i64) -> serde_json::Value {
+/// One Alertmanager alert for `a`, starting at wall-clock `starts_ms` and, once resolved,
+/// ending at `now_ms`.
+pub fn am_alert(a: &Alert, starts_ms: i64, now_ms: i64) -> serde_json::Value {
     let mut v = serde_json::json!({
         "labels": {
             "alertname": alertname(a.kind),
@@ -86,22 +88,40 @@ pub fn am_alert(a: &Alert, starts_ms: i64) -> serde_json::Value {
         "generatorURL": "https://github.com/probewatch/probewatch",
     });
     if a.event == Event::Resolved {
-        v["endsAt"] = rfc3339(a.emitted_at_ms).into();
+        v["endsAt"] = rfc3339(now_ms.max(starts_ms)).into();
     }
     v
 }
 
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl Sink for AlertmanagerSink {
     async fn deliver(&mut self, a: &Alert) -> Outcome {
+        let now = wall_ms();
         let starts = self
             .firing
             .get(&a.id)
             .and_then(|v| v["startsAt"].as_str().map(str::to_owned));
-        let mut v = am_alert(a, a.emitted_at_ms);
+        let mut v = am_alert(a, now, now);
         if let Some(s) = starts {
             v["startsAt"] = s.into();
         }
-        let out = self.post(vec![&v]).await;
+        // Labels are Alertmanager's identity: when the severity label changes (escalation),
+        // the instance under the old labels is ended, or it would fire on for resolve_timeout.
+        let mut batch = vec![];
+        if let Some(old) = self.firing.get(&a.id) {
+            if old["labels"] != v["labels"] {
+                let mut ended = old.clone();
+                ended["endsAt"] = rfc3339(now).into();
+                batch.push(ended);
+            }
+        }
+        batch.push(v.clone());
+        let out = self.post(batch.iter().collect()).await;
         if out == Outcome::Delivered {
             if a.event == Event::Resolved {
                 self.firing.remove(&a.id);
@@ -132,15 +152,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn severity_is_a_label() {
+        let mut a = Alert::example("pw-1");
+        let high = am_alert(&a, 0, 0);
+        a.severity = crate::detect::policy::Severity::Critical;
+        assert_ne!(high["labels"], am_alert(&a, 0, 0)["labels"]);
+    }
+
+    #[test]
     fn labels_identify_the_alert_and_resolve_sets_ends_at() {
         let mut a = Alert::example("pw-9");
-        let v = am_alert(&a, 1_700_000_000_000);
+        let v = am_alert(&a, 1_700_000_000_000, 1_700_000_000_000);
         assert_eq!(v["labels"]["alertname"], "ProbewatchModelExtraction");
         assert_eq!(v["labels"]["severity"], "high");
         assert_eq!(v["labels"]["client"], "c-17");
         assert!(v.get("endsAt").is_none());
         assert_eq!(v["startsAt"], "2023-11-14T22:13:20.000Z");
         a.event = Event::Resolved;
-        assert!(am_alert(&a, 1).get("endsAt").is_some());
+        assert_eq!(am_alert(&a, 0, 1000)["endsAt"], "1970-01-01T00:00:01.000Z");
     }
 }

@@ -11,7 +11,7 @@
 
 use super::spool::Spool;
 use super::Alert;
-use crate::config::SinkConfig;
+use crate::config::{SinkConfig, SinkType};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,9 @@ pub enum Outcome {
         reason: String,
     },
     /// Never accepted (a 4xx other than 408/429): skip it.
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
 }
 
 /// A destination for alert events.
@@ -133,7 +135,12 @@ pub async fn run<S: Sink>(
         if e.alert.severity < cfg.min_severity {
             stats.filtered.fetch_add(1, Ordering::Relaxed);
         } else {
-            let wait = bucket.take();
+            // Rate limits protect receivers; a local file needs none.
+            let wait = if cfg.kind == SinkType::Jsonl {
+                Duration::ZERO
+            } else {
+                bucket.take()
+            };
             if !wait.is_zero() {
                 stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(wait).await;

@@ -6,7 +6,7 @@
 //! and free-form `data` are meant for exactly that), since Detection Finding has no
 //! top-level `actor` without the Host profile. Probewatch-only fields go into `unmapped`.
 
-use super::slack::{highlights, severity_name, summary, title};
+use super::slack::{event_name, highlights, severity_name, summary, title};
 use super::{Alert, Event};
 use crate::detect::policy::{Kind, Severity};
 use serde_json::{json, Value};
@@ -116,7 +116,7 @@ pub fn detection_finding(a: &Alert, product_version: &str) -> Value {
         }],
         "unmapped": {
             "probewatch": {
-                "event": match a.event { Event::Raised => "raised", Event::Updated => "updated", Event::Resolved => "resolved" },
+                "event": event_name(a.event),
                 "kind": a.kind.as_str(),
                 "severity": severity_name(a.severity),
                 "confidence": a.confidence,

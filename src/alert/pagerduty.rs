@@ -4,7 +4,7 @@
 //! PagerDuty incident (the per-event `event_id` would open a new incident each time).
 
 use super::cloudevents::rfc3339_ms;
-use super::slack::{highlights, severity_name, summary, title};
+use super::slack::{event_name, highlights, severity_name, summary, title};
 use super::{Alert, Event};
 use crate::detect::policy::Severity;
 use serde_json::{json, Value};
@@ -51,7 +51,7 @@ pub fn event(a: &Alert, routing_key: &str, source: &str) -> Value {
                 "title": title(a.kind),
                 "client": a.client,
                 "model": a.model,
-                "event": if a.event == Event::Raised { "raised" } else { "updated" },
+                "event": event_name(a.event),
                 "event_id": a.event_id,
                 "alert_severity": severity_name(a.severity),
                 "confidence": a.confidence,

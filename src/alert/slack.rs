@@ -6,6 +6,8 @@ use super::{Alert, Event};
 use crate::detect::policy::{Kind, Severity};
 use serde_json::{json, Value};
 
+/// Slack rejects a whole message whose button URL is longer.
+const MAX_URL: usize = 3000;
 /// Longest client or model string shown: Slack rejects a field text over 2000 characters, and
 /// an analyst gains nothing from more than this.
 const MAX_NAME: usize = 200;
@@ -31,26 +33,29 @@ pub fn severity_name(s: Severity) -> &'static str {
     }
 }
 
+/// Wire name of an alert event.
+pub fn event_name(e: Event) -> &'static str {
+    match e {
+        Event::Raised => "raised",
+        Event::Updated => "updated",
+        Event::Resolved => "resolved",
+    }
+}
+
 /// One-line plain-text summary of an alert event (not escaped for any format).
 pub fn summary(a: &Alert) -> String {
-    let (what, detail) = match a.event {
-        Event::Resolved => ("resolved", String::new()),
-        e => (
-            if e == Event::Raised {
-                "raised"
-            } else {
-                "updated"
-            },
-            format!(
-                ", {}, confidence {}",
-                severity_name(a.severity),
-                percent(a.confidence)
-            ),
+    let detail = match a.event {
+        Event::Resolved => String::new(),
+        _ => format!(
+            ", {}, confidence {}",
+            severity_name(a.severity),
+            percent(a.confidence)
         ),
     };
     format!(
-        "{} {what}: client {} on model {} ({}{detail})",
+        "{} {}: client {} on model {} ({}{detail})",
         title(a.kind),
+        event_name(a.event),
         clip(&a.client, MAX_NAME),
         clip(&a.model, MAX_NAME),
         a.technique.id,
@@ -127,7 +132,8 @@ pub fn highlights(a: &Alert) -> Vec<String> {
 }
 
 /// The Slack incoming-webhook payload of an alert event: a one-line `text` fallback (used in
-/// notifications) and Block Kit `blocks`. `client_link`, when given, becomes a button.
+/// notifications) and Block Kit `blocks`. `client_link`, when given, becomes a button (left
+/// out if longer than Slack accepts, which would get the whole alert rejected).
 pub fn body(a: &Alert, client_link: Option<&str>) -> Value {
     let (icon, head) = match a.event {
         Event::Raised => (
@@ -178,7 +184,7 @@ pub fn body(a: &Alert, client_link: Option<&str>) -> Value {
             code(&a.id), code(&a.event_id), readable_utc(a.ts_ms)
         )}]}),
     );
-    if let Some(url) = client_link {
+    if let Some(url) = client_link.filter(|u| !u.is_empty() && u.len() <= MAX_URL) {
         blocks.push(json!({"type": "actions", "elements": [{
             "type": "button",
             "action_id": "probewatch_open_client",
@@ -230,78 +236,65 @@ pub fn percent(x: f64) -> String {
 mod tests {
     use super::*;
 
-    fn texts(v: &Value) -> String {
-        serde_json::to_string(v).expect("json")
+    fn text(v: &Value) -> &str {
+        v.as_str().expect("a string")
+    }
+
+    fn has_button(v: &Value) -> bool {
+        let blocks = v["blocks"].as_array().expect("blocks");
+        blocks.iter().any(|b| b["type"] == "actions")
     }
 
     #[test]
     fn raised_body_has_header_fields_evidence_and_button() {
-        let a = Alert::example("al-1");
-        let v = body(&a, Some("https://soc.example/clients/c-17"));
-        assert!(v["text"]
-            .as_str()
-            .expect("text")
-            .contains("Model extraction raised"));
-        assert!(!v["text"].as_str().expect("text").contains('\n'));
-        let blocks = v["blocks"].as_array().expect("blocks");
-        assert_eq!(blocks[0]["type"], "header");
+        let v = body(&Alert::example("al-1"), Some("https://soc.example/c/c-17"));
+        assert!(text(&v["text"]).contains("Model extraction raised"));
+        assert!(!text(&v["text"]).contains('\n'));
+        let b = &v["blocks"];
+        assert_eq!(b[0]["type"], "header");
         assert_eq!(
-            blocks[0]["text"]["text"],
+            b[0]["text"]["text"],
             ":rotating_light: Model extraction (high)"
         );
-        let fields = texts(&blocks[1]["fields"]);
-        for want in [
+        assert!(b[1]["fields"].as_array().expect("fields").len() <= 10);
+        let fields = b[1]["fields"].to_string();
+        let want = [
             "`digits-mlp`",
             "`c-17`",
             "AML.T0024.002",
             "90%",
             "300 total, 120 in window",
-            "2023-11-14 22:13:20 UTC",
-            "2023-11-14 22:14:20 UTC",
-        ] {
-            assert!(fields.contains(want), "{want} missing from {fields}");
+        ];
+        let times = ["2023-11-14 22:13:20 UTC", "2023-11-14 22:14:20 UTC"];
+        for w in want.iter().chain(&times) {
+            assert!(fields.contains(w), "{w} missing from {fields}");
         }
-        assert!(blocks[1]["fields"].as_array().expect("fields").len() <= 10);
-        let ev = blocks[2]["text"]["text"].as_str().expect("evidence");
+        let ev = text(&b[2]["text"]["text"]);
         assert!(
             ev.contains("Out-of-range inputs: 90% of window queries (normal 1.0%)"),
             "{ev}"
         );
-        let last = blocks.last().expect("blocks");
-        assert_eq!(last["type"], "actions");
-        assert_eq!(
-            last["elements"][0]["url"],
-            "https://soc.example/clients/c-17"
-        );
+        assert_eq!(b[4]["type"], "actions");
+        assert_eq!(b[4]["elements"][0]["url"], "https://soc.example/c/c-17");
     }
 
     #[test]
-    fn updated_and_resolved_read_differently_and_no_link_means_no_button() {
+    fn updated_and_resolved_read_differently() {
         let mut a = Alert::example("al-1");
         a.event = Event::Updated;
         a.severity = Severity::Critical;
         let v = body(&a, None);
-        assert_eq!(
-            v["blocks"][0]["text"]["text"],
-            ":arrows_counterclockwise: Model extraction updated (critical)"
-        );
-        assert!(v["text"].as_str().expect("text").contains("updated"));
+        let head = ":arrows_counterclockwise: Model extraction updated (critical)";
+        assert_eq!(v["blocks"][0]["text"]["text"], head);
+        assert!(text(&v["text"]).contains("Model extraction updated"));
+        assert!(!has_button(&v));
         a.event = Event::Resolved;
-        let v = body(&a, None);
-        assert_eq!(
-            v["blocks"][0]["text"]["text"],
-            ":white_check_mark: Model extraction resolved"
-        );
-        assert!(v["text"]
-            .as_str()
-            .expect("text")
-            .contains("Model extraction resolved"));
-        assert!(texts(&v).contains("Last evidence"));
-        assert!(v["blocks"]
-            .as_array()
-            .expect("blocks")
-            .iter()
-            .all(|b| b["type"] != "actions"));
+        let v = body(&a, Some(&"x".repeat(MAX_URL + 1)));
+        let head = ":white_check_mark: Model extraction resolved";
+        assert_eq!(v["blocks"][0]["text"]["text"], head);
+        assert!(text(&v["text"]).contains("Model extraction resolved"));
+        assert!(v.to_string().contains("Last evidence"));
+        assert!(!has_button(&v), "an over-long link is left out");
     }
 
     #[test]
@@ -310,40 +303,37 @@ mod tests {
         a.client = "<!channel> & *bold*".into();
         a.model = "m<x>".into();
         let v = body(&a, None);
-        let all = texts(&v);
+        let all = v.to_string();
         assert!(!all.contains("<!channel>"), "{all}");
         assert!(all.contains("`&lt;!channel&gt; &amp; *bold*`"));
         assert!(all.contains("`m&lt;x&gt;`"));
-        assert!(v["text"]
-            .as_str()
-            .expect("text")
-            .contains("&lt;!channel&gt; &amp;"));
+        assert!(text(&v["text"]).contains("&lt;!channel&gt; &amp;"));
         assert_eq!(code("a`b"), "a`b");
-        assert_eq!(clip("héllo", 2), "hé…");
-        assert_eq!(clip("hé", 2), "hé");
+        assert_eq!(
+            (clip("héllo", 2), clip("hé", 2)),
+            ("hé…".into(), "hé".into())
+        );
     }
 
     #[test]
     fn highlights_pick_kind_specific_figures() {
         let mut a = Alert::example("al-1");
         a.kind = Kind::BoundaryProbe;
-        a.evidence = json!({"low_margin_share": 0.62, "normal_low_margin_share": 0.04, "class_flips": 17,
-            "near_duplicate_share": 0.3, "queries_per_minute": 42.26, "out_of_range_share": 0.9, "prada_alarm": true});
-        let h = highlights(&a);
-        assert_eq!(
-            h,
-            vec![
-                "Low-margin answers: 62% of window queries (normal 4.0%)",
-                "Near-duplicate queries: 30% of window queries",
-                "Class flips in window: 17",
-                "Rate: 42.3 queries/min",
-            ]
-        );
+        a.evidence = json!({"low_margin_share": 0.62, "normal_low_margin_share": 0.04,
+            "class_flips": 17, "near_duplicate_share": 0.3, "queries_per_minute": 42.26,
+            "out_of_range_share": 0.9, "prada_alarm": true});
+        let want = [
+            "Low-margin answers: 62% of window queries (normal 4.0%)",
+            "Near-duplicate queries: 30% of window queries",
+            "Class flips in window: 17",
+            "Rate: 42.3 queries/min",
+        ];
+        assert_eq!(highlights(&a), want);
         a.kind = Kind::Extraction;
         a.evidence = json!({"prada_alarm": true, "prada_w": 0.81234, "out_of_range_share": null});
         assert_eq!(
             highlights(&a),
-            vec!["PRADA distance-distribution alarm (W = 0.812)"]
+            ["PRADA distance-distribution alarm (W = 0.812)"]
         );
         a.evidence = Value::Null;
         assert!(highlights(&a).is_empty());

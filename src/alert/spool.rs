@@ -240,7 +240,10 @@ impl Inner {
             .back()
             .is_none_or(|s| s.bytes + line.len() as u64 > SEGMENT_BYTES);
         if roll {
-            let path = self.dir.as_ref().map(|d| d.join(format!("seg-{seq:020}.jsonl")));
+            let path = self
+                .dir
+                .as_ref()
+                .map(|d| d.join(format!("seg-{seq:020}.jsonl")));
             self.file = match &path {
                 Some(p) => Some(
                     OpenOptions::new()
@@ -258,7 +261,10 @@ impl Inner {
                 path,
             });
         }
-        let seg = self.segments.back_mut().expect("a segment was just ensured");
+        let seg = self
+            .segments
+            .back_mut()
+            .expect("a segment was just ensured");
         if let (Some(f), Some(p)) = (self.file.as_mut(), seg.path.as_ref()) {
             f.write_all(line).map_err(io(p))?;
             if fsync == Fsync::Always {
@@ -288,7 +294,11 @@ impl Inner {
             let e = self.entries.pop_front().expect("front checked");
             self.bytes -= e.bytes;
         }
-        tracing::warn!(first = seg.first_seq, last = seg.last_seq, "alert spool full: oldest segment dropped");
+        tracing::warn!(
+            first = seg.first_seq,
+            last = seg.last_seq,
+            "alert spool full: oldest segment dropped"
+        );
         if let Some(p) = &seg.path {
             std::fs::remove_file(p).map_err(io(p))?;
         }
@@ -364,7 +374,10 @@ fn recover(dir: &Path, inner: &mut Inner, names: &[String]) -> Result<(), SpoolE
         if torn {
             // A crash mid-append leaves a partial last line: cut it so appends stay parseable.
             tracing::warn!(path = %path.display(), "spool: discarding a torn record after a crash");
-            let f = OpenOptions::new().write(true).open(path).map_err(io(path))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
             f.set_len(good).map_err(io(path))?;
         }
         if seg.first_seq == 0 {

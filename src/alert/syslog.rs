@@ -2,8 +2,8 @@
 //! counting) transports.
 
 use super::cloudevents::rfc3339_ms;
-use super::slack::{summary, title};
-use super::{Alert, Event};
+use super::slack::{event_name, summary, title};
+use super::Alert;
 use crate::detect::policy::Severity;
 use std::io;
 use std::time::Duration;
@@ -37,32 +37,20 @@ pub fn syslog_severity(s: Severity) -> u8 {
     }
 }
 
-/// CEF header field: backslash and pipe are escaped; a line break would end the record, so it
-/// becomes a space (the spec allows line breaks only in extension values).
-fn header_escape(s: &str) -> String {
+/// CEF escaping. Header fields: backslash and pipe; a line break would end the record, so it
+/// becomes a space (the spec allows line breaks only in extension values). Extension values
+/// (`ext`): backslash, equals sign, and line breaks as `\n` and `\r`; pipes pass.
+fn escape(s: &str, ext: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '|' => out.push_str("\\|"),
-            '\r' | '\n' => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// CEF extension value: backslash, equals sign and line breaks are escaped (`\n`, `\r`);
-/// pipes need no escape there.
-fn ext_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '=' => out.push_str("\\="),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
+        match (c, ext) {
+            ('\\', _) => out.push_str("\\\\"),
+            ('|', false) => out.push_str("\\|"),
+            ('\r' | '\n', false) => out.push(' '),
+            ('=', true) => out.push_str("\\="),
+            ('\n', true) => out.push_str("\\n"),
+            ('\r', true) => out.push_str("\\r"),
+            (c, _) => out.push(c),
         }
     }
     out
@@ -73,11 +61,7 @@ fn ext_escape(s: &str) -> String {
 /// Extension keys are CEF dictionary keys (`rt`, `start`, `end` in epoch ms); the custom
 /// strings carry what the dictionary has no key for, labelled.
 pub fn cef(a: &Alert, version: &str) -> String {
-    let event = match a.event {
-        Event::Raised => "raised",
-        Event::Updated => "updated",
-        Event::Resolved => "resolved",
-    };
+    let event = event_name(a.event);
     let signature = format!("{}:{}", a.technique.id, a.kind.as_str());
     let name = format!("{} {event}", title(a.kind));
     let evidence = serde_json::to_string(&a.evidence).unwrap_or_default();
@@ -104,22 +88,23 @@ pub fn cef(a: &Alert, version: &str) -> String {
         ("cs3", a.event_id.clone()),
         ("cs4Label", "technique".into()),
         ("cs4", format!("{} {}", a.technique.id, a.technique.name)),
-        ("cs5Label", "evidence".into()),
-        ("cs5", evidence),
         ("cfp1Label", "confidence".into()),
         ("cfp1", format!("{confidence:.4}")),
         ("cn1Label", "windowQueries".into()),
         ("cn1", a.queries.window.to_string()),
+        // Last: the longest value, so a datagram cut at MAX_UDP loses only (part of) it.
+        ("cs5Label", "evidence".into()),
+        ("cs5", evidence),
     ];
     let ext: Vec<String> = ext
         .iter()
-        .map(|(k, v)| format!("{k}={}", ext_escape(v)))
+        .map(|(k, v)| format!("{k}={}", escape(v, true)))
         .collect();
     format!(
         "CEF:0|probewatch|probewatch|{}|{}|{}|{}|{}",
-        header_escape(version),
-        header_escape(&signature),
-        header_escape(&name),
+        escape(version, false),
+        escape(&signature, false),
+        escape(&name, false),
         cef_severity(a.severity),
         ext.join(" "),
     )
@@ -153,8 +138,10 @@ pub fn rfc5424(
     msg: &str,
 ) -> String {
     let pri = u16::from(facility.min(23)) * 8 + u16::from(syslog_severity(*severity));
+    // MSG is optional; without one the message ends at STRUCTURED-DATA, with no trailing SP.
+    let sp = if msg.is_empty() { "" } else { " " };
     format!(
-        "<{pri}>1 {} {} {} {} - - {msg}",
+        "<{pri}>1 {} {} {} {} - -{sp}{msg}",
         rfc3339_ms(ts_ms),
         header_field(hostname, 255),
         header_field(app, 48),
@@ -169,23 +156,17 @@ pub fn frame_tcp(msg: &str) -> Vec<u8> {
     out
 }
 
+#[derive(Debug)]
 enum Conn {
     Udp(UdpSocket),
     Tcp(TcpStream),
 }
 
 /// A syslog connection to `udp://host:port` or `tcp://host:port`.
+#[derive(Debug)]
 pub struct SyslogTransport {
     addr: String,
     conn: Conn,
-}
-
-impl std::fmt::Debug for SyslogTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyslogTransport")
-            .field("addr", &self.addr)
-            .finish()
-    }
 }
 
 async fn tcp_connect(hostport: &str) -> io::Result<TcpStream> {
@@ -271,95 +252,108 @@ fn peer_closed(stream: &TcpStream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use crate::alert::Event;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     use tokio::net::TcpListener;
 
     const NASTY: &str = "a|b\\c=d\nx";
 
     #[test]
     fn cef_escapes_header_and_extension_differently() {
-        assert_eq!(header_escape(NASTY), "a\\|b\\\\c=d x");
-        assert_eq!(ext_escape(NASTY), "a|b\\\\c\\=d\\nx");
-        assert_eq!(ext_escape("x\r\ny"), "x\\r\\ny");
+        assert_eq!(escape(NASTY, false), "a\\|b\\\\c=d x");
+        assert_eq!(escape(NASTY, true), "a|b\\\\c\\=d\\nx");
+        assert_eq!(escape("x\r\ny", true), "x\\r\\ny");
         let mut a = Alert::example("al-5");
         a.client = NASTY.into();
         let line = cef(&a, NASTY);
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.starts_with("CEF:0|probewatch|probewatch|a\\|b\\\\c=d x|AML.T0024.002:extraction|Model extraction raised|8|"), "{line}");
+        let head = "CEF:0|probewatch|probewatch|a\\|b\\\\c=d x|AML.T0024.002:extraction|";
+        assert!(line.starts_with(head), "{line}");
         assert!(line.contains(" suser=a|b\\\\c\\=d\\nx "), "{line}");
     }
 
     #[test]
-    fn cef_extension_carries_the_alert() {
+    fn cef_record_carries_the_alert() {
         let mut a = Alert::example("al-5");
-        a.event = Event::Resolved;
-        a.event_id = "al-5.2".into();
-        a.severity = Severity::Critical;
-        let line = cef(&a, "0.1.0");
-        let (head, ext) = line.rsplit_once('|').expect("header");
-        assert_eq!(head, "CEF:0|probewatch|probewatch|0.1.0|AML.T0024.002:extraction|Model extraction resolved|10");
-        for want in [
-            "rt=1700000060000",
-            "act=resolved",
-            "cat=extraction",
-            "suser=c-17",
-            "cnt=300",
-            "start=1700000000000",
-            "end=1700000060000",
-            "externalId=al-5.2",
-            "cs1Label=model cs1=digits-mlp",
-            "cs2Label=alertId cs2=al-5",
-            "cs3Label=eventId cs3=al-5.2",
-            "cfp1Label=confidence cfp1=0.9000",
-            "cn1Label=windowQueries cn1=120",
-        ] {
-            assert!(ext.contains(want), "{want} not in {ext}");
-        }
-        // The evidence JSON's `:` and `,` pass, but its quotes stay; only `=` would need escaping.
-        assert!(
-            ext.contains("cs5={\"normal_out_of_range_share\":0.01,\"out_of_range_share\":0.9}"),
-            "{ext}"
+        (a.event, a.event_id, a.severity) = (Event::Resolved, "al-5.2".into(), Severity::Critical);
+        let want = concat!(
+            "CEF:0|probewatch|probewatch|0.1.0|AML.T0024.002:extraction|Model extraction resolved|10|",
+            "rt=1700000060000 act=resolved cat=extraction suser=c-17 ",
+            "msg=Model extraction resolved: client c-17 on model digits-mlp (AML.T0024.002) ",
+            "cnt=300 start=1700000000000 end=1700000060000 externalId=al-5.2 ",
+            "cs1Label=model cs1=digits-mlp cs2Label=alertId cs2=al-5 cs3Label=eventId cs3=al-5.2 ",
+            "cs4Label=technique cs4=AML.T0024.002 Exfiltration via ML Inference API: Extract ML Model ",
+            "cfp1Label=confidence cfp1=0.9000 cn1Label=windowQueries cn1=120 cs5Label=evidence ",
+            r#"cs5={"normal_out_of_range_share":0.01,"out_of_range_share":0.9}"#,
         );
-        assert_eq!(
-            [
-                cef_severity(Severity::Low),
-                cef_severity(Severity::Medium),
-                cef_severity(Severity::High)
-            ],
-            [3, 5, 8]
+        assert_eq!(cef(&a, "0.1.0"), want);
+        let sev = [Severity::Low, Severity::Medium, Severity::High].map(cef_severity);
+        assert_eq!(sev, [3, 5, 8]);
+    }
+
+    #[test]
+    fn a_full_alert_fits_one_datagram() {
+        // Every figure the pipeline emits, at full f64 precision (measured: about 1560 bytes).
+        let f = 0.123_456_789_012_345_67;
+        let mut a = Alert::example("01JBX0000000000000000000000");
+        a.evidence = serde_json::json!({"window_queries": 1200, "low_margin_share": f,
+            "normal_low_margin_share": f, "margin_threshold": f, "near_duplicate_share": f,
+            "exact_repeat_share": f, "class_flips": 1200, "cross_account_near_duplicates": 1200,
+            "out_of_range_share": f, "normal_out_of_range_share": f, "prada_w": f,
+            "structured_perturbation_share": f, "normal_structured_share": f, "threshold": f,
+            "invalid_inputs": 1200, "last_out_of_range_features": 784, "prada_alarm": true,
+            "distinct_cells": 1200.0, "queries_per_minute": f,
+            "cusum": {"low_margin": f, "out_of_range": f, "structured": f, "invalid": f}});
+        let m = rfc5424(
+            20,
+            &Severity::High,
+            "probewatch-7f9c",
+            "probewatch",
+            0,
+            &cef(&a, "1"),
         );
+        assert!(m.len() < MAX_UDP, "{}", m.len());
     }
 
     #[test]
     fn rfc5424_header() {
-        // local4 (20) * 8 + error (3) = 163.
+        let (lo, mid, hi, crit) = (
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        );
+        let pid = std::process::id();
+        // local4 (20) * 8 + error (3) = 163; the space in the hostname is not printable ASCII.
         let m = rfc5424(
             20,
-            &Severity::High,
+            &hi,
             "host 1.example",
             "probewatch",
             1_700_000_060_123,
             "CEF:0|x",
         );
-        let pid = std::process::id();
-        assert_eq!(
-            m,
-            format!("<163>1 2023-11-14T22:14:20.123Z host_1.example probewatch {pid} - - CEF:0|x")
+        let want =
+            format!("<163>1 2023-11-14T22:14:20.123Z host_1.example probewatch {pid} - - CEF:0|x");
+        assert_eq!(m, want);
+        let m = rfc5424(1, &crit, "h", "a", 0, "m");
+        assert!(m.starts_with("<10>1 1970-01-01T00:00:00.000Z h a "), "{m}");
+        let m = rfc5424(16, &lo, "", "ünï", 0, "m");
+        assert!(
+            m.starts_with("<133>1 1970-01-01T00:00:00.000Z - _n_ "),
+            "{m}"
         );
-        assert!(rfc5424(1, &Severity::Critical, "h", "a", 0, "m")
-            .starts_with("<10>1 1970-01-01T00:00:00.000Z h a "));
-        assert!(rfc5424(16, &Severity::Low, "", "ünï", 0, "m")
-            .starts_with("<133>1 1970-01-01T00:00:00.000Z - _n_ "));
-        assert!(rfc5424(99, &Severity::Medium, "h", "a", 0, "m").starts_with("<188>1 "));
-        let long = rfc5424(1, &Severity::Low, &"h".repeat(300), &"a".repeat(60), 0, "m");
+        assert!(rfc5424(99, &mid, "h", "a", 0, "m").starts_with("<188>1 "));
+        assert!(rfc5424(0, &mid, "h", "a", 0, "").ends_with(" - -"));
+        let long = rfc5424(1, &lo, &"h".repeat(300), &"a".repeat(60), 0, "m");
         let f: Vec<&str> = long.split(' ').collect();
         assert_eq!((f[2].len(), f[3].len()), (255, 48));
     }
 
     #[test]
     fn tcp_frame_counts_bytes() {
-        assert_eq!(frame_tcp("héllo"), b"6 h\xc3\xa9llo".to_vec());
-        assert_eq!(frame_tcp(""), b"0 ".to_vec());
+        assert_eq!(frame_tcp("héllo"), b"6 h\xc3\xa9llo");
+        assert_eq!(frame_tcp(""), b"0 ");
     }
 
     #[tokio::test]
@@ -381,21 +375,15 @@ mod tests {
             .is_err());
     }
 
-    async fn read_frame(s: &mut TcpStream) -> String {
+    async fn read_frame(s: &mut BufReader<TcpStream>) -> String {
         let mut len = Vec::new();
-        loop {
-            let b = s.read_u8().await.expect("len");
-            if b == b' ' {
-                break;
-            }
-            len.push(b);
-        }
-        let n: usize = std::str::from_utf8(&len)
-            .expect("digits")
+        s.read_until(b' ', &mut len).await.expect("length");
+        let n: usize = String::from_utf8_lossy(&len)
+            .trim_end()
             .parse()
-            .expect("len");
+            .expect("digits");
         let mut msg = vec![0u8; n];
-        s.read_exact(&mut msg).await.expect("msg");
+        s.read_exact(&mut msg).await.expect("message");
         String::from_utf8(msg).expect("utf-8")
     }
 
@@ -404,7 +392,7 @@ mod tests {
         let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("tcp://{}", server.local_addr().expect("addr"));
         let mut t = SyslogTransport::connect(&addr).await.expect("connect");
-        let (mut s, _) = server.accept().await.expect("accept");
+        let mut s = BufReader::new(server.accept().await.expect("accept").0);
         t.send("<14>1 héllo\nwörld").await.expect("send");
         t.send("second").await.expect("send");
         assert_eq!(read_frame(&mut s).await, "<14>1 héllo\nwörld");
@@ -413,7 +401,8 @@ mod tests {
         drop(s);
         tokio::time::sleep(Duration::from_millis(100)).await;
         t.send("after restart").await.expect("send");
-        let (mut s2, _) = server.accept().await.expect("reconnect");
-        assert_eq!(read_frame(&mut s2).await, "after restart");
+        let accept = tokio::time::timeout(Duration::from_secs(5), server.accept());
+        let s2 = accept.await.expect("no reconnect").expect("accept").0;
+        assert_eq!(read_frame(&mut BufReader::new(s2)).await, "after restart");
     }
 }

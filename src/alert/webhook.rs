@@ -74,7 +74,11 @@ impl Sink for WebhookSink {
     async fn deliver(&mut self, a: &Alert) -> Outcome {
         let body = match serde_json::to_vec(&body(a)) {
             Ok(b) => b,
-            Err(e) => return Outcome::Reject { reason: e.to_string() },
+            Err(e) => {
+                return Outcome::Reject {
+                    reason: e.to_string(),
+                }
+            }
         };
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -84,7 +88,10 @@ impl Sink for WebhookSink {
             ("webhook-timestamp", ts.to_string()),
         ];
         if !self.keys.is_empty() {
-            headers.push(("webhook-signature", signature(&self.keys, &a.event_id, ts, &body)));
+            headers.push((
+                "webhook-signature",
+                signature(&self.keys, &a.event_id, ts, &body),
+            ));
         }
         http::post(&self.client, &self.url, "application/json", &headers, body).await
     }

@@ -209,7 +209,8 @@ impl SinkConfig {
         if let Some(n) = &self.name {
             let ok = !n.is_empty()
                 && n.len() <= 64
-                && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
             if !ok {
                 return Err(invalid(at("name"), "1 to 64 of A-Z a-z 0-9 - _ ."));
             }
@@ -221,7 +222,10 @@ impl SinkConfig {
         if t.is_http() {
             let needs = t != SinkType::Pagerduty;
             if urls > 1 || (needs && urls == 0) {
-                return Err(invalid(at("url"), "give exactly one of url, url_env, url_file"));
+                return Err(invalid(
+                    at("url"),
+                    "give exactly one of url, url_env, url_file",
+                ));
             }
             if let Some(u) = &self.url {
                 check_url(u).map_err(|r| invalid(at("url"), r))?;
@@ -231,7 +235,10 @@ impl SinkConfig {
         }
         let only = |set: bool, key: &str, ty: SinkType| {
             if set && t != ty {
-                Err(invalid(at(key), format!("only for type = \"{}\"", ty.as_str())))
+                Err(invalid(
+                    at(key),
+                    format!("only for type = \"{}\"", ty.as_str()),
+                ))
             } else {
                 Ok(())
             }
@@ -267,10 +274,12 @@ impl SinkConfig {
             _ => {}
         }
         if !(self.rate_per_sec > 0.0 && self.rate_per_sec.is_finite()) || self.burst == 0 {
-            return Err(invalid(at("rate_per_sec"), "rate_per_sec > 0 and burst >= 1"));
+            return Err(invalid(
+                at("rate_per_sec"),
+                "rate_per_sec > 0 and burst >= 1",
+            ));
         }
-        if self.timeout_ms == 0 || self.backoff_ms == 0 || self.max_backoff_ms < self.backoff_ms
-        {
+        if self.timeout_ms == 0 || self.backoff_ms == 0 || self.max_backoff_ms < self.backoff_ms {
             return Err(invalid(
                 at("backoff_ms"),
                 "timeout_ms > 0 and 0 < backoff_ms <= max_backoff_ms",
@@ -409,8 +418,10 @@ mod tests {
 
     #[test]
     fn duplicate_names_are_rejected() {
-        let e = err("[[alerts.sinks]]\ntype = \"jsonl\"\npath = \"a\"\nname = \"x\"\n\
-                     [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"b\"\nname = \"x\"\n");
+        let e = err(
+            "[[alerts.sinks]]\ntype = \"jsonl\"\npath = \"a\"\nname = \"x\"\n\
+                     [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"b\"\nname = \"x\"\n",
+        );
         assert!(e.contains("duplicate sink name"), "{e}");
     }
 

@@ -45,6 +45,9 @@ pub const MIN_WINDOW_SHARE: f64 = 0.25;
 /// that client is searching a boundary, and its out-of-range or structured queries are part
 /// of that search.
 pub const BOUNDARY_DOMINANT_SHARE: f64 = 0.5;
+/// Boundary evidence (low-margin CUSUM) past this share of the threshold also suppresses
+/// extraction, so a search is named for what it is from its first alert.
+pub const BOUNDARY_EVIDENCE_SHARE: f64 = 0.5;
 /// Events of the right kind needed in the window before an alert.
 pub const MIN_EVENTS: u32 = 3;
 
@@ -274,8 +277,12 @@ impl Policy {
             structured
         };
         let corroborated = prada_alarm && ex >= h / 2.0;
-        let boundary_dominant =
-            f64::from(low) >= BOUNDARY_DOMINANT_SHARE * f64::from(scored.max(1));
+        // Boundary searches (HopSkipJump, Boundary, Square, SimBA) also send out-of-range and
+        // structured queries: while a client's answers pile up near the boundary, those are
+        // attributed to the search, not to extraction.
+        let boundary_dominant = f64::from(low)
+            >= BOUNDARY_DOMINANT_SHARE * f64::from(scored.max(1))
+            || c.low_margin >= h * BOUNDARY_EVIDENCE_SHARE;
         if (ex >= h || corroborated)
             && ex_events >= MIN_EVENTS
             && share(ex_events)

@@ -34,6 +34,12 @@ pub const STRUCT_MODAL_SHARE: f64 = 0.8;
 pub const STRUCT_QUANTUM: f32 = 1.0 / 256.0;
 /// Coordinates that moved by at most this many quanta count as unchanged.
 pub const STRUCT_MIN_STEP: f32 = 2.0;
+/// A coordinate counts as moved only past this many steps of the byte grid it is stored on:
+/// nearer, two steps' difference is mostly the grid's rounding and "equal" means nothing.
+pub const STRUCT_MIN_GRID_STEPS: f32 = 6.0;
+/// Coordinates that moved, but by less than a step, may be at most this share of those that
+/// moved by a step.
+pub const STRUCT_MAX_GREY_SHARE: f64 = 0.25;
 /// Two steps are "the same size" within this relative tolerance, or within one step of the
 /// byte grid stored members are rounded to.
 pub const STRUCT_STEP_TOLERANCE: f32 = 0.05;
@@ -225,40 +231,75 @@ impl Detector for Prada {
 /// step is small, is judged against that feature's normal scale.
 fn structured(x: &[f32], set: &GrowingSet, i: usize, m: &ModelView<'_>) -> bool {
     let b = m.baseline;
-    if !b.ready {
+    // A query on the lattice normal inputs live on (integer pixels, counts) is natural
+    // variation: sign-gradient steps leave it.
+    if !b.ready || b.on_lattice(x) {
         return false;
     }
-    let mut steps = [(0f32, false); crate::pipeline::SKETCH_DIM];
-    let mut n = 0;
-    // Two stored members' rounding may differ by one grid step.
-    let mut slack = 0f32;
+    // (step, small, grid step of that coordinate)
+    let mut steps = [(0f32, false, 0f32); crate::pipeline::SKETCH_DIM];
+    let (mut n, mut grey) = (0, 0);
     for (j, &v) in x.iter().enumerate() {
         let q = b.scale[j] * STRUCT_QUANTUM;
         let g = set.grid().step(j);
         let delta = (v - set.value(i, j)).abs();
         // Differences of a few quanta are noise (sensor jitter, the grid's rounding), not steps.
-        if delta > (STRUCT_MIN_STEP * q).max(g) {
-            steps[n] = (delta, delta <= STRUCT_MAX_STEP * q);
+        if delta > (STRUCT_MIN_STEP * q).max(STRUCT_MIN_GRID_STEPS * g) {
+            steps[n] = (delta, delta <= STRUCT_MAX_STEP * q, g);
             n += 1;
-            slack = slack.max(g);
+        } else if delta > g {
+            grey += 1;
         }
     }
-    if n < STRUCT_MIN_CHANGED {
+    // A crafted step leaves each coordinate either where it was or a whole step away. Noise
+    // also moves many coordinates by less than the cut-off, and just past any cut-off its
+    // magnitudes bunch up and would look like one step.
+    if n < STRUCT_MIN_CHANGED || grey as f64 > STRUCT_MAX_GREY_SHARE * n as f64 {
         return false;
     }
-    let s = &mut steps[..n];
+    // Steps are equal in the input's own units when the attacker steps in them, and
+    // equal relative to each feature's scale when its substitute model standardises first.
+    if modal_share(&mut steps[..n]) >= STRUCT_MODAL_SHARE {
+        return true;
+    }
+    let mut k = 0;
+    for (j, &v) in x.iter().enumerate() {
+        let g = set.grid().step(j);
+        let delta = (v - set.value(i, j)).abs();
+        if k < n
+            && delta
+                > (STRUCT_MIN_STEP * b.scale[j] * STRUCT_QUANTUM).max(STRUCT_MIN_GRID_STEPS * g)
+        {
+            let sc = b.scale[j];
+            steps[k] = (
+                delta / sc,
+                delta <= STRUCT_MAX_STEP * sc * STRUCT_QUANTUM,
+                g / sc,
+            );
+            k += 1;
+        }
+    }
+    modal_share(&mut steps[..k]) >= STRUCT_MODAL_SHARE
+}
+
+/// Share of `steps` (value, small, rounding) in the largest group of small steps equal within
+/// tolerance; sorts `steps`.
+fn modal_share(s: &mut [(f32, bool, f32)]) -> f64 {
+    let n = s.len();
     s.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-    // Largest group of small steps equal within tolerance (two pointers over sorted steps).
+    // Two pointers over the sorted steps.
     let (mut best, mut lo, mut small) = (0usize, 0usize, 0usize);
     for hi in 0..n {
         small += usize::from(s[hi].1);
-        while s[hi].0 - s[lo].0 > (STRUCT_STEP_TOLERANCE * s[lo].0).max(slack) {
+        // Each stored coordinate is rounded to its own grid step, so two equal steps can
+        // differ by the two coordinates' steps together, and by no more.
+        while s[hi].0 - s[lo].0 > (STRUCT_STEP_TOLERANCE * s[lo].0).max(s[lo].2 + s[hi].2) {
             small -= usize::from(s[lo].1);
             lo += 1;
         }
         best = best.max(small);
     }
-    best as f64 >= STRUCT_MODAL_SHARE * n as f64
+    best as f64 / n.max(1) as f64
 }
 
 #[cfg(test)]

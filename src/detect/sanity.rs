@@ -4,6 +4,8 @@
 
 use super::{Detector, ModelView, Query, Signals};
 
+/// Relative rounding of an f64 bound stored as f32 (f32 has a 24-bit mantissa), with margin.
+pub const F32_ROUNDING: f64 = 1e-6;
 /// The sanity detector.
 #[derive(Debug, Default)]
 pub struct Sanity {
@@ -25,7 +27,9 @@ impl Detector for Sanity {
         let mut n = 0;
         for (j, &x) in q.input.iter().enumerate() {
             if let Some((lo, hi)) = schema.domain(j) {
-                let slack = self.tolerance * (hi - lo);
+                // Inputs arrive as f32 and the schema's bounds are f64: a value written as
+                // exactly the bound may round past it, which is not a violation.
+                let slack = (self.tolerance * (hi - lo)).max(F32_ROUNDING * lo.abs().max(hi.abs()));
                 let x = f64::from(x);
                 if x < lo - slack || x > hi + slack {
                     n += 1;

@@ -109,6 +109,9 @@ pub struct Baseline {
     /// Radius within which an earlier query counts as the same neighbourhood.
     pub near_radius: Option<f32>,
     pub rates: Rates,
+    /// Unit that normal inputs' values are whole multiples of (pixel intensities, counts,
+    /// categorical codes), if there is one.
+    pub lattice: Option<f32>,
     /// Byte grid for per-client history: provisional from the first samples (or the
     /// schema's domain), then frozen with the normalisation. `None` before any sample.
     pub grid: Option<Arc<Grid>>,
@@ -158,6 +161,7 @@ impl Baseline {
                 structured: 0.005,
             },
             grid: Some(Arc::new(Grid::new(vec![(0.0, range); dims]))),
+            lattice: None,
         }
     }
 
@@ -297,6 +301,7 @@ impl Baseline {
             .collect();
         dists.sort_unstable_by(f32::total_cmp);
         b.near_radius = (dists.len() >= 16).then(|| 0.25 * quantile_sorted(&dists, 0.5));
+        b.lattice = lattice(res);
         let nf = n.max(1) as f64;
         b.rates = Rates {
             low_margin: match b.margin_low {
@@ -312,6 +317,12 @@ impl Baseline {
         b
     }
 
+    /// True when every value of `sketch` sits on the normal inputs' lattice.
+    pub fn on_lattice(&self, sketch: &[f32]) -> bool {
+        self.lattice
+            .is_some_and(|u| sketch.iter().all(|&v| is_multiple(v, u)))
+    }
+
     /// Dimensions of `sketch` outside the drift fences.
     pub fn out_count(&self, sketch: &[f32]) -> u32 {
         sketch
@@ -320,6 +331,30 @@ impl Baseline {
             .filter(|(x, (lo, hi))| **x < **lo || **x > **hi)
             .count() as u32
     }
+}
+
+/// Candidate value lattices, coarsest first.
+const LATTICES: [f32; 6] = [1.0, 0.5, 0.25, 0.1, 1.0 / 255.0, 0.01];
+
+fn is_multiple(v: f32, u: f32) -> bool {
+    let k = v / u;
+    (k - k.round()).abs() < 1e-3
+}
+
+/// The coarsest unit that at least 99.5 % of the samples' values are multiples of.
+fn lattice(res: &Reservoir) -> Option<f32> {
+    let total: usize = res.samples.iter().map(|s| s.sketch.len()).sum();
+    if total == 0 {
+        return None;
+    }
+    LATTICES.into_iter().find(|&u| {
+        let on: usize = res
+            .samples
+            .iter()
+            .map(|s| s.sketch.iter().filter(|&&v| is_multiple(v, u)).count())
+            .sum();
+        on as f64 >= 0.995 * total as f64
+    })
 }
 
 /// `(lo, width)` of a feature's valid domain in the schema.

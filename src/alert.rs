@@ -43,24 +43,7 @@ pub enum AlertError {
 
 /// RFC 3339 UTC with milliseconds (`2023-11-14T22:13:20.000Z`) of Unix milliseconds.
 pub fn rfc3339(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
+    cloudevents::rfc3339_ms(ms)
 }
 
 /// Lifecycle step an alert event reports.
@@ -155,6 +138,74 @@ impl Alert {
     }
 }
 
+/// One sink's delivery figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SinkReport {
+    pub name: String,
+    pub sent: u64,
+    /// Rejected for good by the receiver (non-retryable 4xx).
+    pub failed: u64,
+    pub retried: u64,
+    /// Lost to spool overflow before delivery.
+    pub dropped: u64,
+    /// Below the sink's `min_severity`.
+    pub filtered: u64,
+    pub rate_limited: u64,
+    /// Spooled events not yet delivered (the sink's queue depth).
+    pub backlog: u64,
+    pub oldest_undelivered_age_ms: Option<i64>,
+}
+
+/// How an HTTP JSON sink renders an event (`None`: nothing to send for it).
+fn render(s: &ResolvedSink) -> http::Render {
+    let source = format!("probewatch/{}", s.name);
+    match s.config.kind {
+        SinkType::Slack => {
+            let link = s.config.client_link.clone();
+            Box::new(move |a: &Alert| {
+                let l = link
+                    .as_ref()
+                    .map(|b| format!("{b}{}", urlencode(&a.client)));
+                Some((slack::body(a, l.as_deref()), "application/json"))
+            })
+        }
+        SinkType::Pagerduty => {
+            let key = s
+                .routing_key
+                .as_ref()
+                .map(|k| k.0.clone())
+                .unwrap_or_default();
+            Box::new(move |a: &Alert| {
+                Some((pagerduty::event(a, &key, "probewatch"), "application/json"))
+            })
+        }
+        SinkType::Cloudevents => Box::new(move |a: &Alert| {
+            Some((
+                cloudevents::structured(a, &source),
+                cloudevents::CONTENT_TYPE,
+            ))
+        }),
+        _ => Box::new(|a: &Alert| {
+            Some((
+                ocsf::detection_finding(a, env!("CARGO_PKG_VERSION")),
+                "application/json",
+            ))
+        }),
+    }
+}
+
+/// Percent-encodes a client id for a URL path or query.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Writes alert events to the spool and runs one delivery task per sink.
 pub struct Dispatcher {
     spool: Arc<Spool>,
@@ -216,11 +267,13 @@ impl Dispatcher {
                     st2,
                     rx,
                 )),
-                other => {
-                    return Err(AlertError::Sink(
-                        s.name.clone(),
-                        format!("type {} is not available yet", other.as_str()),
-                    ))
+                SinkType::Syslog => {
+                    let sink = syslog::SyslogSink::new(&s);
+                    tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
+                }
+                SinkType::Slack | SinkType::Pagerduty | SinkType::Cloudevents | SinkType::Ocsf => {
+                    let sink = http::JsonSink::new(&s, render(&s))?;
+                    tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
                 }
             };
             stats.push(st);
@@ -252,6 +305,29 @@ impl Dispatcher {
     /// Per-sink counters, in sink order.
     pub fn stats(&self) -> &[Arc<SinkStats>] {
         &self.stats
+    }
+
+    /// Delivery figures of every sink at wall-clock `now_ms`.
+    pub fn report(&self, now_ms: i64) -> Vec<SinkReport> {
+        self.stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (backlog, oldest) = self.spool.backlog(i);
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                SinkReport {
+                    name: s.name.clone(),
+                    sent: get(&s.sent),
+                    failed: get(&s.failed),
+                    retried: get(&s.retried),
+                    dropped: self.spool.dropped(i),
+                    filtered: get(&s.filtered),
+                    rate_limited: get(&s.rate_limited),
+                    backlog,
+                    oldest_undelivered_age_ms: oldest.map(|t| (now_ms - t).max(0)),
+                }
+            })
+            .collect()
     }
 
     /// Lets sinks deliver what is spooled, for at most `grace`; what is left stays spooled

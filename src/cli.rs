@@ -197,6 +197,27 @@ where
     }
 }
 
+/// How often delivery figures are logged (per sink: sent, failed, retried, dropped, backlog,
+/// oldest undelivered age).
+pub const SINK_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn log_sinks(d: &crate::alert::Dispatcher) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as i64);
+    for r in d.report(now) {
+        tracing::info!(
+            sink = %r.name, sent = r.sent, failed = r.failed, retried = r.retried,
+            dropped = r.dropped, backlog = r.backlog, oldest_undelivered_age_ms = ?r.oldest_undelivered_age_ms,
+            "alert delivery"
+        );
+    }
+    let lost = d.lost.load(std::sync::atomic::Ordering::Relaxed);
+    if lost > 0 {
+        tracing::warn!(lost, "alerts the spool refused");
+    }
+}
+
 async fn serve(
     cfg: Config,
     schema: Option<Schema>,
@@ -212,6 +233,17 @@ async fn serve(
         crate::clock::system(),
     )?);
     let dispatcher = Arc::new(crate::alert::Dispatcher::start(&alerts, sinks)?);
+    let reporter = {
+        let d = dispatcher.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(SINK_REPORT_INTERVAL);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                log_sinks(&d);
+            }
+        })
+    };
     crate::server::run(
         listener,
         pipeline,
@@ -221,5 +253,7 @@ async fn serve(
     .await?;
     // Ingest has stopped: let the sinks deliver what is spooled, within the grace period.
     dispatcher.shutdown(grace).await;
+    reporter.abort();
+    log_sinks(&dispatcher);
     Ok(())
 }

@@ -322,6 +322,108 @@ async fn a_hanging_sink_does_not_hold_up_another() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(d.stats()[0].sent.load(Ordering::Relaxed), 0);
+    // The stuck sink's queue depth and the age of its oldest undelivered event are reported.
+    let now = Alert::example("x").emitted_at_ms + 5_000;
+    let rep = d.report(now);
+    assert_eq!((rep[0].backlog, rep[1].backlog), (6, 0));
+    assert_eq!(rep[0].oldest_undelivered_age_ms, Some(5_000));
     // Shutdown gives up on the hanging sink after the grace period; its events stay spooled.
     d.shutdown(Duration::from_millis(300)).await;
+}
+
+/// Each SOC format reaches its receiver in that tool's own shape, raise and resolve.
+#[tokio::test]
+async fn every_format_reaches_its_receiver() {
+    use axum::http::Uri;
+    type Got = Arc<Mutex<Vec<(String, HeaderMap, serde_json::Value)>>>;
+    async fn any(State(g): State<Got>, uri: Uri, h: HeaderMap, body: Bytes) -> StatusCode {
+        let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        g.lock().unwrap().push((uri.path().to_string(), h, v));
+        StatusCode::ACCEPTED
+    }
+    let got: Got = Arc::default();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let app = Router::new()
+        .route("/{*p}", post(any))
+        .with_state(got.clone());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    let syslog_rx = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut s, _) = tcp.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&buf).contains("act=resolved") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "syslog connection closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(buf).unwrap()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("pd-key");
+    std::fs::write(&key, "R0UTINGKEY0123456789").unwrap();
+    let http = |kind, path: &str| {
+        let mut s = SinkConfig::new(kind);
+        s.url = Some(format!("{base}/{path}"));
+        s
+    };
+    let mut slack = http(SinkType::Slack, "slack");
+    slack.client_link = Some("https://soc.example/clients/".into());
+    let mut pd = SinkConfig::new(SinkType::Pagerduty);
+    pd.url = Some(format!("{base}/pd"));
+    pd.routing_key_file = Some(key.to_string_lossy().into());
+    let mut sys = SinkConfig::new(SinkType::Syslog);
+    sys.address = Some(format!("tcp://{tcp_addr}"));
+    let d = start(vec![
+        slack,
+        pd,
+        http(SinkType::Cloudevents, "ce"),
+        http(SinkType::Ocsf, "ocsf"),
+        sys,
+    ]);
+    let raised = Alert::example("pw-fmt");
+    let mut resolved = raised.clone();
+    resolved.event = probewatch::alert::Event::Resolved;
+    resolved.event_id = "pw-fmt.1".into();
+    d.send(raised);
+    d.send(resolved);
+    d.shutdown(Duration::from_secs(10)).await;
+    let text = syslog_rx.await.unwrap();
+    let got = got.lock().unwrap().clone();
+    let at = |p: &str| -> Vec<&(String, HeaderMap, serde_json::Value)> {
+        got.iter().filter(|g| g.0 == p).collect()
+    };
+    let slack = at("/slack");
+    assert_eq!(slack.len(), 2);
+    assert!(slack[0].2["text"].as_str().unwrap().contains("c-17"));
+    assert!(slack[0].2["blocks"]
+        .to_string()
+        .contains("https://soc.example/clients/c-17"));
+    let pd = at("/pd");
+    assert_eq!(pd[0].2["event_action"], "trigger");
+    assert_eq!(pd[0].2["routing_key"], "R0UTINGKEY0123456789");
+    assert_eq!(pd[1].2["event_action"], "resolve");
+    assert_eq!(pd[0].2["dedup_key"], pd[1].2["dedup_key"]);
+    let ce = at("/ce");
+    assert!(ce[0].1["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/cloudevents+json"));
+    assert_eq!(ce[0].2["specversion"], "1.0");
+    assert_eq!(ce[1].2["id"], "pw-fmt.1");
+    let ocsf = at("/ocsf");
+    assert_eq!(ocsf[0].2["class_uid"], 2004);
+    assert_eq!(ocsf[1].2["activity_id"], 3);
+    // RFC 6587 octet counting: "<len> <msg>" with the message's byte length.
+    let (len, rest) = text.split_once(' ').unwrap();
+    let first = &rest[..len.parse::<usize>().unwrap()];
+    assert!(first.starts_with("<"), "{first}");
+    assert!(first.contains("CEF:0|probewatch|probewatch|"), "{first}");
+    assert!(text.contains("act=resolved"));
+    for s in d.stats() {
+        assert_eq!(s.sent.load(Ordering::Relaxed), 2, "{}", s.name);
+    }
 }

@@ -1,9 +1,46 @@
 //! The HTTP POST every HTTP sink shares, and how a response maps to an [`Outcome`].
 
-use super::delivery::Outcome;
-use super::AlertError;
+use super::delivery::{Outcome, Sink};
+use super::{Alert, AlertError};
+use crate::config::ResolvedSink;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::{Duration, SystemTime};
+
+/// Renders an event as a JSON body and its content type.
+pub type Render = Box<dyn Fn(&Alert) -> Option<(serde_json::Value, &'static str)> + Send + Sync>;
+
+/// A sink that POSTs one rendered JSON document per event (Slack, PagerDuty, CloudEvents,
+/// OCSF: the formats live in their own files).
+pub struct JsonSink {
+    client: reqwest::Client,
+    url: String,
+    render: Render,
+}
+
+impl JsonSink {
+    /// Builds the sink.
+    pub fn new(s: &ResolvedSink, render: Render) -> Result<Self, AlertError> {
+        Ok(Self {
+            client: client(s.config.timeout_ms)?,
+            url: s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+            render,
+        })
+    }
+}
+
+impl Sink for JsonSink {
+    async fn deliver(&mut self, a: &Alert) -> Outcome {
+        let Some((body, content_type)) = (self.render)(a) else {
+            return Outcome::Delivered;
+        };
+        match serde_json::to_vec(&body) {
+            Ok(b) => post(&self.client, &self.url, content_type, &[], b).await,
+            Err(e) => Outcome::Reject {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
 
 /// Response body bytes kept for the log of a rejected delivery.
 pub const LOGGED_BODY_BYTES: usize = 300;

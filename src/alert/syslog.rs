@@ -249,6 +249,71 @@ fn peer_closed(stream: &TcpStream) -> bool {
     }
 }
 
+/// Syslog facility of alert messages: 13, "log audit".
+pub const FACILITY: u8 = 13;
+
+/// Delivers CEF over RFC 5424 syslog, reconnecting as needed.
+#[derive(Debug)]
+pub struct SyslogSink {
+    addr: String,
+    hostname: String,
+    timeout: Duration,
+    conn: Option<SyslogTransport>,
+}
+
+impl SyslogSink {
+    /// Builds the sink; it connects on first use.
+    pub fn new(s: &crate::config::ResolvedSink) -> Self {
+        Self {
+            addr: s.config.address.clone().unwrap_or_default(),
+            hostname: std::env::var("HOSTNAME").unwrap_or_else(|_| "-".into()),
+            timeout: Duration::from_millis(s.config.timeout_ms),
+            conn: None,
+        }
+    }
+}
+
+impl super::delivery::Sink for SyslogSink {
+    async fn deliver(&mut self, a: &Alert) -> super::delivery::Outcome {
+        use super::delivery::Outcome;
+        let msg = rfc5424(
+            FACILITY,
+            &a.severity,
+            &self.hostname,
+            "probewatch",
+            a.emitted_at_ms,
+            &cef(a, env!("CARGO_PKG_VERSION")),
+        );
+        let res = tokio::time::timeout(self.timeout, async {
+            if self.conn.is_none() {
+                self.conn = Some(SyslogTransport::connect(&self.addr).await?);
+            }
+            match self.conn.as_mut() {
+                Some(c) => c.send(&msg).await,
+                None => Ok(()),
+            }
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Outcome::Delivered,
+            Ok(Err(e)) => {
+                self.conn = None;
+                Outcome::Retry {
+                    after: None,
+                    reason: e.to_string(),
+                }
+            }
+            Err(_) => {
+                self.conn = None;
+                Outcome::Retry {
+                    after: None,
+                    reason: "timed out".into(),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# What the integration tests need besides the Rust toolchain (idempotent; .ci/run calls it):
+# - a real Prometheus Alertmanager (Debian's prometheus-alertmanager) for tests/alertmanager.rs;
+# - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures.
+set -euo pipefail
+if ! command -v prometheus-alertmanager >/dev/null && ! command -v alertmanager >/dev/null; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends prometheus-alertmanager
+fi
+python3 -c 'import standardwebhooks' 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check standardwebhooks

@@ -140,7 +140,7 @@ fn sigterm_drains_flushes_alerts_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let trace = synthetic_trace(dir.path());
     let alerts = dir.path().join("served.jsonl");
-    let (mut serve, mut log, addr) = start_serve(
+    let (mut serve, log, addr) = start_serve(
         dir.path(),
         &[
             "--listen",

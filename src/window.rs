@@ -9,6 +9,7 @@
 pub mod baseline;
 pub mod client;
 pub mod grid;
+pub mod manifold;
 pub mod store;
 
 pub use client::ClientState;

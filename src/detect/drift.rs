@@ -2,7 +2,9 @@
 //! model's normal traffic (Tukey fences on the learned sample, or the schema's training
 //! range). Uniform-random and out-of-domain (Knockoff-style) query sets put many features
 //! where normal queries never go; the threshold on that count is itself learned (the 99th
-//! percentile among normal queries), so noisy-but-benign traffic sets its own bar.
+//! percentile among normal queries), so noisy-but-benign traffic sets its own bar. A query
+//! whose features are each in range but whose combination is not (its Mahalanobis distance
+//! past normal samples', [`crate::window::manifold`]) is out of range too.
 
 use super::{Detector, ModelView, Query, Signals};
 
@@ -23,8 +25,7 @@ impl Detector for Drift {
         if !m.baseline.ready {
             return;
         }
-        sig.out_count = m.baseline.out_count(q.sketch);
-        sig.out_of_range = sig.out_count > m.baseline.out_threshold;
+        (sig.out_of_range, sig.out_count) = m.baseline.is_out_of_range(q.sketch);
     }
 }
 

@@ -8,10 +8,15 @@
 //! normal, not fixed numbers.
 
 use super::grid::Grid;
+use super::manifold::Manifold;
 use crate::config::{BaselineConfig, DriftConfig, MarginConfig};
 use crate::schema::Schema;
 use std::sync::Arc;
 
+/// The joint fit is redone every this many refreshes.
+pub const MANIFOLD_EVERY: u64 = 8;
+/// Samples the joint fit uses at most.
+pub const MANIFOLD_SAMPLES: usize = 512;
 /// Samples needed before a provisional byte grid is drawn (until the baseline is ready).
 pub const GRID_MIN_SAMPLES: usize = 16;
 
@@ -112,6 +117,13 @@ pub struct Baseline {
     /// Unit that normal inputs' values are whole multiples of (pixel intensities, counts,
     /// categorical codes), if there is one.
     pub lattice: Option<f32>,
+    /// Refreshes since the baseline first became ready.
+    pub refreshes: u64,
+    /// Reservoir size at the last joint fit (it is redone when the reservoir grew by 25 %).
+    pub manifold_samples: usize,
+    /// Joint fit of normal inputs, for queries whose features are each in range but whose
+    /// combination is not.
+    pub manifold: Option<Arc<Manifold>>,
     /// Byte grid for per-client history: provisional from the first samples (or the
     /// schema's domain), then frozen with the normalisation. `None` before any sample.
     pub grid: Option<Arc<Grid>>,
@@ -162,6 +174,9 @@ impl Baseline {
             },
             grid: Some(Arc::new(Grid::new(vec![(0.0, range); dims]))),
             lattice: None,
+            refreshes: 0,
+            manifold_samples: 0,
+            manifold: None,
         }
     }
 
@@ -281,6 +296,21 @@ impl Baseline {
                 b.norm_lo.iter().copied().zip(b.norm_scale.iter().copied()),
             )));
         }
+        // The joint fit costs O(n·d²): refit it every MANIFOLD_EVERY refreshes, on at most
+        // MANIFOLD_SAMPLES samples (evenly strided), to keep its share of per-record cost small.
+        b.refreshes = prev.refreshes + 1;
+        let grown = n * 4 >= b.manifold_samples * 5;
+        if b.manifold.is_none() || grown || b.refreshes.is_multiple_of(MANIFOLD_EVERY) {
+            b.manifold_samples = n;
+            let stride = n.div_ceil(MANIFOLD_SAMPLES).max(1);
+            let sketches: Vec<&[f32]> = res
+                .samples
+                .iter()
+                .step_by(stride)
+                .map(|s| &s.sketch[..])
+                .collect();
+            b.manifold = Manifold::fit(&sketches, &b.scale).map(Arc::new);
+        }
         // Event thresholds and base rates among the samples.
         let mut outs: Vec<u32> = res.samples.iter().map(|s| b.out_count(&s.sketch)).collect();
         outs.sort_unstable();
@@ -310,7 +340,12 @@ impl Baseline {
                 }
                 None => 0.0,
             },
-            out_of_range: outs.iter().filter(|&&o| o > b.out_threshold).count() as f64 / nf,
+            out_of_range: res
+                .samples
+                .iter()
+                .filter(|s| b.is_out_of_range(&s.sketch).0)
+                .count() as f64
+                / nf,
             structured: res.samples.iter().filter(|s| s.structured).count() as f64 / nf,
         };
         b.ready = true;
@@ -321,6 +356,14 @@ impl Baseline {
     pub fn on_lattice(&self, sketch: &[f32]) -> bool {
         self.lattice
             .is_some_and(|u| sketch.iter().all(|&v| is_multiple(v, u)))
+    }
+
+    /// Whether `sketch` is out of normal range: more dimensions outside the fences than
+    /// normal queries have, or off the joint fit. Also returns the count outside.
+    pub fn is_out_of_range(&self, sketch: &[f32]) -> (bool, u32) {
+        let n = self.out_count(sketch);
+        let off = self.manifold.as_ref().is_some_and(|m| m.is_off(sketch));
+        (n > self.out_threshold || off, n)
     }
 
     /// Dimensions of `sketch` outside the drift fences.

@@ -7,6 +7,7 @@
 pub mod alertmanager;
 pub mod cloudevents;
 pub mod delivery;
+pub mod history;
 pub mod http;
 pub mod jsonl;
 pub mod ocsf;
@@ -214,6 +215,7 @@ pub struct Dispatcher {
     stop: watch::Sender<bool>,
     /// Events the spool could not take (full under `reject_new`, or a disk error).
     pub lost: AtomicU64,
+    history: history::AlertHistory,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -285,6 +287,7 @@ impl Dispatcher {
             tasks: parking_lot::Mutex::new(tasks),
             stop,
             lost: AtomicU64::new(0),
+            history: history::AlertHistory::new(cfg.history),
         })
     }
 
@@ -295,6 +298,12 @@ impl Dispatcher {
             self.lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, alert = %alert.id, kind = alert.kind.as_str(), "alert not spooled");
         }
+        self.history.push(Arc::new(alert));
+    }
+
+    /// Recent events, for the query API.
+    pub fn history(&self) -> &history::AlertHistory {
+        &self.history
     }
 
     /// The spool.

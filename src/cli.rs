@@ -119,7 +119,11 @@ pub fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return bad_config(e),
             };
-            run_async(serve(cfg, schema, sinks))
+            let tokens = match crate::api::auth::Tokens::load(&cfg.api) {
+                Ok(t) => t,
+                Err(e) => return bad_config(crate::config::ConfigError::Parse(e)),
+            };
+            run_async(serve(cfg, schema, sinks, tokens))
         }
         Command::Replay {
             trace,
@@ -222,10 +226,21 @@ async fn serve(
     cfg: Config,
     schema: Option<Schema>,
     sinks: Vec<crate::config::ResolvedSink>,
+    tokens: crate::api::auth::Tokens,
 ) -> anyhow::Result<()> {
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "probewatch ingest listening");
+    let bind = |addr: String, what: &'static str| async move {
+        if addr.is_empty() {
+            return Ok::<_, std::io::Error>(None);
+        }
+        let l = tokio::net::TcpListener::bind(&addr).await?;
+        tracing::info!(addr = %l.local_addr()?, "probewatch {what} listening");
+        Ok(Some(l))
+    };
+    let api_listener = bind(cfg.api.listen.clone(), "api").await?;
+    let metrics_listener = bind(cfg.api.metrics_listen.clone(), "metrics").await?;
     let alerts = cfg.alerts.clone();
     let pipeline = Arc::new(crate::pipeline::Pipeline::new(
         Arc::new(cfg),
@@ -244,13 +259,42 @@ async fn serve(
             }
         })
     };
-    crate::server::run(
-        listener,
-        pipeline,
-        dispatcher.clone(),
-        crate::server::shutdown_signal(),
-    )
-    .await?;
+    // One signal stops ingest, the API and metrics together.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut side = Vec::new();
+    if let Some(l) = api_listener {
+        let state = crate::api::ApiState {
+            pipeline: pipeline.clone(),
+            alerts: dispatcher.clone(),
+        };
+        let app = crate::api::router(state, tokens);
+        side.push(tokio::spawn(crate::api::serve(l, app, stopped())));
+    }
+    if let Some(l) = metrics_listener {
+        let reg = Arc::new(crate::telemetry::metrics::registry(
+            pipeline.clone(),
+            dispatcher.clone(),
+        ));
+        side.push(tokio::spawn(crate::telemetry::metrics::serve(
+            l,
+            reg,
+            stopped(),
+        )));
+    }
+    crate::server::run(listener, pipeline, dispatcher.clone(), stopped()).await?;
+    for t in side {
+        let _ = t.await;
+    }
     // Ingest has stopped: let the sinks deliver what is spooled, within the grace period.
     dispatcher.shutdown(grace).await;
     reporter.abort();

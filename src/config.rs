@@ -51,9 +51,26 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub privacy: PrivacyConfig,
     pub alerts: AlertsConfig,
+    pub api: ApiConfig,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
+}
+
+/// The SOC query API (HTTP/JSON) and the Prometheus endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTP/JSON query API; empty disables it.
+    pub listen: String,
+    /// Prometheus `/metrics`, on its own port so scrapers need no API token; empty disables.
+    pub metrics_listen: String,
+    /// Bearer tokens accepted by the API, from environment variables and files (one token
+    /// per variable or file). None configured: the API answers 401 to everything.
+    #[serde(default)]
+    pub tokens_env: Vec<String>,
+    #[serde(default)]
+    pub tokens_file: Vec<String>,
 }
 
 /// Ingest server.
@@ -196,6 +213,8 @@ pub struct AlertsConfig {
     pub spool_max_bytes: u64,
     pub spool_fsync: Fsync,
     pub spool_overflow: Overflow,
+    /// Alert events kept in memory for the query API and its live stream.
+    pub history: usize,
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -347,6 +366,17 @@ impl Config {
                 "privacy.key_env",
                 "must name an environment variable",
             ));
+        }
+        for (k, v) in [
+            ("api.listen", &self.api.listen),
+            ("api.metrics_listen", &self.api.metrics_listen),
+        ] {
+            if !v.is_empty() && v.parse::<SocketAddr>().is_err() {
+                return Err(invalid(k, format!("{v:?} is not host:port")));
+            }
+        }
+        if self.alerts.history == 0 {
+            return Err(invalid("alerts.history", "must be at least 1"));
         }
         let al = &self.alerts;
         if al.spool_max_bytes < 1 << 20 {

@@ -51,6 +51,7 @@ impl IngestService {
         let stats = &self.pipeline.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let batch_id = batch.batch_id;
+        let arrived = std::time::Instant::now();
         let permit =
             match tokio::time::timeout(self.shed_after, self.permits.clone().acquire_owned()).await
             {
@@ -101,6 +102,8 @@ impl IngestService {
                 ack.alerts = alerts.len() as u32;
                 for a in alerts {
                     self.alerts.send(a);
+                    // Ingest to alert: from the batch's arrival to the event in the spool.
+                    self.pipeline.stats.timings.record_alert(arrived.elapsed());
                 }
                 ack
             }

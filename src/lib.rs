@@ -14,7 +14,10 @@
 //!   the model's learned normal traffic ([`window::baseline`]).
 //! - [`detect`]: one module per detector, and the [`detect::policy`] that turns their
 //!   signals into alerts.
-//! - [`alert`]: the alert model and its sinks (JSON Lines, webhook).
+//! - [`alert`]: the alert model, the durable [`alert::spool`], the per-sink
+//!   [`alert::delivery`] loop and one file per sink format.
+//! - [`api`]: the SOC query API (HTTP/JSON, bearer tokens, live SSE stream);
+//!   [`telemetry::metrics`] serves Prometheus `/metrics`.
 //! - [`server`]: `serve`: the gRPC server with health and reflection, graceful shutdown.
 //! - [`replay`]: offline replay of a recorded trace, with scoring against labels;
 //!   [`trace`] reads the trace format; [`send`] streams a trace to a running sidecar.
@@ -22,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -172,9 +172,12 @@ impl Pipeline {
         let client = rec.client_id.clone();
         let model = rec.model.clone();
         let ts = rec.ts_ms;
+        let started = std::time::Instant::now();
         match validate(rec, &self.limits, &self.default_model, self.clock.now_ms()) {
             Ok(r) => {
-                alerts.extend(self.process(r)?);
+                let out = self.process(r);
+                self.stats.timings.record_process(started.elapsed());
+                alerts.extend(out?);
                 Ok(())
             }
             Err(e) => {
@@ -472,7 +475,7 @@ impl Pipeline {
                     };
                     out.push(self.build(st, &a, Event::Raised, ts, base, sig, d.strength));
                     st.policy.open.push(a);
-                    self.stats.alerts_raised.fetch_add(1, Ordering::Relaxed);
+                    self.stats.count_raised(d.kind, sev);
                     raised = true;
                 }
                 Some(i) => {
@@ -556,6 +559,11 @@ impl Pipeline {
             evidence,
             emitted_at_ms: self.clock.now_ms(),
         }
+    }
+
+    /// The alert threshold of the policy's sequential tests (`ln(1/alpha)`).
+    pub fn threshold(&self) -> f64 {
+        self.policy.threshold()
     }
 
     /// The client id as alerts and logs show it (pseudonymised when configured).

@@ -1,15 +1,103 @@
 //! The sidecar's own counters. Never labelled by client: per-client detail lives in the
 //! pipeline's state, not here.
 
+pub mod metrics;
+
+use crate::detect::policy::{Kind, Severity};
 use crate::proto::v1::RejectReason;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Number of reject reasons (wire enum values 0..REASONS).
 pub const REASONS: usize = 10;
 
+/// Seconds-bucket bounds of the per-record processing histogram (1 µs to ~16 ms).
+pub fn process_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 15)
+}
+
+/// Latency distributions, kept in hdrhistogram (microseconds) for exact quantiles in the API
+/// and mirrored into a Prometheus histogram for scraping.
+#[derive(Debug)]
+pub struct Timings {
+    /// Per-record processing (validation and every detector).
+    pub process: prometheus_client::metrics::histogram::Histogram,
+    process_hdr: Mutex<hdrhistogram::Histogram<u64>>,
+    /// From a batch's arrival to each alert it raised being spooled.
+    alert_hdr: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        let hdr = || {
+            // 1 µs .. 1 h at 3 significant digits; `new_with_bounds` only fails on bad bounds.
+            Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("static histogram bounds are valid"),
+            )
+        };
+        Self {
+            process: prometheus_client::metrics::histogram::Histogram::new(process_buckets()),
+            process_hdr: hdr(),
+            alert_hdr: hdr(),
+        }
+    }
+}
+
+/// Quantiles of one latency, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+fn quantiles(h: &hdrhistogram::Histogram<u64>) -> Quantiles {
+    Quantiles {
+        count: h.len(),
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+    }
+}
+
+impl Timings {
+    /// Records one record's processing time.
+    pub fn record_process(&self, d: Duration) {
+        self.process.observe(d.as_secs_f64());
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self.process_hdr.lock().record(us);
+    }
+
+    /// Records one ingest-to-alert latency.
+    pub fn record_alert(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self.alert_hdr.lock().record(us);
+    }
+
+    /// Processing-time quantiles.
+    pub fn process_quantiles(&self) -> Quantiles {
+        quantiles(&self.process_hdr.lock())
+    }
+
+    /// Ingest-to-alert quantiles.
+    pub fn alert_quantiles(&self) -> Quantiles {
+        quantiles(&self.alert_hdr.lock())
+    }
+}
+
 /// Pipeline-wide counters.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub timings: Timings,
+    /// Alerts raised, by kind and severity (`[Kind][Severity]`, declaration order).
+    raised_by: [[AtomicU64; 4]; 3],
     pub batches: AtomicU64,
     pub accepted: AtomicU64,
     rejected: [AtomicU64; REASONS],
@@ -24,6 +112,17 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts one raised alert.
+    pub fn count_raised(&self, kind: Kind, severity: Severity) {
+        self.alerts_raised.fetch_add(1, Ordering::Relaxed);
+        self.raised_by[kind as usize][severity as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Alerts raised of `kind` at `severity`.
+    pub fn raised(&self, kind: Kind, severity: Severity) -> u64 {
+        self.raised_by[kind as usize][severity as usize].load(Ordering::Relaxed)
+    }
+
     /// Counts one rejected record.
     pub fn reject(&self, reason: RejectReason) {
         let i = (reason as i32).clamp(0, REASONS as i32 - 1) as usize;

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Config lines that keep the API and metrics on ephemeral loopback ports (tests run in
+/// parallel; the defaults are fixed ports).
+const LOOPBACK_API: &str = "[api]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n";
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_probewatch"))
 }
@@ -96,12 +100,36 @@ fn replay_writes_alert_lines_in_the_scoring_format() {
     }
 }
 
+/// A child process killed when the test ends, even by a panic (else the harness waits on its
+/// inherited output).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// Starts `probewatch serve ARGS` in `cwd`; returns it, its log lines and its ingest address.
 fn start_serve(
     cwd: &Path,
     args: &[&str],
 ) -> (
-    std::process::Child,
+    Running,
     std::io::Lines<BufReader<std::process::ChildStderr>>,
     String,
 ) {
@@ -116,12 +144,12 @@ fn start_serve(
     let addr = loop {
         let line = log.next().expect("serve exited before listening").unwrap();
         if let Some(rest) = line.split("addr=").nth(1) {
-            if line.contains("listening") {
+            if line.contains("ingest listening") {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         }
     };
-    (serve, log, addr)
+    (Running(serve), log, addr)
 }
 
 fn signal(child: &std::process::Child, sig: &str) {
@@ -224,7 +252,7 @@ fn alerts_survive_sigkill_and_are_delivered_after_restart() {
     std::fs::write(
         &cfg,
         format!(
-            "[alerts]\nspool_dir = \"spool\"\n[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"{url}\"\n\
+            "{LOOPBACK_API}[alerts]\nspool_dir = \"spool\"\n[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"{url}\"\n\
              backoff_ms = 20\nmax_backoff_ms = 200\n"
         ),
     )
@@ -285,4 +313,157 @@ fn alerts_survive_sigkill_and_are_delivered_after_restart() {
     // Nothing beyond what was spooled; a repeat, if any, carries the same id.
     let got = got.lock().unwrap();
     assert!(got.iter().all(|id| before.contains(id)));
+}
+
+/// The SOC API and the metrics endpoint of a running sidecar: tokens enforced, the attacker
+/// ranked first with its drill-down and alerts, a live SSE stream, JSON errors, and
+/// `promtool check metrics` accepting `/metrics` (with no client id in it).
+#[test]
+fn soc_api_and_metrics_on_a_running_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = synthetic_trace(dir.path());
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(
+        dir.path().join("pw.toml"),
+        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\nsinks = []\n"),
+    )
+    .unwrap();
+    let (mut serve, mut log, addr) = start_serve(
+        dir.path(),
+        &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
+    );
+    let mut other = |what: &str| loop {
+        let line = log.next().expect("serve exited").unwrap();
+        if line.contains(&format!("{what} listening")) {
+            break line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+    };
+    let api = format!("http://{}", other("api"));
+    let metrics = format!("http://{}/metrics", other("metrics"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret-token");
+        // Live stream first, so the attack's alerts arrive on it.
+        let mut sse = auth(c.get(format!("{api}/api/v1/alerts/stream")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status(), 200);
+        let sent = bin()
+            .arg("send")
+            .arg(&trace)
+            .args(["--to", &format!("http://{addr}")])
+            .output()
+            .unwrap();
+        assert!(sent.status.success());
+        let mut streamed = String::new();
+        while !streamed.contains("event: raised") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
+                .await
+                .expect("no live event")
+                .unwrap()
+                .unwrap();
+            streamed.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(streamed.contains("\"client\":\"attacker\""), "{streamed}");
+
+        for (req, why) in [
+            (c.get(format!("{api}/api/v1/clients")), "no token"),
+            (
+                c.get(format!("{api}/api/v1/clients")).bearer_auth("wrong"),
+                "wrong token",
+            ),
+        ] {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{why}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert!(v["error"].as_str().unwrap().contains("token"), "{why}");
+        }
+        let get = |path: String| {
+            let c = c.clone();
+            let api = api.clone();
+            async move {
+                let r = c
+                    .get(format!("{api}{path}"))
+                    .bearer_auth("s3cret-token")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<serde_json::Value>().await.unwrap())
+            }
+        };
+        let (s, v) = get("/api/v1/clients?model=m&limit=5".into()).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["clients"][0]["client"], "attacker", "{v}");
+        assert!(v["clients"][0]["risk"].as_f64().unwrap() >= 1.0);
+        assert_eq!(v["total"], 31);
+        assert_eq!(v["next_page_token"], "5");
+        let (s, d) = get("/api/v1/clients/m/attacker".into()).await;
+        assert_eq!(s, 200);
+        assert!(!d["series"].as_array().unwrap().is_empty());
+        assert_eq!(d["alerts"][0]["kind"], "extraction");
+        let (s, a) = get("/api/v1/alerts?kind=extraction&state=open".into()).await;
+        assert_eq!(s, 200);
+        assert!(a["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["client"] == "attacker"));
+        let (s, o) = get("/api/v1/overview".into()).await;
+        assert_eq!(s, 200);
+        assert!(o["record_processing"]["count"].as_u64().unwrap() >= 1400);
+        for (path, status) in [
+            ("/api/v1/alerts?state=sideways", 400),
+            ("/api/v1/alerts?colour=red", 400),
+            ("/api/v1/clients?page_token=abc", 400),
+            ("/api/v1/clients/m/nobody", 404),
+        ] {
+            let (s, v) = get(path.into()).await;
+            assert_eq!(s, status, "{path}");
+            assert!(v["error"].is_string(), "{path}: {v}");
+        }
+
+        let body = c.get(&metrics).send().await.unwrap().text().await.unwrap();
+        assert!(
+            body.contains("probewatch_records_accepted_total 1400"),
+            "{body}"
+        );
+        assert!(body.contains("probewatch_alerts_raised_total{kind=\"extraction\",severity="));
+        assert!(
+            !body.contains("attacker") && !body.contains("\"b1\""),
+            "no client ids in metrics"
+        );
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; tests/install-deps.sh installs it)");
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    signal(&serve, "-TERM");
+    assert!(serve.wait().unwrap().success());
 }

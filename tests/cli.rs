@@ -325,7 +325,7 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
     std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
     std::fs::write(
         dir.path().join("pw.toml"),
-        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\nsinks = []\n"),
+        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\n[[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"),
     )
     .unwrap();
     let (mut serve, mut log, addr) = start_serve(
@@ -442,6 +442,37 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
             !body.contains("attacker") && !body.contains("\"b1\""),
             "no client ids in metrics"
         );
+        // Every metric the Grafana dashboard queries is exported.
+        let dash = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/probewatch.json"),
+        )
+        .unwrap();
+        let dash: serde_json::Value = serde_json::from_str(&dash).unwrap();
+        let mut queried = std::collections::BTreeSet::new();
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("probewatch_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    queried.insert(name);
+                }
+            }
+        }
+        assert!(queried.len() >= 10, "{queried:?}");
+        let exported: std::collections::BTreeSet<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap())
+            .collect();
+        for q in &queried {
+            assert!(
+                exported.contains(q.as_str()),
+                "dashboard queries {q}, not exported"
+            );
+        }
         let mut check = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())

@@ -7,6 +7,7 @@
 //! | `GET /api/v1/clients/{model}/{client}` | one client: window figures, per-bucket series, evidence, its alerts |
 //! | `GET /api/v1/alerts?model=&client=&kind=&severity=&state=&since_ms=&until_ms=&limit=` | alert events, newest first |
 //! | `GET /api/v1/alerts/stream` | live alert events (Server-Sent Events) |
+//! | `GET /` | the analysts' dashboard (static, embedded; reads the routes above) |
 //!
 //! Clients appear as alerts show them (pseudonymised when configured). Every error is a JSON
 //! body `{"error": "..."}` with the matching status.
@@ -60,8 +61,26 @@ pub struct ApiState {
     pub alerts: Arc<Dispatcher>,
 }
 
-/// The router, with authentication on every route.
+/// The dashboard page, embedded in the binary (no CDN). It holds no data: its script reads
+/// the API with the analyst's token.
+pub const DASHBOARD_HTML: &str = include_str!("api/dashboard.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        DASHBOARD_HTML,
+    )
+}
+
+/// The router: the dashboard page at `/`, and the API with authentication on every route.
 pub fn router(state: ApiState, tokens: auth::Tokens) -> Router {
+    let page = Router::new().route("/", get(dashboard));
     Router::new()
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/clients", get(clients))
@@ -71,6 +90,7 @@ pub fn router(state: ApiState, tokens: auth::Tokens) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .merge(page)
 }
 
 /// Serves the API on `listener` until `shutdown`.

@@ -473,6 +473,26 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
                 "dashboard queries {q}, not exported"
             );
         }
+        // The dashboard, in headless Chromium: attacker first, drill-down charts drawn.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shot = root.join("target/dashboard.png");
+        let out = Command::new("node")
+            .env("NODE_PATH", root.join("target/test-node/node_modules"))
+            .arg(root.join("tests/dashboard.cjs"))
+            .args([api.as_str(), "s3cret-token", "attacker"])
+            .arg(&shot)
+            .output()
+            .expect("node (tests/install-deps.sh installs node, chromium and playwright-core)");
+        assert!(
+            out.status.success(),
+            "dashboard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::metadata(&shot).unwrap().len() > 10_000,
+            "screenshot saved"
+        );
         let mut check = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())

@@ -2,12 +2,15 @@
 # What the integration tests need besides the Rust toolchain (idempotent; .ci/run calls it):
 # - a real Prometheus Alertmanager (Debian's prometheus-alertmanager) for tests/alertmanager.rs;
 # - promtool (Debian's prometheus) to lint /metrics in tests/cli.rs;
+# - Debian's chromium and playwright-core (npm, into target/test-node) for the dashboard test;
 # - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures.
 set -euo pipefail
 need=()
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
     || need+=(prometheus-alertmanager)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -16,3 +19,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c 'import standardwebhooks' 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check standardwebhooks
+node_dir="$(dirname "$0")/../target/test-node"
+if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
+    mkdir -p "$node_dir"
+    (cd "$node_dir" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+fi

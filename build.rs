@@ -1,7 +1,10 @@
 //! Compiles `proto/` with protox (pure Rust), so a clean machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/probewatch/v1/ingest.proto"];
+    let files = [
+        "proto/probewatch/v1/ingest.proto",
+        "proto/probewatch/v1/query.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -473,6 +473,54 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
                 "dashboard queries {q}, not exported"
             );
         }
+        // The same over gRPC on the API port, behind the same token.
+        {
+            use probewatch::proto::v1::query_client::QueryClient;
+            use probewatch::proto::v1::{GetClientRequest, ListAlertsRequest, TopClientsRequest};
+            let mut q = QueryClient::connect(api.clone()).await.unwrap();
+            let err = q
+                .top_clients(TopClientsRequest::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
+            let req = |r| {
+                let mut r = tonic::Request::new(r);
+                r.metadata_mut()
+                    .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+                r
+            };
+            let top = q
+                .top_clients(req(TopClientsRequest {
+                    limit: 3,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(top.clients[0].client, "attacker");
+            assert_eq!(top.total, 31);
+            let mut r = tonic::Request::new(ListAlertsRequest {
+                kind: "extraction".into(),
+                ..Default::default()
+            });
+            r.metadata_mut()
+                .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+            let listed = q.list_alerts(r).await.unwrap().into_inner();
+            assert!(listed
+                .alerts
+                .iter()
+                .any(|a| a.client == "attacker" && a.technique_id == "AML.T0024.002"));
+            let mut r = tonic::Request::new(GetClientRequest {
+                model: "m".into(),
+                client: "nobody".into(),
+            });
+            r.metadata_mut()
+                .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+            assert_eq!(
+                q.get_client(r).await.unwrap_err().code(),
+                tonic::Code::NotFound
+            );
+        }
         // The dashboard, in headless Chromium: attacker first, drill-down charts drawn.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let shot = root.join("target/dashboard.png");

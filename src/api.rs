@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod grpc;
+pub mod tls;
 pub mod view;
 
 use crate::alert::history::AlertFilter;

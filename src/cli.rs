@@ -123,7 +123,12 @@ pub fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return bad_config(crate::config::ConfigError::Parse(e)),
             };
-            run_async(serve(cfg, schema, sinks, tokens))
+            // Certificates are read now: a bad one is a configuration error (exit 64).
+            let tls = match tls_settings(&cfg.tls) {
+                Ok(t) => t,
+                Err(e) => return bad_config(crate::config::ConfigError::Parse(e)),
+            };
+            run_async(serve(cfg, schema, sinks, tokens, tls))
         }
         Command::Replay {
             trace,
@@ -222,11 +227,27 @@ fn log_sinks(d: &crate::alert::Dispatcher) {
     }
 }
 
+/// TLS for ingest (with mutual TLS when a client CA is set) and for the API.
+type TlsSettings = (
+    Option<tonic::transport::ServerTlsConfig>,
+    Option<tokio_rustls::TlsAcceptor>,
+);
+
+fn tls_settings(t: &crate::config::TlsConfig) -> Result<TlsSettings, String> {
+    if t.cert_file.is_empty() {
+        return Ok((None, None));
+    }
+    let ingest = crate::server::ingest_tls(t).map_err(|e| format!("tls: {e}"))?;
+    let api = crate::api::tls::acceptor(&t.cert_file, &t.key_file)?;
+    Ok((ingest, Some(api)))
+}
+
 async fn serve(
     cfg: Config,
     schema: Option<Schema>,
     sinks: Vec<crate::config::ResolvedSink>,
     tokens: crate::api::auth::Tokens,
+    (ingest_tls, api_tls): TlsSettings,
 ) -> anyhow::Result<()> {
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
@@ -278,7 +299,10 @@ async fn serve(
             alerts: dispatcher.clone(),
         };
         let app = crate::api::router(state, tokens);
-        side.push(tokio::spawn(crate::api::serve(l, app, stopped())));
+        side.push(match api_tls {
+            Some(tls) => tokio::spawn(crate::api::tls::serve(l, app, tls, stopped())),
+            None => tokio::spawn(crate::api::serve(l, app, stopped())),
+        });
     }
     if let Some(l) = metrics_listener {
         let reg = Arc::new(crate::telemetry::metrics::registry(
@@ -291,7 +315,14 @@ async fn serve(
             stopped(),
         )));
     }
-    crate::server::run(listener, pipeline, dispatcher.clone(), stopped()).await?;
+    crate::server::run_with_tls(
+        listener,
+        pipeline,
+        dispatcher.clone(),
+        ingest_tls,
+        stopped(),
+    )
+    .await?;
     for t in side {
         let _ = t.await;
     }

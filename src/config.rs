@@ -52,9 +52,22 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub alerts: AlertsConfig,
     pub api: ApiConfig,
+    pub tls: TlsConfig,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
+}
+
+/// TLS (rustls) for ingest and the query API; mutual TLS for ingest when a client CA is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty serves plaintext.
+    pub cert_file: String,
+    /// PEM private key of the certificate.
+    pub key_file: String,
+    /// PEM CA bundle: when set, ingest accepts only clients with a certificate it signed.
+    pub client_ca_file: String,
 }
 
 /// The SOC query API (HTTP/JSON) and the Prometheus endpoint.
@@ -378,6 +391,19 @@ impl Config {
         if self.alerts.history == 0 {
             return Err(invalid("alerts.history", "must be at least 1"));
         }
+        let t = &self.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return Err(invalid(
+                "tls",
+                "set both cert_file and key_file, or neither",
+            ));
+        }
+        if !t.client_ca_file.is_empty() && t.cert_file.is_empty() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "mutual TLS needs cert_file and key_file",
+            ));
+        }
         let al = &self.alerts;
         if al.spool_max_bytes < 1 << 20 {
             return Err(invalid("alerts.spool_max_bytes", "at least 1 MiB"));
@@ -461,6 +487,14 @@ mod tests {
         assert!(err("[detect.fingerprint]\nglobal_slots = 1000\n").contains("global_slots"));
         assert!(err("[detect.margin]\nlow_quantile = 0.7\n").contains("low_quantile"));
         assert!(err("[server]\nmax_input_dim = 0\n").contains("max_input_dim"));
+    }
+
+    #[test]
+    fn bad_tls_and_api_settings_are_rejected() {
+        assert!(err("[tls]\ncert_file = \"c.pem\"\n").contains("tls"));
+        assert!(err("[tls]\nclient_ca_file = \"ca.pem\"\n").contains("tls.client_ca_file"));
+        assert!(err("[api]\nlisten = \"nowhere\"\n").contains("api.listen"));
+        assert!(err("[alerts]\nhistory = 0\n").contains("alerts.history"));
     }
 
     #[test]

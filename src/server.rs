@@ -25,12 +25,42 @@ pub enum ServerError {
     Reflection(String),
 }
 
-/// Serves ingest on `listener` until `shutdown` completes, then stops accepting and lets
-/// in-flight streams finish.
+/// Serves ingest (plaintext) on `listener` until `shutdown` completes, then stops accepting
+/// and lets in-flight streams finish.
 pub async fn run(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    run_with_tls(listener, pipeline, alerts, None, shutdown).await
+}
+
+/// The ingest TLS settings of `cfg`: the server identity, and a client CA for mutual TLS.
+pub fn ingest_tls(
+    cfg: &crate::config::TlsConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, std::io::Error> {
+    if cfg.cert_file.is_empty() {
+        return Ok(None);
+    }
+    let id = tonic::transport::Identity::from_pem(
+        std::fs::read(&cfg.cert_file)?,
+        std::fs::read(&cfg.key_file)?,
+    );
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(id);
+    if !cfg.client_ca_file.is_empty() {
+        let ca = tonic::transport::Certificate::from_pem(std::fs::read(&cfg.client_ca_file)?);
+        tls = tls.client_ca_root(ca);
+    }
+    Ok(Some(tls))
+}
+
+/// As [`run`], over TLS when `tls` is given.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    alerts: Arc<Dispatcher>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -67,7 +97,11 @@ pub async fn run(
             }
         })
     };
-    let res = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        builder = builder.tls_config(t)?;
+    }
+    let res = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(ingest)

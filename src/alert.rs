@@ -294,6 +294,16 @@ impl Dispatcher {
     /// Spools an alert event for every sink. Detection never waits on a sink: this is a local
     /// append (and fsync), whatever the sinks are doing.
     pub fn send(&self, alert: Alert) {
+        let _span = tracing::info_span!(
+            "alert",
+            id = %alert.id,
+            event_id = %alert.event_id,
+            kind = alert.kind.as_str(),
+            severity = ?alert.severity,
+            model = %alert.model,
+            client = %alert.client,
+        )
+        .entered();
         if let Err(e) = self.spool.append(&alert) {
             self.lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, alert = %alert.id, kind = alert.kind.as_str(), "alert not spooled");

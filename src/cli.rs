@@ -260,6 +260,11 @@ async fn serve(
         tracing::info!(addr = %l.local_addr()?, "probewatch {what} listening");
         Ok(Some(l))
     };
+    let telemetry = cfg.telemetry.clone();
+    // The OTLP exporters use a blocking HTTP client: build them off the async threads.
+    let otel = tokio::task::spawn_blocking(move || crate::telemetry::otel::Otel::start(&telemetry))
+        .await?
+        .map_err(anyhow::Error::msg)?;
     let api_listener = bind(cfg.api.listen.clone(), "api").await?;
     let metrics_listener = bind(cfg.api.metrics_listen.clone(), "metrics").await?;
     let alerts = cfg.alerts.clone();
@@ -269,6 +274,9 @@ async fn serve(
         crate::clock::system(),
     )?);
     let dispatcher = Arc::new(crate::alert::Dispatcher::start(&alerts, sinks)?);
+    if let Some(o) = &otel {
+        o.register(pipeline.clone(), dispatcher.clone());
+    }
     let reporter = {
         let d = dispatcher.clone();
         tokio::spawn(async move {
@@ -330,5 +338,8 @@ async fn serve(
     dispatcher.shutdown(grace).await;
     reporter.abort();
     log_sinks(&dispatcher);
+    if let Some(o) = otel {
+        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+    }
     Ok(())
 }

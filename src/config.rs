@@ -53,9 +53,21 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub api: ApiConfig,
     pub tls: TlsConfig,
+    pub telemetry: TelemetryConfig,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
+}
+
+/// OpenTelemetry export (off unless an endpoint is set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL (e.g. `http://otel-collector:4318`); empty: no export.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Metric export interval.
+    pub export_interval_ms: u64,
 }
 
 /// TLS (rustls) for ingest and the query API; mutual TLS for ingest when a client CA is set.
@@ -390,6 +402,14 @@ impl Config {
         }
         if self.alerts.history == 0 {
             return Err(invalid("alerts.history", "must be at least 1"));
+        }
+        let o = &self.telemetry;
+        let ep = &o.otlp_endpoint;
+        if !(ep.is_empty() || ep.starts_with("http://") || ep.starts_with("https://")) {
+            return Err(invalid("telemetry.otlp_endpoint", "must be an http(s) URL"));
+        }
+        if o.export_interval_ms < 100 {
+            return Err(invalid("telemetry.export_interval_ms", "at least 100"));
         }
         let t = &self.tls;
         if t.cert_file.is_empty() != t.key_file.is_empty() {

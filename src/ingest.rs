@@ -48,6 +48,16 @@ impl IngestService {
 
     /// Processes one batch and returns its acknowledgement.
     pub async fn handle(&self, batch: RecordBatch) -> BatchAck {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "ingest_batch",
+            batch_id = batch.batch_id,
+            records = batch.records.len()
+        );
+        self.handle_inner(batch).instrument(span).await
+    }
+
+    async fn handle_inner(&self, batch: RecordBatch) -> BatchAck {
         let stats = &self.pipeline.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         let batch_id = batch.batch_id;

@@ -2,6 +2,7 @@
 //! pipeline's state, not here.
 
 pub mod metrics;
+pub mod otel;
 
 use crate::detect::policy::{Kind, Severity};
 use crate::proto::v1::RejectReason;
@@ -160,18 +161,49 @@ impl Stats {
     }
 }
 
-/// Sets up `tracing` to stderr (JSON when `json`), filtered by `RUST_LOG` (default `info`).
+/// The OpenTelemetry layer slot of the global subscriber, filled once OTLP is configured
+/// (logging starts before the config is read).
+type OtelSlot =
+    Option<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>>;
+
+static OTEL: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<OtelSlot, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// Sets up `tracing` to stderr (JSON when `json`), filtered by `RUST_LOG` (default `info`),
+/// with an empty slot for the OpenTelemetry layer ([`otel`]).
 pub fn init_logging(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (slot, handle) =
+        tracing_subscriber::reload::Layer::new(None::<Box<dyn Layer<_> + Send + Sync>>);
     // Colour only for a person at a terminal: log collectors store escape codes verbatim.
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = if json {
-        b.json().try_init()
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        b.try_init()
+        fmt.boxed()
     };
+    if tracing_subscriber::registry()
+        .with(slot)
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = OTEL.set(handle);
+    }
+}
+
+/// Puts `layer` into the subscriber's OpenTelemetry slot; false when logging was not set up
+/// by [`init_logging`].
+pub fn install_otel_layer(
+    layer: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>,
+) -> bool {
+    OTEL.get().is_some_and(|h| h.reload(Some(layer)).is_ok())
 }

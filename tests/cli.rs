@@ -566,3 +566,77 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
     signal(&serve, "-TERM");
     assert!(serve.wait().unwrap().success());
 }
+
+/// With an OTLP endpoint configured, spans of ingest batches and alerts and the sidecar's
+/// metrics reach a real OTLP/HTTP receiver (flushed at shutdown).
+#[test]
+fn otlp_traces_and_metrics_reach_a_receiver() {
+    use std::sync::{Arc, Mutex};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // (signal, content type, body) of every export received.
+    type Exports = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+    let got: Exports = Arc::default();
+    let base = rt.block_on(async {
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/v1/{signal}",
+            axum::routing::post(
+                move |axum::extract::Path(signal): axum::extract::Path<String>,
+                      h: axum::http::HeaderMap,
+                      body: axum::body::Bytes| async move {
+                    let ct = h
+                        .get("content-type")
+                        .map(|v| v.to_str().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    g.lock().unwrap().push((signal, ct, body.to_vec()));
+                    axum::http::StatusCode::OK
+                },
+            ),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        base
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let trace = synthetic_trace(dir.path());
+    std::fs::write(
+        dir.path().join("pw.toml"),
+        format!(
+            "{LOOPBACK_API}[telemetry]\notlp_endpoint = \"{base}\"\nexport_interval_ms = 200\n\
+             [alerts]\nspool_dir = \"\"\nsinks = []\n"
+        ),
+    )
+    .unwrap();
+    let (mut serve, _log, addr) = start_serve(
+        dir.path(),
+        &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
+    );
+    let sent = bin()
+        .arg("send")
+        .arg(&trace)
+        .args(["--to", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    assert!(sent.status.success());
+    std::thread::sleep(Duration::from_millis(600));
+    signal(&serve, "-TERM");
+    assert!(serve.wait().unwrap().success());
+    let got = got.lock().unwrap();
+    let has = |signal: &str, needle: &str| {
+        got.iter().any(|(s, ct, b)| {
+            s == signal
+                && ct == "application/x-protobuf"
+                && b.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+    };
+    assert!(has("traces", "ingest_batch"), "no ingest span exported");
+    assert!(
+        has("traces", "AML.T0024") || has("traces", "extraction"),
+        "no alert span exported"
+    );
+    assert!(
+        has("metrics", "probewatch.records.accepted"),
+        "no metrics exported"
+    );
+}

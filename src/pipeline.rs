@@ -36,6 +36,9 @@ pub const SKETCH_DIM: usize = 64;
 pub const MAX_MODELS: usize = 64;
 /// Records between sweeps for idle clients and quiet alerts.
 pub const SWEEP_EVERY: u64 = 4096;
+/// Reservoir changes (samples added, replaced or purged) needed before a refresh recomputes
+/// the baseline.
+pub const REFRESH_MIN_CHANGES: u64 = 16;
 /// Model name for records that do not name one.
 pub const DEFAULT_MODEL: &str = "default";
 
@@ -57,6 +60,8 @@ pub struct ModelState {
     global: GlobalTable,
     records: AtomicU64,
     watermark: AtomicI64,
+    /// Reservoir change count at the last refresh.
+    refreshed_at: AtomicU64,
 }
 
 impl ModelState {
@@ -214,6 +219,7 @@ impl Pipeline {
                     global: GlobalTable::new(self.cfg.detect.fingerprint.global_slots),
                     records: AtomicU64::new(0),
                     watermark: AtomicI64::new(i64::MIN),
+                    refreshed_at: AtomicU64::new(0),
                 })
             })
             .clone();
@@ -358,7 +364,14 @@ impl Pipeline {
         }
         let n = model.records.fetch_add(1, Ordering::Relaxed) + 1;
         if n % self.cfg.baseline.refresh_every == 0 || (!base.ready && n % 16 == 0) {
-            self.refresh(&model);
+            // Recompute only when the sample moved: once the reservoir is full, a long stream
+            // changes it rarely, and refreshing an unchanged sample is wasted work.
+            let changes = model.reservoir.lock().changes();
+            let last = model.refreshed_at.load(Ordering::Relaxed);
+            if !base.ready || changes >= last + REFRESH_MIN_CHANGES {
+                model.refreshed_at.store(changes, Ordering::Relaxed);
+                self.refresh(&model);
+            }
         }
         if self.processed.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             alerts.extend(self.sweep());

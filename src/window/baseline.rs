@@ -35,6 +35,8 @@ pub struct Sample {
 pub struct Reservoir {
     cap: usize,
     seen: u64,
+    /// Samples added, replaced or purged so far (refreshes are skipped while it stands still).
+    changes: u64,
     rng: u64,
     samples: Vec<Sample>,
 }
@@ -45,6 +47,7 @@ impl Reservoir {
         Self {
             cap,
             seen: 0,
+            changes: 0,
             rng: 0x005E_ED0F_BA5E_11AE,
             samples: Vec::with_capacity(cap),
         }
@@ -55,12 +58,14 @@ impl Reservoir {
         self.seen += 1;
         if self.samples.len() < self.cap {
             self.samples.push(s);
+            self.changes += 1;
             return;
         }
         self.rng = crate::detect::mix64(self.rng);
         let j = self.rng % self.seen;
         if (j as usize) < self.cap {
             self.samples[j as usize] = s;
+            self.changes += 1;
         }
     }
 
@@ -68,7 +73,14 @@ impl Reservoir {
     pub fn purge(&mut self, tag: u64) -> usize {
         let before = self.samples.len();
         self.samples.retain(|s| s.tag != tag);
-        before - self.samples.len()
+        let n = before - self.samples.len();
+        self.changes += n as u64;
+        n
+    }
+
+    /// Samples added, replaced or purged since the reservoir was made.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Samples held.

@@ -350,6 +350,13 @@ impl Pipeline {
                 st.total,
                 &events,
             );
+            if let Slot::At(pos) = st.window.slot(rec.ts_ms) {
+                let c = st.policy.cusum;
+                st.window.bucket_mut(pos).note_scores(
+                    [c.low_margin, c.out_of_range, c.structured, c.invalid],
+                    self.policy.threshold(),
+                );
+            }
             let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, &mut alerts);
             if raised {
                 // Once alerted, a client never counts as normal again, even after its alert

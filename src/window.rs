@@ -65,6 +65,10 @@ pub struct Bucket {
     pub margin_hist: [u16; MARGIN_EDGES.len() + 1],
     pub class_hist: [u16; CLASS_BINS],
     pub cells: [u64; CELL_BITS / 64],
+    /// Highest evidence of each sequential test during the bucket (low margin, out of range,
+    /// structured, invalid), in thousandths of the alert threshold, saturating: each
+    /// detector's score over time, in 8 bytes.
+    pub scores: [u16; 4],
 }
 
 impl Default for Bucket {
@@ -75,6 +79,7 @@ impl Default for Bucket {
             margin_hist: [0; MARGIN_EDGES.len() + 1],
             class_hist: [0; CLASS_BINS],
             cells: [0; CELL_BITS / 64],
+            scores: [0; 4],
         }
     }
 }
@@ -91,6 +96,17 @@ impl Bucket {
         }
         for (a, b) in self.cells.iter_mut().zip(o.cells.iter()) {
             *a |= *b;
+        }
+        for (a, b) in self.scores.iter_mut().zip(o.scores.iter()) {
+            *a = (*a).max(*b);
+        }
+    }
+
+    /// Raises the bucket's scores to `cusums / threshold` where higher.
+    pub fn note_scores(&mut self, cusums: [f64; 4], threshold: f64) {
+        for (s, c) in self.scores.iter_mut().zip(cusums) {
+            let v = (c / threshold * 1000.0).clamp(0.0, f64::from(u16::MAX)) as u16;
+            *s = (*s).max(v);
         }
     }
 

@@ -410,6 +410,14 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
         let (s, d) = get("/api/v1/clients/m/attacker".into()).await;
         assert_eq!(s, 200);
         assert!(!d["series"].as_array().unwrap().is_empty());
+        // Each detector's score over time: the attacker's out-of-range evidence passed 1.0.
+        let top = d["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["scores"]["out_of_range"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert!(top >= 1.0, "{top}");
         assert_eq!(d["alerts"][0]["kind"], "extraction");
         let (s, a) = get("/api/v1/alerts?kind=extraction&state=open".into()).await;
         assert_eq!(s, 200);

@@ -22,7 +22,7 @@ try {
   const dots = Number(await page.locator("#timeline").getAttribute("data-points"));
   if (!(dots > 0)) throw new Error("alert timeline is empty");
   await first.click();
-  for (const c of ["rate", "margin", "neardup", "coverage"]) {
+  for (const c of ["rate", "margin", "neardup", "coverage", "score"]) {
     const svg = page.locator(`svg[data-chart="${c}"]`);
     await svg.locator("rect, path").first().waitFor({ state: "attached", timeout: 10000 });
     const n = Number(await svg.getAttribute("data-points"));

@@ -169,6 +169,10 @@ impl Query for ApiState {
                     invalid: b.invalid,
                     distinct_cells: b.distinct_cells,
                     margin_histogram: b.margin_histogram.into_iter().map(u32::from).collect(),
+                    score_low_margin: b.scores.low_margin,
+                    score_out_of_range: b.scores.out_of_range,
+                    score_structured: b.scores.structured,
+                    score_invalid: b.scores.invalid,
                 })
                 .collect(),
             detectors_json: d.detectors.to_string(),

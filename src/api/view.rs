@@ -58,6 +58,18 @@ pub struct BucketView {
     pub invalid: u32,
     pub distinct_cells: f64,
     pub margin_histogram: Vec<u16>,
+    /// Highest evidence of each sequential test in the bucket, relative to the alert
+    /// threshold (1.0 raises an alert).
+    pub scores: Scores,
+}
+
+/// Detector scores of one bucket.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Scores {
+    pub low_margin: f64,
+    pub out_of_range: f64,
+    pub structured: f64,
+    pub invalid: f64,
 }
 
 /// One client in full.
@@ -220,6 +232,12 @@ pub fn client(
                 invalid: c.invalid,
                 distinct_cells: distinct_cells(&b.cells).round(),
                 margin_histogram: b.margin_hist.to_vec(),
+                scores: Scores {
+                    low_margin: f64::from(b.scores[0]) / 1000.0,
+                    out_of_range: f64::from(b.scores[1]) / 1000.0,
+                    structured: f64::from(b.scores[2]) / 1000.0,
+                    invalid: f64::from(b.scores[3]) / 1000.0,
+                },
             }
         })
         .collect();

@@ -3,7 +3,8 @@
 # - a real Prometheus Alertmanager (Debian's prometheus-alertmanager) for tests/alertmanager.rs;
 # - promtool (Debian's prometheus) to lint /metrics in tests/cli.rs;
 # - Debian's chromium and playwright-core (npm, into target/test-node) for the dashboard test;
-# - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures.
+# - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures;
+# - Python's `kubernetes-validate`, to validate deploy/kubernetes offline (deploy/check.sh).
 set -euo pipefail
 need=()
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
@@ -19,6 +20,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c 'import standardwebhooks' 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check standardwebhooks
+command -v kubernetes-validate >/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check kubernetes-validate
 node_dir="$(dirname "$0")/../target/test-node"
 if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
     mkdir -p "$node_dir"

@@ -267,6 +267,8 @@ async fn serve(
         .map_err(anyhow::Error::msg)?;
     let api_listener = bind(cfg.api.listen.clone(), "api").await?;
     let metrics_listener = bind(cfg.api.metrics_listen.clone(), "metrics").await?;
+    let envoy_listener = bind(cfg.sources.envoy_listen.clone(), "envoy ext_proc").await?;
+    let sources = cfg.sources.clone();
     let alerts = cfg.alerts.clone();
     let pipeline = Arc::new(crate::pipeline::Pipeline::new(
         Arc::new(cfg),
@@ -322,6 +324,22 @@ async fn serve(
             reg,
             stopped(),
         )));
+    }
+    if let Some(l) = envoy_listener {
+        let svc =
+            crate::ingest::envoy::EnvoySource::new(pipeline.clone(), dispatcher.clone(), sources)
+                .server();
+        let stop = stopped();
+        side.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    stop,
+                )
+                .await
+                .map_err(std::io::Error::other)
+        }));
     }
     crate::server::run_with_tls(
         listener,

@@ -54,9 +54,22 @@ pub struct Config {
     pub api: ApiConfig,
     pub tls: TlsConfig,
     pub telemetry: TelemetryConfig,
+    pub sources: SourcesConfig,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
+}
+
+/// Mirroring sources besides the native ingest API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// Envoy ext_proc (`envoy.service.ext_proc.v3.ExternalProcessor`); empty disables it.
+    pub envoy_listen: String,
+    /// Largest request or response body buffered per exchange; larger ones are dropped.
+    pub max_body_bytes: usize,
+    /// Client identity, first found wins: `header:<name>` (hashed), `jwt_sub:<header>`, `peer`.
+    pub identity: Vec<String>,
 }
 
 /// OpenTelemetry export (off unless an endpoint is set).
@@ -402,6 +415,27 @@ impl Config {
         }
         if self.alerts.history == 0 {
             return Err(invalid("alerts.history", "must be at least 1"));
+        }
+        let src = &self.sources;
+        if !src.envoy_listen.is_empty() && src.envoy_listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "sources.envoy_listen",
+                "must be host:port or empty",
+            ));
+        }
+        if src.max_body_bytes == 0 {
+            return Err(invalid("sources.max_body_bytes", "must be at least 1"));
+        }
+        for s in &src.identity {
+            let ok = s == "peer"
+                || s.strip_prefix("header:").is_some_and(|h| !h.is_empty())
+                || s.strip_prefix("jwt_sub:").is_some_and(|h| !h.is_empty());
+            if !ok {
+                return Err(invalid(
+                    "sources.identity",
+                    format!("{s:?}: expected header:<name>, jwt_sub:<header> or peer"),
+                ));
+            }
         }
         let o = &self.telemetry;
         let ep = &o.otlp_endpoint;

@@ -7,6 +7,9 @@
 //! than `shed_after_ms` for a slot is shed whole, each record rejected as `OVERLOADED` and
 //! counted.
 
+pub mod decode;
+pub mod envoy;
+pub mod identity;
 pub mod validate;
 
 use crate::alert::Dispatcher;

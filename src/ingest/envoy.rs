@@ -1,0 +1,221 @@
+//! Envoy's external processing filter (`envoy.service.ext_proc.v3.ExternalProcessor`) as a
+//! mirror: Envoy streams each HTTP exchange's headers and bodies here; probewatch decodes the
+//! inference request and response ([`super::decode`]) and feeds the pipeline.
+//!
+//! Built for `observability_mode: true` (Envoy ignores the replies, never waits) but it also
+//! answers every message with an empty "continue", so a filter left in blocking mode passes
+//! traffic unchanged. One gRPC stream carries one exchange. Bodies are buffered up to
+//! `max_body_bytes` each; an exchange over the cap, undecodable or cut short is counted by
+//! reason and dropped, never fatal.
+
+use super::decode::{decode, model_from_path};
+use crate::alert::Dispatcher;
+use crate::config::SourcesConfig;
+use crate::pipeline::Pipeline;
+use crate::proto::v1::QueryRecord;
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    processing_request, processing_response, BodyResponse, HeadersResponse, ProcessingRequest,
+    ProcessingResponse, TrailersResponse,
+};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Replies buffered per stream (Envoy reads them, or ignores them in observability mode).
+const REPLY_QUEUE: usize = 32;
+
+/// Exchanges seen and dropped, by reason.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub exchanges: std::sync::atomic::AtomicU64,
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl SourceStats {
+    fn dropped_one(&self, reason: &'static str) {
+        *self.dropped.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Dropped exchanges by reason.
+    pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
+        self.dropped.lock().clone()
+    }
+}
+
+/// The ext_proc service.
+#[derive(Clone)]
+pub struct EnvoySource {
+    pipeline: Arc<Pipeline>,
+    alerts: Arc<Dispatcher>,
+    cfg: Arc<SourcesConfig>,
+    /// Counters.
+    pub stats: Arc<SourceStats>,
+}
+
+impl std::fmt::Debug for EnvoySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnvoySource")
+    }
+}
+
+#[derive(Default)]
+struct Exchange {
+    headers: BTreeMap<String, String>,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    too_big: bool,
+    done: bool,
+}
+
+fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_ {
+    h.iter().flat_map(|m| m.headers.iter()).map(|kv| {
+        let v = if kv.raw_value.is_empty() {
+            kv.value.clone()
+        } else {
+            String::from_utf8_lossy(&kv.raw_value).into_owned()
+        };
+        (kv.key.to_ascii_lowercase(), v)
+    })
+}
+
+impl EnvoySource {
+    /// A source feeding `pipeline` and `alerts`.
+    pub fn new(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>, cfg: SourcesConfig) -> Self {
+        Self {
+            pipeline,
+            alerts,
+            cfg: Arc::new(cfg),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The tonic service.
+    pub fn server(self) -> ExternalProcessorServer<Self> {
+        ExternalProcessorServer::new(self)
+    }
+
+    fn append(&self, buf: &mut Vec<u8>, chunk: &[u8], too_big: &mut bool) {
+        if buf.len() + chunk.len() > self.cfg.max_body_bytes {
+            *too_big = true;
+            return;
+        }
+        buf.extend_from_slice(chunk);
+    }
+
+    /// Decodes a finished exchange into records and processes them.
+    fn finish(&self, ex: Exchange, peer: Option<String>) {
+        use std::sync::atomic::Ordering;
+        self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
+        if ex.too_big {
+            return self.stats.dropped_one("body_too_large");
+        }
+        let path = ex.headers.get(":path").cloned().unwrap_or_default();
+        let Some(model) = model_from_path(&path) else {
+            return self.stats.dropped_one("not_inference");
+        };
+        let decoded = match decode(&ex.request, &ex.response) {
+            Ok(d) => d,
+            Err(e) => return self.stats.dropped_one(e.as_str()),
+        };
+        let client = super::identity::client_id(&self.cfg.identity, &ex.headers, peer.as_deref());
+        let Some(client) = client else {
+            return self.stats.dropped_one("no_client_identity");
+        };
+        let request_id = ex.headers.get("x-request-id").cloned().unwrap_or_default();
+        let mut alerts = Vec::new();
+        for d in decoded {
+            let rec = QueryRecord {
+                client_id: client.clone(),
+                model: model.to_string(),
+                ts_ms: 0,
+                request_id: request_id.clone(),
+                input: d.input,
+                output: d.output,
+                label: d.label,
+                ..Default::default()
+            };
+            // Rejections are counted by the pipeline, by reason.
+            let _ = self.pipeline.process_wire(rec, &mut alerts);
+        }
+        for a in alerts {
+            self.alerts.send(a);
+        }
+    }
+}
+
+fn reply(req: &processing_request::Request) -> Option<ProcessingResponse> {
+    use processing_request::Request as Rq;
+    use processing_response::Response as Rs;
+    let r = match req {
+        Rq::RequestHeaders(_) => Rs::RequestHeaders(HeadersResponse::default()),
+        Rq::ResponseHeaders(_) => Rs::ResponseHeaders(HeadersResponse::default()),
+        Rq::RequestBody(_) => Rs::RequestBody(BodyResponse::default()),
+        Rq::ResponseBody(_) => Rs::ResponseBody(BodyResponse::default()),
+        Rq::RequestTrailers(_) => Rs::RequestTrailers(TrailersResponse::default()),
+        Rq::ResponseTrailers(_) => Rs::ResponseTrailers(TrailersResponse::default()),
+    };
+    Some(ProcessingResponse {
+        response: Some(r),
+        ..Default::default()
+    })
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for EnvoySource {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip().to_string());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        let this = self.clone();
+        tokio::spawn(async move {
+            use processing_request::Request as Rq;
+            let mut ex = Exchange::default();
+            while let Ok(Some(msg)) = inbound.message().await {
+                let Some(req) = msg.request else { continue };
+                match &req {
+                    Rq::RequestHeaders(h) | Rq::ResponseHeaders(h) => {
+                        ex.headers.extend(headers(&h.headers));
+                        if h.end_of_stream && matches!(req, Rq::ResponseHeaders(_)) {
+                            ex.done = true;
+                        }
+                    }
+                    Rq::RequestBody(b) => {
+                        this.append(&mut ex.request, &b.body, &mut ex.too_big);
+                    }
+                    Rq::ResponseBody(b) => {
+                        this.append(&mut ex.response, &b.body, &mut ex.too_big);
+                        ex.done |= b.end_of_stream;
+                    }
+                    Rq::RequestTrailers(_) => {}
+                    Rq::ResponseTrailers(_) => ex.done = true,
+                }
+                // In observability mode nobody reads replies: never block on a full queue.
+                if let Some(r) = reply(&req) {
+                    let _ = tx.try_send(Ok(r));
+                }
+                if ex.done {
+                    let ex = std::mem::take(&mut ex);
+                    let (src, peer) = (this.clone(), peer.clone());
+                    // Detection is CPU work: keep it off the I/O threads.
+                    let _ = tokio::task::spawn_blocking(move || src.finish(ex, peer)).await;
+                }
+            }
+            if !ex.request.is_empty() && !ex.done {
+                this.stats.dropped_one("incomplete_exchange");
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

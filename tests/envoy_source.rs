@@ -1,0 +1,129 @@
+//! The Envoy ext_proc source against a client speaking Envoy's protocol over a real socket:
+//! one Open Inference Protocol exchange becomes pipeline records under a hashed API-key
+//! identity; oversized and undecodable exchanges are counted and dropped.
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    processing_request::Request as Rq, HttpBody, HttpHeaders, ProcessingRequest,
+};
+use probewatch::alert::Dispatcher;
+use probewatch::config::Config;
+use probewatch::ingest::envoy::EnvoySource;
+use probewatch::pipeline::Pipeline;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn hdrs(kv: &[(&str, &str)], end: bool) -> HttpHeaders {
+    HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: kv
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: k.to_string(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        end_of_stream: end,
+        ..Default::default()
+    }
+}
+
+fn body(b: &[u8], end: bool) -> HttpBody {
+    HttpBody {
+        body: b.to_vec(),
+        end_of_stream: end,
+        ..Default::default()
+    }
+}
+
+/// The messages Envoy streams for one exchange, the request body in two chunks.
+fn exchange(path: &str, req: &[u8], resp: &[u8]) -> Vec<ProcessingRequest> {
+    let (a, b) = req.split_at(req.len() / 2);
+    [
+        Rq::RequestHeaders(hdrs(
+            &[
+                (":path", path),
+                (":method", "POST"),
+                ("x-api-key", "sk-live-42"),
+            ],
+            false,
+        )),
+        Rq::RequestBody(body(a, false)),
+        Rq::RequestBody(body(b, true)),
+        Rq::ResponseHeaders(hdrs(&[(":status", "200")], false)),
+        Rq::ResponseBody(body(resp, true)),
+    ]
+    .into_iter()
+    .map(|r| ProcessingRequest {
+        request: Some(r),
+        observability_mode: true,
+        ..Default::default()
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_become_records_and_bad_ones_are_counted() {
+    let mut cfg = Config::default();
+    cfg.alerts.sinks.clear();
+    cfg.alerts.spool_dir.clear();
+    cfg.sources.max_body_bytes = 4096;
+    let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
+    let sources = cfg.sources.clone();
+    let pipeline =
+        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+    let src = EnvoySource::new(pipeline.clone(), alerts, sources);
+    let stats = src.stats.clone();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(src.server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let mut client = ExternalProcessorClient::connect(addr).await.unwrap();
+    let req = br#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
+    let resp =
+        br#"{"outputs":[{"name":"p","shape":[2,2],"datatype":"FP32","data":[0.1,0.9,0.8,0.2]}]}"#;
+    let big = format!(r#"{{"instances":[[{}]]}}"#, vec!["1"; 5000].join(","));
+    for msgs in [
+        exchange("/v2/models/digits/infer", req, resp),
+        exchange("/v1/models/digits:predict", big.as_bytes(), b"{}"),
+        exchange("/v2/models/digits/infer", b"not json", b"{}"),
+        exchange("/healthz", b"{}", b"{}"),
+    ] {
+        let mut replies = client
+            .process(tokio_stream::iter(msgs))
+            .await
+            .unwrap()
+            .into_inner();
+        // Every message is answered (a filter left in blocking mode is not stalled).
+        let mut n = 0;
+        while let Ok(Some(_)) = replies.message().await {
+            n += 1;
+        }
+        assert_eq!(n, 5);
+    }
+    let t0 = std::time::Instant::now();
+    while stats.exchanges.load(Ordering::Relaxed) < 4 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 2);
+    let clients: Vec<String> = pipeline
+        .store()
+        .map()
+        .iter()
+        .map(|e| e.key().client.to_string())
+        .collect();
+    assert_eq!(clients.len(), 1);
+    assert!(clients[0].starts_with("k-") && !clients[0].contains("sk-live"));
+    let dropped = stats.dropped();
+    assert_eq!(dropped.get("body_too_large"), Some(&1), "{dropped:?}");
+    assert_eq!(dropped.get("not_json"), Some(&1), "{dropped:?}");
+    assert_eq!(dropped.get("not_inference"), Some(&1), "{dropped:?}");
+}

@@ -268,6 +268,7 @@ async fn serve(
     let api_listener = bind(cfg.api.listen.clone(), "api").await?;
     let metrics_listener = bind(cfg.api.metrics_listen.clone(), "metrics").await?;
     let envoy_listener = bind(cfg.sources.envoy_listen.clone(), "envoy ext_proc").await?;
+    let kserve_listener = bind(cfg.sources.kserve_listen.clone(), "kserve logger").await?;
     let sources = cfg.sources.clone();
     let alerts = cfg.alerts.clone();
     let pipeline = Arc::new(crate::pipeline::Pipeline::new(
@@ -324,6 +325,15 @@ async fn serve(
             reg,
             stopped(),
         )));
+    }
+    if let Some(l) = kserve_listener {
+        let app = crate::ingest::kserve::KserveSource::new(
+            pipeline.clone(),
+            dispatcher.clone(),
+            sources.clone(),
+        )
+        .router();
+        side.push(tokio::spawn(crate::api::serve(l, app, stopped())));
     }
     if let Some(l) = envoy_listener {
         let svc =

@@ -66,8 +66,14 @@ pub struct Config {
 pub struct SourcesConfig {
     /// Envoy ext_proc (`envoy.service.ext_proc.v3.ExternalProcessor`); empty disables it.
     pub envoy_listen: String,
+    /// KServe InferenceService logger (CloudEvents, binary mode); empty disables it.
+    pub kserve_listen: String,
     /// Largest request or response body buffered per exchange; larger ones are dropped.
     pub max_body_bytes: usize,
+    /// KServe: how long half of an exchange waits for its other half.
+    pub pair_ttl_ms: u64,
+    /// KServe: most halves waiting at once (the oldest is dropped first).
+    pub max_pending: usize,
     /// Client identity, first found wins: `header:<name>` (hashed), `jwt_sub:<header>`, `peer`.
     pub identity: Vec<String>,
 }
@@ -421,6 +427,18 @@ impl Config {
             return Err(invalid(
                 "sources.envoy_listen",
                 "must be host:port or empty",
+            ));
+        }
+        if !src.kserve_listen.is_empty() && src.kserve_listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "sources.kserve_listen",
+                "must be host:port or empty",
+            ));
+        }
+        if src.pair_ttl_ms == 0 || src.max_pending == 0 {
+            return Err(invalid(
+                "sources",
+                "pair_ttl_ms and max_pending must be at least 1",
             ));
         }
         if src.max_body_bytes == 0 {

@@ -10,6 +10,7 @@
 pub mod decode;
 pub mod envoy;
 pub mod identity;
+pub mod kserve;
 pub mod validate;
 
 use crate::alert::Dispatcher;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 /// Config lines that keep the API and metrics on ephemeral loopback ports (tests run in
 /// parallel; the defaults are fixed ports).
-const LOOPBACK_API: &str = "[sources]\nenvoy_listen = \"127.0.0.1:0\"\n\
+const LOOPBACK_API: &str =
+    "[sources]\nenvoy_listen = \"127.0.0.1:0\"\nkserve_listen = \"127.0.0.1:0\"\n\
     [api]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n";
 
 fn bin() -> Command {

@@ -39,7 +39,8 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
-    fn dropped_one(&self, reason: &'static str) {
+    /// Counts one exchange dropped for `reason`.
+    pub fn dropped_one(&self, reason: &'static str) {
         *self.dropped.lock().entry(reason).or_default() += 1;
     }
 

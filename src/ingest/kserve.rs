@@ -1,0 +1,187 @@
+//! KServe's InferenceService logger as a mirror: CloudEvents in binary mode, one POST for the
+//! request (`ce-type: org.kubeflow.serving.inference.request`) and one for the response
+//! (`...inference.response`), paired by `ce-id`.
+//!
+//! An unpaired half waits at most `pair_ttl_ms`, and at most `max_pending` halves wait at
+//! once (the oldest is dropped first); both drops are counted. The client is taken from the
+//! event's headers with the configured identity sources (KServe forwards chosen request
+//! headers with `metadataHeaders`); the model from `ce-inferenceservicename`.
+
+use super::decode::decode;
+use super::envoy::SourceStats;
+use crate::alert::Dispatcher;
+use crate::config::SourcesConfig;
+use crate::pipeline::Pipeline;
+use crate::proto::v1::QueryRecord;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const REQUEST: &str = "org.kubeflow.serving.inference.request";
+const RESPONSE: &str = "org.kubeflow.serving.inference.response";
+
+struct Half {
+    is_request: bool,
+    body: Bytes,
+    headers: BTreeMap<String, String>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Pending {
+    halves: HashMap<String, Half>,
+    order: VecDeque<(Instant, String)>,
+}
+
+/// The logger endpoint's state.
+#[derive(Clone)]
+pub struct KserveSource {
+    pipeline: Arc<Pipeline>,
+    alerts: Arc<Dispatcher>,
+    cfg: Arc<SourcesConfig>,
+    pending: Arc<Mutex<Pending>>,
+    /// Counters (events paired, dropped by reason).
+    pub stats: Arc<SourceStats>,
+}
+
+impl std::fmt::Debug for KserveSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KserveSource")
+    }
+}
+
+impl KserveSource {
+    /// A source feeding `pipeline` and `alerts`.
+    pub fn new(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>, cfg: SourcesConfig) -> Self {
+        Self {
+            pipeline,
+            alerts,
+            cfg: Arc::new(cfg),
+            pending: Arc::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The HTTP router (`POST /` and `POST /events`).
+    pub fn router(self) -> axum::Router {
+        axum::Router::new()
+            .route("/", axum::routing::post(event))
+            .route("/events", axum::routing::post(event))
+            .with_state(self)
+    }
+
+    /// Stores one half; returns the pair when the other half was waiting.
+    fn pair(&self, id: String, half: Half) -> Option<(Half, Half)> {
+        let ttl = Duration::from_millis(self.cfg.pair_ttl_ms);
+        let mut p = self.pending.lock();
+        let now = half.at;
+        // Expire halves past their TTL (oldest first), then make room under the cap.
+        while let Some((t, _)) = p.order.front() {
+            let old = now.duration_since(*t) > ttl;
+            // `order` also holds ids already paired; bound it too.
+            let room =
+                p.halves.len() < self.cfg.max_pending && p.order.len() <= 2 * self.cfg.max_pending;
+            if !old && room {
+                break;
+            }
+            let Some((_, k)) = p.order.pop_front() else {
+                break;
+            };
+            if p.halves.remove(&k).is_some() {
+                self.stats.dropped_one(if old {
+                    "unpaired_expired"
+                } else {
+                    "pending_full"
+                });
+            }
+        }
+        match p.halves.remove(&id) {
+            Some(other) if other.is_request != half.is_request => Some(if half.is_request {
+                (half, other)
+            } else {
+                (other, half)
+            }),
+            Some(_) => {
+                self.stats.dropped_one("duplicate_half");
+                None
+            }
+            None => {
+                p.order.push_back((now, id.clone()));
+                p.halves.insert(id, half);
+                None
+            }
+        }
+    }
+
+    fn finish(&self, req: Half, resp: Half) {
+        use std::sync::atomic::Ordering;
+        self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
+        let model = req
+            .headers
+            .get("ce-inferenceservicename")
+            .cloned()
+            .unwrap_or_default();
+        let decoded = match decode(&req.body, &resp.body) {
+            Ok(d) => d,
+            Err(e) => return self.stats.dropped_one(e.as_str()),
+        };
+        let Some(client) = super::identity::client_id(&self.cfg.identity, &req.headers, None)
+        else {
+            return self.stats.dropped_one("no_client_identity");
+        };
+        let mut alerts = Vec::new();
+        for d in decoded {
+            let rec = QueryRecord {
+                client_id: client.clone(),
+                model: model.clone(),
+                request_id: req.headers.get("ce-id").cloned().unwrap_or_default(),
+                input: d.input,
+                output: d.output,
+                label: d.label,
+                ..Default::default()
+            };
+            let _ = self.pipeline.process_wire(rec, &mut alerts);
+        }
+        for a in alerts {
+            self.alerts.send(a);
+        }
+    }
+}
+
+async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let h: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let is_request = match h.get("ce-type").map(String::as_str) {
+        Some(REQUEST) => true,
+        Some(RESPONSE) => false,
+        _ => {
+            s.stats.dropped_one("not_an_inference_event");
+            return StatusCode::BAD_REQUEST;
+        }
+    };
+    let Some(id) = h.get("ce-id").cloned() else {
+        s.stats.dropped_one("missing_ce_id");
+        return StatusCode::BAD_REQUEST;
+    };
+    if body.len() > s.cfg.max_body_bytes {
+        s.stats.dropped_one("body_too_large");
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    let half = Half {
+        is_request,
+        body,
+        headers: h,
+        at: Instant::now(),
+    };
+    if let Some((req, resp)) = s.pair(id, half) {
+        let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
+    }
+    // The logger only needs to know the event was taken.
+    StatusCode::ACCEPTED
+}

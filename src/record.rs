@@ -72,7 +72,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// True when `v` reads as a probability vector (entries in [0,1], sum 1 within 1e-3).
+/// True when `v` reads as a probability vector (entries in `[0, 1]`, sum 1 within 1e-3).
 pub fn looks_like_probabilities(v: &[f32]) -> bool {
     let sum: f32 = v.iter().sum();
     v.iter().all(|&p| (0.0..=1.0).contains(&p)) && (sum - 1.0).abs() <= 1e-3

@@ -1,7 +1,7 @@
 //! Alert sinks and the delivery spool.
 //!
 //! One flat table per sink (`type` says which), so that `deny_unknown_fields` still catches
-//! typos; [`SinkConfig::check`] then says which keys a type needs and which it does not take.
+//! typos; `SinkConfig::check` then says which keys a type needs and which it does not take.
 //! Secrets (Slack URLs, signing secrets, PagerDuty routing keys) come from environment
 //! variables or files named in the config, never from logs: [`Secret`] prints as `***`.
 

@@ -72,6 +72,7 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
     cfg.alerts.sinks.clear();
     cfg.alerts.spool_dir.clear();
     cfg.sources.max_body_bytes = 4096;
+    cfg.sources.pair_ttl_ms = 300;
     let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
     let sources = cfg.sources.clone();
     let pipeline =
@@ -126,4 +127,19 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
     assert_eq!(dropped.get("body_too_large"), Some(&1), "{dropped:?}");
     assert_eq!(dropped.get("not_json"), Some(&1), "{dropped:?}");
     assert_eq!(dropped.get("not_inference"), Some(&1), "{dropped:?}");
+
+    // A stream that starts an exchange and then goes silent is given up after pair_ttl_ms.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first = exchange("/v2/models/digits/infer", req, resp).remove(0);
+    tx.send(first).await.unwrap();
+    let _replies = client
+        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !stats.dropped().contains_key("stream_idle") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "idle stream kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tx);
 }

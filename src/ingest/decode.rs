@@ -6,6 +6,12 @@
 //! - KServe v1 (`/v1/models/{m}:predict`): request `instances` (rows), response
 //!   `predictions` (score rows, or one label per row).
 //!
+//! - OpenAI-style `/v1/chat/completions` and `/v1/completions`: the request becomes a small
+//!   feature vector (prompt length, a hash of the prompt, `max_tokens`, `temperature`, `n`,
+//!   `logprobs`, `top_logprobs`, the number and largest size of `logit_bias` entries; the prompt
+//!   itself is never kept) and the first token's `top_logprobs` become the answer's scores, so
+//!   logit-bias and logprob sweeps show as near-duplicates with shifting answers.
+//!
 //! A payload that cannot be decoded is an error with a reason the caller counts; nothing
 //! here panics on input.
 
@@ -47,9 +53,13 @@ pub struct Decoded {
     pub label: Option<u32>,
 }
 
-/// The model named by an inference path, if the path is one.
+/// The model named by an inference path, if the path is one (OpenAI-style paths name the
+/// model in the body: `openai` here, see [`model_from_body`]).
 pub fn model_from_path(path: &str) -> Option<&str> {
     let path = path.split('?').next().unwrap_or(path);
+    if path == "/v1/chat/completions" || path == "/v1/completions" {
+        return Some("openai");
+    }
     if let Some(rest) = path.strip_prefix("/v2/models/") {
         return rest.split('/').next().filter(|m| !m.is_empty());
     }
@@ -122,10 +132,85 @@ fn v1_rows(rows: &Value) -> Result<Vec<Vec<f32>>, DecodeError> {
         .collect()
 }
 
+/// The `model` field of an OpenAI-style request body.
+pub fn model_from_body(request: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(request).ok()?;
+    v.get("model")?.as_str().map(str::to_owned)
+}
+
+/// Features of an OpenAI-style request (no prompt text is kept: its length and a hash).
+fn openai_features(req: &Value) -> Vec<f32> {
+    let prompt = match (req.get("messages"), req.get("prompt")) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(p)) => p.to_string(),
+        _ => String::new(),
+    };
+    let hash = prompt.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    });
+    let num = |k: &str, d: f64| req.get(k).and_then(Value::as_f64).unwrap_or(d) as f32;
+    let logprobs = match req.get("logprobs") {
+        Some(Value::Bool(b)) => f32::from(u8::from(*b)),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0) as f32,
+        _ => 0.0,
+    };
+    let bias: Vec<f64> = req
+        .get("logit_bias")
+        .and_then(Value::as_object)
+        .map(|o| o.values().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    vec![
+        (prompt.len() as f32).ln_1p(),
+        (hash >> 40) as f32 / (1u64 << 24) as f32,
+        num("max_tokens", 16.0),
+        num("temperature", 1.0),
+        num("n", 1.0),
+        logprobs,
+        num("top_logprobs", 0.0),
+        bias.len() as f32,
+        bias.iter().fold(0.0f64, |m, b| m.max(b.abs())) as f32,
+    ]
+}
+
+/// The first generated token's `top_logprobs` as probabilities (chat or completions shape).
+fn openai_scores(resp: &Value) -> Vec<f32> {
+    let choice = resp.pointer("/choices/0/logprobs");
+    let lps: Vec<f64> = match choice {
+        Some(l) => {
+            if let Some(top) = l
+                .pointer("/content/0/top_logprobs")
+                .and_then(Value::as_array)
+            {
+                top.iter()
+                    .filter_map(|t| t.get("logprob")?.as_f64())
+                    .collect()
+            } else if let Some(top) = l.pointer("/top_logprobs/0").and_then(Value::as_object) {
+                top.values().filter_map(Value::as_f64).collect()
+            } else {
+                vec![]
+            }
+        }
+        None => vec![],
+    };
+    let p: Vec<f64> = lps.iter().map(|l| l.exp()).collect();
+    let sum: f64 = p.iter().sum();
+    if p.len() < 2 || sum <= 0.0 {
+        return vec![];
+    }
+    p.iter().map(|v| (v / sum) as f32).collect()
+}
+
 /// Decodes one request/response exchange into queries.
 pub fn decode(request: &[u8], response: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
     let req: Value = serde_json::from_slice(request).map_err(|_| DecodeError::NotJson)?;
     let resp: Value = serde_json::from_slice(response).map_err(|_| DecodeError::NotJson)?;
+    if req.get("messages").is_some() || req.get("prompt").is_some() {
+        return Ok(vec![Decoded {
+            input: openai_features(&req),
+            output: openai_scores(&resp),
+            label: None,
+        }]);
+    }
     let (inputs, outputs) = if let Some(i) = req.get("inputs") {
         (v2_rows(i)?, resp.get("outputs").map(v2_rows).transpose()?)
     } else if let Some(i) = req.get("instances") {
@@ -192,6 +277,24 @@ mod tests {
         .unwrap();
         assert_eq!(d[0].output, vec![0.3, 0.7]);
         assert_eq!(model_from_path("/v1/models/iris:predict"), Some("iris"));
+    }
+
+    #[test]
+    fn openai_chat_becomes_features_and_scores_without_the_prompt() {
+        let req = br#"{"model":"gpt-x","messages":[{"role":"user","content":"secret prompt"}],
+            "max_tokens":1,"logprobs":true,"top_logprobs":3,"logit_bias":{"123":100,"456":-5}}"#;
+        let resp = br#"{"choices":[{"logprobs":{"content":[{"token":"a","logprob":-0.1,
+            "top_logprobs":[{"token":"a","logprob":-0.1},{"token":"b","logprob":-2.5},
+            {"token":"c","logprob":-4.0}]}]}}]}"#;
+        let d = decode(req, resp).unwrap();
+        assert_eq!(d.len(), 1);
+        let x = &d[0].input;
+        assert_eq!(x.len(), 9);
+        assert_eq!((x[2], x[5], x[6], x[7], x[8]), (1.0, 1.0, 3.0, 2.0, 100.0));
+        assert!((d[0].output.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(d[0].output[0] > 0.8);
+        assert_eq!(model_from_body(req).as_deref(), Some("gpt-x"));
+        assert_eq!(model_from_path("/v1/chat/completions"), Some("openai"));
     }
 
     #[test]

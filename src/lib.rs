@@ -50,6 +50,11 @@ pub mod proto {
         #![allow(missing_docs, clippy::all)]
         tonic::include_proto!("probewatch.v1");
     }
+    /// Open Inference Protocol v2 messages (decoding mirrored gRPC inference).
+    pub mod inference {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("inference");
+    }
     /// Encoded file descriptors, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/probewatch_descriptor.bin"));

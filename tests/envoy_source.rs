@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use probewatch::alert::Dispatcher;
 use probewatch::config::Config;
 use probewatch::ingest::envoy::EnvoySource;
+use probewatch::ingest::identity::Identity;
 use probewatch::pipeline::Pipeline;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,7 +78,11 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
     let sources = cfg.sources.clone();
     let pipeline =
         Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
-    let src = EnvoySource::new(pipeline.clone(), alerts, sources);
+    let identity = Arc::new(Identity::with_key(
+        &sources.identity,
+        b"envoy-source-test-key",
+    ));
+    let src = EnvoySource::new(pipeline.clone(), alerts, sources, identity.clone());
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());
@@ -169,7 +174,7 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         .map(|e| e.key().client.to_string())
         .collect();
     assert_eq!(clients.len(), 1);
-    assert!(clients[0].starts_with("k-") && !clients[0].contains("sk-live"));
+    assert_eq!(clients[0], identity.hash("sk-live-42"));
     let dropped = stats.dropped();
     assert_eq!(dropped.get("body_too_large"), Some(&1), "{dropped:?}");
     assert_eq!(dropped.get("not_json"), Some(&1), "{dropped:?}");

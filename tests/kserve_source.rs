@@ -3,6 +3,7 @@
 
 use probewatch::alert::Dispatcher;
 use probewatch::config::Config;
+use probewatch::ingest::identity::Identity;
 use probewatch::ingest::kserve::KserveSource;
 use probewatch::pipeline::Pipeline;
 use std::sync::atomic::Ordering;
@@ -35,7 +36,11 @@ async fn logger_events_pair_into_records() {
     let sources = cfg.sources.clone();
     let pipeline =
         Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
-    let src = KserveSource::new(pipeline.clone(), alerts, sources);
+    let identity = Arc::new(Identity::with_key(
+        &sources.identity,
+        b"kserve-source-test-key",
+    ));
+    let src = KserveSource::new(pipeline.clone(), alerts, sources, identity.clone());
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", l.local_addr().unwrap());
@@ -45,17 +50,17 @@ async fn logger_events_pair_into_records() {
     let req = r#"{"instances":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}"#;
     let resp = r#"{"predictions":[[0.9,0.05,0.05],[0.1,0.2,0.7]]}"#;
     // Request first, then response; and the other way round.
-    assert_eq!(post(&c, &url, "a", "request", req).await, 202);
-    assert_eq!(post(&c, &url, "a", "response", resp).await, 202);
-    assert_eq!(post(&c, &url, "b", "response", resp).await, 202);
-    assert_eq!(post(&c, &url, "b", "request", req).await, 202);
+    assert_eq!(post(&c, &url, "a", "request", req).await, 200);
+    assert_eq!(post(&c, &url, "a", "response", resp).await, 200);
+    assert_eq!(post(&c, &url, "b", "response", resp).await, 200);
+    assert_eq!(post(&c, &url, "b", "request", req).await, 200);
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
     let key = pipeline.store().map().iter().next().unwrap().key().clone();
     assert_eq!(&*key.model, "iris");
-    assert!(key.client.starts_with("k-") && !key.client.contains("tenant"));
+    assert_eq!(&*key.client, identity.hash("tenant-key-7"));
     // Broken pairs and foreign events are counted, never fatal.
-    assert_eq!(post(&c, &url, "c", "request", "{oops").await, 202);
-    assert_eq!(post(&c, &url, "c", "response", resp).await, 202);
+    assert_eq!(post(&c, &url, "c", "request", "{oops").await, 200);
+    assert_eq!(post(&c, &url, "c", "response", resp).await, 200);
     let r = c
         .post(&url)
         .header("ce-type", "dev.knative.other")
@@ -80,4 +85,137 @@ async fn logger_events_pair_into_records() {
         "{dropped:?}"
     );
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
+}
+
+/// Events recorded from KServe's payload logger (provenance in
+/// `tests/data/kserve_logger/PROVENANCE.md`), posted with the headers and bodies the agent sent,
+/// in the order they were captured (one pair arrived response first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_logger_events() {
+    let mut cfg = Config::default();
+    cfg.alerts.sinks.clear();
+    cfg.alerts.spool_dir.clear();
+    let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
+    let sources = cfg.sources.clone();
+    let pipeline =
+        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+    let identity = Arc::new(Identity::with_key(
+        &sources.identity,
+        b"kserve-recorded-test",
+    ));
+    let src = KserveSource::new(pipeline.clone(), alerts, sources, identity.clone());
+    let stats = src.stats.clone();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", l.local_addr().unwrap());
+    let app = src.router();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let c = reqwest::Client::new();
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/kserve_logger")
+            .join(name);
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let events = read("events.jsonl");
+    let send = |e: &serde_json::Value, metadata: Option<&str>| {
+        let mut r = c.post(&url).body(e["body"].as_str().unwrap().to_string());
+        for (k, v) in e["headers"].as_object().unwrap() {
+            r = r.header(k.as_str(), v.as_str().unwrap());
+        }
+        if let Some(m) = metadata {
+            r = r.header("Ce-Metadata", m);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    // What the recording implies: complete pairs and the rows of their requests.
+    let ids = |t: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["headers"]["Ce-Type"].as_str().unwrap().ends_with(t))
+            .map(|e| e["headers"]["Ce-Id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (reqs, resps) = (ids(".request"), ids(".response"));
+    let pairs: Vec<&String> = reqs.iter().filter(|i| resps.contains(i)).collect();
+    let rows: usize = events
+        .iter()
+        .filter(|e| {
+            e["headers"]["Ce-Type"]
+                .as_str()
+                .unwrap()
+                .ends_with(".request")
+                && pairs.contains(&&e["headers"]["Ce-Id"].as_str().unwrap().to_string())
+        })
+        .map(|e| {
+            let b: serde_json::Value = serde_json::from_str(e["body"].as_str().unwrap()).unwrap();
+            b["instances"].as_array().unwrap().len()
+        })
+        .sum();
+    assert!(pairs.len() >= 3 && rows >= 6, "{pairs:?} {rows}");
+
+    // As recorded, the agent forwarded no request header: no client can be named, and each
+    // exchange is counted as dropped rather than pinned on a made-up client.
+    for e in &events {
+        assert_eq!(send(e, None).await, 200);
+    }
+    assert_eq!(stats.exchanges.load(Ordering::Relaxed), pairs.len() as u64);
+    let dropped = stats.dropped();
+    assert_eq!(
+        dropped.get("no_client_identity").copied(),
+        Some(pairs.len() as u64),
+        "{dropped:?}"
+    );
+    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 0);
+
+    // The same events from an agent whose logger has `metadataHeaders: [X-Api-Key]`: it sends
+    // the key JSON-encoded in Ce-Metadata, and every row becomes that client's record.
+    let meta = r#"{"X-Api-Key":["tenant-recorded"]}"#;
+    for e in &events {
+        assert_eq!(send(e, Some(meta)).await, 200);
+    }
+    assert_eq!(
+        stats.exchanges.load(Ordering::Relaxed),
+        2 * pairs.len() as u64
+    );
+    assert_eq!(
+        pipeline.stats.accepted.load(Ordering::Relaxed),
+        rows as u64,
+        "{:?}",
+        stats.dropped()
+    );
+    let keys: Vec<_> = pipeline
+        .store()
+        .map()
+        .iter()
+        .map(|e| e.key().clone())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(&*keys[0].model, "sklearn-iris");
+    assert_eq!(&*keys[0].client, identity.hash("tenant-recorded"));
+
+    // The 2019 logger's CloudEvents 0.1 headers (Ce-Eventid, Ce-Eventtype) are refused with
+    // 400 and counted, not misread; its CloudEvents 0.2 events already used Ce-Id/Ce-Type.
+    let before = stats
+        .dropped()
+        .get("not_an_inference_event")
+        .copied()
+        .unwrap_or(0);
+    let legacy = read("events_legacy.jsonl");
+    let v01 = |e: &serde_json::Value| e["headers"].get("Ce-Eventtype").is_some();
+    for e in &legacy {
+        let want = if v01(e) { 400 } else { 200 };
+        assert_eq!(send(e, Some(meta)).await, want);
+    }
+    assert_eq!(
+        stats.dropped().get("not_an_inference_event").copied(),
+        Some(before + legacy.iter().filter(|e| v01(e)).count() as u64)
+    );
+    assert_eq!(
+        stats.exchanges.load(Ordering::Relaxed),
+        2 * pairs.len() as u64 + 1
+    );
 }

@@ -166,7 +166,10 @@ fn v1_rows(rows: &Value) -> Result<Vec<Vec<f32>>, DecodeError> {
 /// The `model` field of an OpenAI-style request body.
 pub fn model_from_body(request: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(request).ok()?;
-    v.get("model")?.as_str().map(str::to_owned)
+    v.get("model")
+        .or_else(|| v.get("model_name"))?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Features of an OpenAI-style request (no prompt text is kept: its length and a hash).

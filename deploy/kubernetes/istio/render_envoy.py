@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Applies envoyfilter.yaml's HTTP_FILTER patch to the standalone Envoy config
-(deploy/envoy/envoy.yaml) the way Istio applies it to a sidecar's inbound listener: the
-standalone ext_proc filter is taken out, and the patch's filter is inserted before the
+"""Applies envoyfilter.yaml's patches to the standalone Envoy config (deploy/envoy/envoy.yaml)
+the way Istio applies them to a sidecar: CLUSTER ADD appends the cluster; for HTTP_FILTER
+the standalone ext_proc filter is taken out and the patch's filter is inserted before the
 router (INSERT_BEFORE envoy.filters.http.router). Prints the resulting Envoy bootstrap.
 
 It lets a real Envoy check what the EnvoyFilter would install: `envoy --mode validate` in
 deploy/check.sh, and a mirroring run in tests/envoy_e2e.rs. It does not check Istio's own
-matching (context, workload selector): that needs a mesh.
+matching (context, proxy version, workload selector): that needs a mesh.
 
 usage: render_envoy.py [envoyfilter.yaml] [envoy.yaml]
 """
@@ -25,6 +25,11 @@ def main():
     ef = yaml.safe_load(open(ef_path))
     boot = yaml.safe_load(open(envoy_path))
     assert ef["kind"] == "EnvoyFilter", "not an EnvoyFilter"
+    for p in ef["spec"]["configPatches"]:
+        assert p["applyTo"] in ("CLUSTER", "HTTP_FILTER"), p["applyTo"]
+        if p["applyTo"] == "CLUSTER":
+            assert p["patch"]["operation"] == "ADD", "expected CLUSTER ADD"
+            boot["static_resources"]["clusters"].append(p["patch"]["value"])
     patches = [p for p in ef["spec"]["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
     assert len(patches) == 1, "expected one HTTP_FILTER patch"
     p = patches[0]

@@ -167,9 +167,9 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
-/// The filter and cluster the Istio EnvoyFilter installs (`envoy_grpc` to the pod-local port, rendered
-/// into an Envoy config by `deploy/kubernetes/istio/render_envoy.py`) mirrors too, and
-/// leaves responses unchanged.
+/// The filter and cluster the Istio EnvoyFilter installs (`envoy_grpc` to the pod-local
+/// port, rendered into an Envoy config by `deploy/kubernetes/istio/render_envoy.py`) mirror
+/// too, and leave responses unchanged.
 #[test]
 fn istio_envoyfilter_patch_mirrors() {
     let out = Command::new("python3")

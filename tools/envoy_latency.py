@@ -29,6 +29,12 @@ def wait(port, deadline=30):
     sys.exit(f"port {port} never opened")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc (Linux)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
@@ -70,7 +76,10 @@ def main():
         body = lambda i: json.dumps({"id": str(i), "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": rows[i % len(rows)].tolist()}]})
         conns = {p: http.client.HTTPConnection("127.0.0.1", p) for p in (e_on, e_off)}
         lat = {e_on: [], e_off: []}
+        cpu0 = None
         for i in range(a.requests + 100):
+            if i == 100:
+                cpu0 = [cpu_seconds(p.pid) for p in procs[1:]]
             for p in (e_on, e_off) if i % 2 else (e_off, e_on):
                 t = time.perf_counter()
                 conns[p].request("POST", "/v2/models/digits/infer", body(i), {"content-type": "application/json", "x-api-key": f"k{i % 20}"})
@@ -82,6 +91,9 @@ def main():
         q = lambda v, f: sorted(v)[int(f * (len(v) - 1))]
         for name, p in (("without mirror", e_off), ("with mirror", e_on)):
             print(f"{name:15s} p50 {q(lat[p], .5):8.0f} us   p99 {q(lat[p], .99):8.0f} us   ({len(lat[p])} requests)")
+        pw, on_, off_ = (cpu_seconds(p.pid) - c for p, c in zip(procs[1:], cpu0))
+        per = lambda v: v * 1e6 / a.requests
+        print(f"CPU per request: probewatch {per(pw):.0f} us; Envoy with the filter {per(on_):.0f} us, without {per(off_):.0f} us")
         print(f"added by the mirror: p50 {q(lat[e_on], .5) - q(lat[e_off], .5):+.0f} us, p99 {q(lat[e_on], .99) - q(lat[e_off], .99):+.0f} us")
     finally:
         for p in procs:

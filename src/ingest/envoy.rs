@@ -228,8 +228,12 @@ impl ExternalProcessor for EnvoySource {
                 if ex.done {
                     let ex = std::mem::take(&mut ex);
                     let (src, peer) = (this.clone(), peer.clone());
-                    // Detection is CPU work: keep it off the I/O threads.
-                    let _ = tokio::task::spawn_blocking(move || src.finish(ex, peer)).await;
+                    if ex.request.len() + ex.response.len() <= super::decode::INLINE_MAX_BYTES {
+                        src.finish(ex, peer);
+                    } else {
+                        // Large bodies are CPU work: keep it off the I/O threads.
+                        let _ = tokio::task::spawn_blocking(move || src.finish(ex, peer)).await;
+                    }
                     // End the call now: in observability mode Envoy otherwise keeps each
                     // stream open for its deferred-close timeout, and open streams count
                     // against the cluster's limits, past which exchanges go unmirrored.

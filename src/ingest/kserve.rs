@@ -191,7 +191,11 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
         at: Instant::now(),
     };
     if let Some((req, resp)) = s.pair(id, half) {
-        let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
+        if req.body.len() + resp.body.len() <= super::decode::INLINE_MAX_BYTES {
+            s.finish(req, resp);
+        } else {
+            let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
+        }
     }
     StatusCode::OK
 }

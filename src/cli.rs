@@ -334,10 +334,36 @@ async fn serve(
             None => tokio::spawn(crate::api::serve(l, app, stopped())),
         });
     }
+    let kserve = kserve_listener.map(|l| {
+        let src = crate::ingest::kserve::KserveSource::new(
+            pipeline.clone(),
+            dispatcher.clone(),
+            sources.clone(),
+            identity.clone(),
+        );
+        (l, src)
+    });
+    let envoy = envoy_listener.map(|l| {
+        let src = crate::ingest::envoy::EnvoySource::new(
+            pipeline.clone(),
+            dispatcher.clone(),
+            sources,
+            identity,
+        );
+        (l, src)
+    });
     if let Some(l) = metrics_listener {
+        let mut counted = Vec::new();
+        if let Some((_, s)) = &envoy {
+            counted.push(("envoy", s.stats.clone()));
+        }
+        if let Some((_, s)) = &kserve {
+            counted.push(("kserve", s.stats.clone()));
+        }
         let reg = Arc::new(crate::telemetry::metrics::registry(
             pipeline.clone(),
             dispatcher.clone(),
+            counted,
         ));
         side.push(tokio::spawn(crate::telemetry::metrics::serve(
             l,
@@ -345,24 +371,11 @@ async fn serve(
             stopped(),
         )));
     }
-    if let Some(l) = kserve_listener {
-        let app = crate::ingest::kserve::KserveSource::new(
-            pipeline.clone(),
-            dispatcher.clone(),
-            sources.clone(),
-            identity.clone(),
-        )
-        .router();
-        side.push(tokio::spawn(crate::api::serve(l, app, stopped())));
+    if let Some((l, src)) = kserve {
+        side.push(tokio::spawn(crate::api::serve(l, src.router(), stopped())));
     }
-    if let Some(l) = envoy_listener {
-        let svc = crate::ingest::envoy::EnvoySource::new(
-            pipeline.clone(),
-            dispatcher.clone(),
-            sources,
-            identity,
-        )
-        .server();
+    if let Some((l, src)) = envoy {
+        let svc = src.server();
         let stop = stopped();
         side.push(tokio::spawn(async move {
             tonic::transport::Server::builder()

@@ -36,6 +36,7 @@ fn free_port() -> u16 {
 struct Stack {
     dir: tempfile::TempDir,
     model_port: u16,
+    grpc_port: u16,
     envoy_port: u16,
     metrics: String,
     c: reqwest::blocking::Client,
@@ -52,12 +53,13 @@ impl Stack {
         );
         let dir = tempfile::tempdir().unwrap();
         let (model_port, envoy_port, ext_port) = (free_port(), free_port(), free_port());
+        let grpc_port = free_port();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut procs = vec![Kill(
             Command::new("python3")
                 .arg(root.join("tests/e2e/kserve_digits.py"))
                 .args(["--http_port", &model_port.to_string()])
-                .args(["--grpc_port", &free_port().to_string()])
+                .args(["--grpc_port", &grpc_port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -66,6 +68,7 @@ impl Stack {
         let cfg = envoy_cfg
             .replace("port_value: 8000", &format!("port_value: {envoy_port}"))
             .replace("port_value: 8081", &format!("port_value: {model_port}"))
+            .replace("port_value: 8082", &format!("port_value: {grpc_port}"))
             .replace("port_value: 50052", &format!("port_value: {ext_port}"))
             .replace("127.0.0.1:50052", &format!("127.0.0.1:{ext_port}"))
             .replace("address: 0.0.0.0", "address: 127.0.0.1");
@@ -129,6 +132,7 @@ impl Stack {
         Self {
             dir,
             model_port,
+            grpc_port,
             envoy_port,
             metrics,
             c,
@@ -147,6 +151,24 @@ impl Stack {
             .find(|l| l.starts_with("probewatch_records_accepted_total "))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// The ext_proc source's drops, by reason, from `/metrics`.
+    fn dropped(&self) -> Vec<(String, u64)> {
+        let text = self
+            .c
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("probewatch_source_dropped_total{"))
+            .filter_map(|l| {
+                let (labels, v) = l.split_once("} ")?;
+                let reason = labels.split("reason=\"").nth(1)?.split('"').next()?;
+                Some((reason.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
     }
 
     /// Waits (at most 20 s) until `want` rows have been accepted.
@@ -210,6 +232,21 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let wait_for = |n| s.wait_for(n);
 
+    // Open Inference Protocol v2 over gRPC, through Envoy's HTTP/2 route to KServe's gRPC
+    // port: responses unchanged, every call mirrored and decoded (typed and raw contents).
+    let out = Command::new("python3")
+        .arg(root.join("tests/e2e/grpc_client.py"))
+        .args(["--via", &format!("127.0.0.1:{envoy_port}")])
+        .args(["--direct", &format!("127.0.0.1:{}", s.grpc_port)])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "grpc_client.py failed");
+    let grpc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(grpc["identical"], grpc["compared"], "{grpc}");
+    let grpc_rows = grpc["rows"].as_u64().unwrap();
+    wait_for(grpc_rows);
+
     // First the parity check (the same 30 requests, v1 and v2, through Envoy and straight to
     // KServe), then benign clients and three attackers through Envoy, each with its own key.
     let out = Command::new("python3")
@@ -241,8 +278,19 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
         .map(|k| summary[k]["queries"].as_u64().unwrap())
         .sum::<u64>()
         + summary["benign"].as_u64().unwrap()
-        + 30;
+        + 30
+        + grpc_rows;
     wait_for(sent);
+    // Nothing was lost on the way: the only exchanges the source skipped are the readiness
+    // probes (not inference calls).
+    let dropped = s.dropped();
+    assert!(dropped.len() >= 5, "{dropped:?}");
+    for (reason, n) in dropped {
+        assert!(
+            n == 0 || reason == "not_inference",
+            "{n} exchanges dropped as {reason}"
+        );
+    }
 
     let identity = probewatch::ingest::identity::Identity::with_key(&[], IDENTITY_KEY.as_bytes());
     let kind = |key: &str| -> Option<String> {
@@ -264,6 +312,7 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
     let benign: Vec<String> = (0..30)
         .map(|b| format!("benign-{b}"))
         .chain((0..3).map(|t| format!("tenant-{t}")))
+        .chain(["grpc-client".to_string()])
         .collect();
     for b in &benign {
         assert_eq!(kind(b), None, "{b} alerted");

@@ -39,6 +39,23 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
+    /// Counters with `reasons` and every decoding failure at zero, so that dashboards and
+    /// `rate()` see each series from the first scrape.
+    pub fn with_reasons(reasons: &[&'static str]) -> Self {
+        let s = Self::default();
+        {
+            let mut d = s.dropped.lock();
+            for r in reasons
+                .iter()
+                .copied()
+                .chain(super::decode::DecodeError::ALL.map(|e| e.as_str()))
+            {
+                d.insert(r, 0);
+            }
+        }
+        s
+    }
+
     /// Counts one exchange dropped for `reason`.
     pub fn dropped_one(&self, reason: &'static str) {
         *self.dropped.lock().entry(reason).or_default() += 1;
@@ -100,7 +117,13 @@ impl EnvoySource {
             alerts,
             cfg: Arc::new(cfg),
             identity,
-            stats: Arc::default(),
+            stats: Arc::new(SourceStats::with_reasons(&[
+                "body_too_large",
+                "not_inference",
+                "no_client_identity",
+                "stream_idle",
+                "incomplete_exchange",
+            ])),
         }
     }
 
@@ -160,6 +183,24 @@ impl EnvoySource {
     }
 }
 
+fn is_grpc(headers: &BTreeMap<String, String>) -> bool {
+    headers
+        .get("content-type")
+        .is_some_and(|c| c.starts_with("application/grpc"))
+}
+
+/// Whether `body` holds the whole first length-prefixed gRPC message (1 flag byte, 4 length
+/// bytes big-endian, the message).
+fn first_grpc_frame_complete(body: &[u8]) -> bool {
+    match body.get(1..5) {
+        Some(len) => {
+            let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            body.len() >= 5 + n
+        }
+        None => false,
+    }
+}
+
 fn reply(req: &processing_request::Request) -> Option<ProcessingResponse> {
     use processing_request::Request as Rq;
     use processing_response::Response as Rs;
@@ -216,7 +257,10 @@ impl ExternalProcessor for EnvoySource {
                     }
                     Rq::ResponseBody(b) => {
                         this.append(&mut ex.response, &b.body, &mut ex.too_big);
-                        ex.done |= b.end_of_stream;
+                        // A unary gRPC answer ends in trailers, which Envoy sends only with
+                        // `response_trailer_mode: SEND`: its first whole message is enough.
+                        ex.done |= b.end_of_stream
+                            || (is_grpc(&ex.headers) && first_grpc_frame_complete(&ex.response));
                     }
                     Rq::RequestTrailers(_) => {}
                     Rq::ResponseTrailers(_) => ex.done = true,
@@ -245,5 +289,22 @@ impl ExternalProcessor for EnvoySource {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_frame_completeness() {
+        assert!(!first_grpc_frame_complete(&[]));
+        assert!(!first_grpc_frame_complete(&[0, 0, 0, 0]));
+        assert!(first_grpc_frame_complete(&[0, 0, 0, 0, 0]));
+        assert!(!first_grpc_frame_complete(&[0, 0, 0, 0, 3, 1, 2]));
+        assert!(first_grpc_frame_complete(&[0, 0, 0, 0, 3, 1, 2, 3]));
+        let h = |c: &str| BTreeMap::from([("content-type".to_string(), c.to_string())]);
+        assert!(is_grpc(&h("application/grpc+proto")));
+        assert!(!is_grpc(&h("application/json")));
     }
 }

@@ -75,7 +75,15 @@ impl KserveSource {
             cfg: Arc::new(cfg),
             identity,
             pending: Arc::default(),
-            stats: Arc::default(),
+            stats: Arc::new(SourceStats::with_reasons(&[
+                "body_too_large",
+                "duplicate_half",
+                "missing_ce_id",
+                "no_client_identity",
+                "not_an_inference_event",
+                "pending_full",
+                "unpaired_expired",
+            ])),
         }
     }
 

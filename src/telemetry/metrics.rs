@@ -8,6 +8,7 @@
 
 use crate::alert::Dispatcher;
 use crate::detect::policy::{Kind, Severity};
+use crate::ingest::envoy::SourceStats;
 use crate::pipeline::Pipeline;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -22,6 +23,7 @@ use std::sync::Arc;
 struct Figures {
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
+    sources: Vec<(&'static str, Arc<SourceStats>)>,
 }
 
 fn counter(
@@ -112,6 +114,40 @@ impl Collector for Figures {
                 (&[("cause", "idle")], get(&s.evicted_idle)),
             ],
         )?;
+        let exchanges: Vec<([(&str, &str); 1], u64)> = self
+            .sources
+            .iter()
+            .map(|(name, st)| ([("source", *name)], get(&st.exchanges)))
+            .collect();
+        let exchanges: Vec<(&[(&str, &str)], u64)> =
+            exchanges.iter().map(|(l, n)| (&l[..], *n)).collect();
+        if !exchanges.is_empty() {
+            counter(
+                &mut e,
+                "source_exchanges",
+                "Mirrored exchanges a source received whole (both request and response).",
+                &exchanges,
+            )?;
+        }
+        let dropped: Vec<([(&str, &str); 2], u64)> = self
+            .sources
+            .iter()
+            .flat_map(|(name, st)| {
+                st.dropped()
+                    .into_iter()
+                    .map(move |(reason, n)| ([("source", *name), ("reason", reason)], n))
+            })
+            .collect();
+        let dropped: Vec<(&[(&str, &str)], u64)> =
+            dropped.iter().map(|(l, n)| (&l[..], *n)).collect();
+        if !dropped.is_empty() {
+            counter(
+                &mut e,
+                "source_dropped",
+                "Mirrored exchanges or events a source could not use, by source and reason.",
+                &dropped,
+            )?;
+        }
         gauge(
             &mut e,
             "clients_active",
@@ -244,7 +280,13 @@ fn severity(s: Severity) -> &'static str {
 }
 
 /// The registry behind `/metrics`, all names prefixed `probewatch_`.
-pub fn registry(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>) -> Registry {
+/// The registry of the sidecar's figures; `sources` are the enabled mirroring sources
+/// (`envoy`, `kserve`) and their counters.
+pub fn registry(
+    pipeline: Arc<Pipeline>,
+    alerts: Arc<Dispatcher>,
+    sources: Vec<(&'static str, Arc<SourceStats>)>,
+) -> Registry {
     let mut r = Registry::with_prefix("probewatch");
     r.register_with_unit(
         "record_processing",
@@ -252,7 +294,11 @@ pub fn registry(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>) -> Registry {
         Unit::Seconds,
         pipeline.stats.timings.process.clone(),
     );
-    r.register_collector(Box::new(Figures { pipeline, alerts }));
+    r.register_collector(Box::new(Figures {
+        pipeline,
+        alerts,
+        sources,
+    }));
     r
 }
 

@@ -20,4 +20,6 @@ if command -v envoy >/dev/null; then
     envoy --mode validate -c "$out" --base-id 7002 --log-level error >/dev/null
     rm -f "$out"
     echo "deploy: envoy.yaml and the Istio EnvoyFilter's filter pass envoy --mode validate"
+else
+    echo "deploy: envoy not installed, Envoy configs NOT validated (tests/install-deps.sh)"
 fi

@@ -32,9 +32,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// KServe, probewatch (ext_proc source only) and an Envoy, on free loopback ports.
+/// The two tests each run KServe, Envoy and probewatch on a 2-core machine: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// KServe, probewatch (ext_proc source and query API) and an Envoy, on free loopback ports.
 struct Stack {
     dir: tempfile::TempDir,
+    api: String,
     model_port: u16,
     grpc_port: u16,
     envoy_port: u16,
@@ -77,7 +81,8 @@ impl Stack {
             dir.path().join("pw.toml"),
             format!(
                 "[sources]\nenvoy_listen = \"127.0.0.1:{ext_port}\"\nkserve_listen = \"\"\n\
-                 [api]\nlisten = \"\"\nmetrics_listen = \"127.0.0.1:0\"\n[alerts]\nspool_dir = \"\"\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 tokens_env = [\"PW_E2E_TOKEN\"]\n[alerts]\nspool_dir = \"\"\n\
                  [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"
             ),
         )
@@ -86,22 +91,29 @@ impl Stack {
             .current_dir(dir.path())
             .args(["serve", "--config", "pw.toml", "--listen", "127.0.0.1:0"])
             .env("PROBEWATCH_IDENTITY_KEY", IDENTITY_KEY)
+            .env("PW_E2E_TOKEN", "e2e-token")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();
         procs.push(Kill(serve));
+        let addr = |l: &str| {
+            l.split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let mut api = String::new();
         let metrics = loop {
             let l = log.next().expect("serve exited").unwrap();
+            if l.contains("api listening") {
+                api = addr(&l);
+            }
             if l.contains("metrics listening") {
-                break l
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
+                break addr(&l);
             }
         };
         // Keep draining the log so that probewatch never blocks on a full pipe.
@@ -131,6 +143,7 @@ impl Stack {
         }
         Self {
             dir,
+            api,
             model_port,
             grpc_port,
             envoy_port,
@@ -138,6 +151,27 @@ impl Stack {
             c,
             _procs: procs,
         }
+    }
+
+    /// The clients probewatch tracks on the `digits` model, from its query API.
+    fn clients(&self) -> Vec<String> {
+        let v: serde_json::Value = self
+            .c
+            .get(format!(
+                "http://{}/api/v1/clients?model=digits&limit=500",
+                self.api
+            ))
+            .bearer_auth("e2e-token")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["client"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Rows probewatch has accepted.
@@ -194,6 +228,7 @@ fn repo_file(path: &str) -> String {
 /// too, and leave responses unchanged.
 #[test]
 fn istio_envoyfilter_patch_mirrors() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/istio/render_envoy.py"))
         .output()
@@ -222,11 +257,40 @@ fn istio_envoyfilter_patch_mirrors() {
         };
         assert_eq!(post(s.envoy_port), post(s.model_port));
     }
-    s.wait_for(10);
+    // Two calls without an API key from another loopback address: the `peer` identity is the
+    // client's address (Envoy's `source.address` attribute), not Envoy's own.
+    let anonymous = reqwest::blocking::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    for i in 0..2 {
+        anonymous
+            .post(format!("http://127.0.0.1:{}/v2/models/digits/infer", s.envoy_port))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"id":"anon-{i}","inputs":[{{"name":"x","shape":[1,64],"datatype":"FP32","data":[{}]}}]}}"#,
+                row.join(",")
+            ))
+            .send()
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+    s.wait_for(12);
+    // Every call mirrored exactly once.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.accepted(), 12);
+    let identity = probewatch::ingest::identity::Identity::with_key(&[], IDENTITY_KEY.as_bytes());
+    let mut clients = s.clients();
+    clients.sort();
+    let mut want = vec![identity.hash("istio-client"), "ip:127.0.0.2".to_string()];
+    want.sort();
+    assert_eq!(clients, want);
 }
 
 #[test]
 fn envoy_mirrors_exchanges_without_changing_responses() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let s = Stack::start(&repo_file("deploy/envoy/envoy.yaml"));
     let (dir, model_port, envoy_port) = (s.dir.path(), s.model_port, s.envoy_port);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -283,8 +347,13 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
     wait_for(sent);
     // Nothing was lost on the way: the only exchanges the source skipped are the readiness
     // probes (not inference calls).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.accepted(), sent, "rows mirrored more than once");
     let dropped = s.dropped();
-    assert!(dropped.len() >= 5, "{dropped:?}");
+    assert!(
+        dropped.iter().any(|(r, _)| r == "incomplete_exchange"),
+        "drop counters not exported: {dropped:?}"
+    );
     for (reason, n) in dropped {
         assert!(
             n == 0 || reason == "not_inference",

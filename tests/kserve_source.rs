@@ -32,6 +32,7 @@ async fn logger_events_pair_into_records() {
     cfg.alerts.sinks.clear();
     cfg.alerts.spool_dir.clear();
     cfg.sources.max_pending = 2;
+    cfg.sources.max_body_bytes = 1024;
     let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
     let sources = cfg.sources.clone();
     let pipeline =
@@ -84,6 +85,15 @@ async fn logger_events_pair_into_records() {
         dropped.get("pending_full").copied().unwrap_or(0) >= 2,
         "{dropped:?}"
     );
+    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
+    // A body over max_body_bytes: still 200 (the agent would log an error otherwise), and
+    // the pair is counted once as too large, not again as unpaired.
+    let big = format!(r#"{{"instances":[[{}]]}}"#, vec!["1.0"; 600].join(","));
+    assert_eq!(post(&c, &url, "big", "request", &big).await, 200);
+    assert_eq!(post(&c, &url, "big", "response", resp).await, 200);
+    let dropped = stats.dropped();
+    assert_eq!(dropped.get("body_too_large"), Some(&1), "{dropped:?}");
+    assert_eq!(dropped.get("unpaired_expired"), Some(&0), "{dropped:?}");
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
 }
 
@@ -172,7 +182,9 @@ async fn recorded_logger_events() {
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 0);
 
     // The same events from an agent whose logger has `metadataHeaders: [X-Api-Key]`: it sends
-    // the key JSON-encoded in Ce-Metadata, and every row becomes that client's record.
+    // the key JSON-encoded in Ce-Metadata, and every row becomes that client's record. (No
+    // published capture shows a Ce-Metadata value; its format here follows the agent's code,
+    // see PROVENANCE.md.)
     let meta = r#"{"X-Api-Key":["tenant-recorded"]}"#;
     for e in &events {
         assert_eq!(send(e, Some(meta)).await, 200);

@@ -54,12 +54,6 @@ impl DecodeError {
     }
 }
 
-/// Exchanges with at most this many body bytes are decoded and scored on the I/O task that
-/// received them; larger ones go to the blocking pool. Scoring a small exchange takes tens
-/// of microseconds, less than waking a pool thread for it (`tools/envoy_latency.py`: about
-/// 13% less sidecar CPU per exchange without the hand-off).
-pub const INLINE_MAX_BYTES: usize = 16 * 1024;
-
 /// One decoded query: its features and, when the response had them, class scores or a label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded {

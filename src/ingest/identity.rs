@@ -19,18 +19,23 @@ use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Bytes of a generated identity key.
+/// Random bytes in a generated identity key (written as 64 hex characters).
 pub const GENERATED_KEY_BYTES: usize = 32;
-/// Shortest identity key accepted from the environment or a file.
-pub const MIN_KEY_BYTES: usize = 16;
+/// Shortest identity key accepted, in characters.
+pub const MIN_KEY_CHARS: usize = 16;
 /// File name of the generated key in the spool directory.
 pub const KEY_FILE: &str = "identity.key";
 
 /// Why the identity key could not be set up (a configuration error at start).
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("identity key in ${0} is shorter than {MIN_KEY_BYTES} bytes")]
+    /// The environment variable's value is too short to be a secret.
+    #[error("identity key in ${0} is shorter than {MIN_KEY_CHARS} characters")]
     ShortEnvKey(String),
+    /// The environment variable is not valid UTF-8.
+    #[error("identity key in ${0} is not UTF-8")]
+    EnvNotUnicode(String),
+    /// The key file could not be read, created or used.
     #[error("identity key file {0}: {1}")]
     KeyFile(String, String),
 }
@@ -38,8 +43,11 @@ pub enum IdentityError {
 /// Where the identity key came from (logged at start, never the key itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyOrigin {
+    /// The environment variable `sources.identity_key_env`.
     Env,
+    /// `identity.key` in the spool directory.
     SpoolFile,
+    /// Random for this process: ids change at restart.
     Ephemeral,
 }
 
@@ -47,7 +55,8 @@ pub enum KeyOrigin {
 #[derive(Clone)]
 pub struct Identity {
     sources: Vec<String>,
-    key: Vec<u8>,
+    /// HMAC state with the key already absorbed, cloned per hash.
+    mac: Hmac<Sha256>,
     /// Where the key came from.
     pub origin: KeyOrigin,
 }
@@ -61,49 +70,79 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-fn random_key() -> Vec<u8> {
+/// A fresh key, as the text stored in the key file.
+fn random_key() -> String {
     use rand::TryRngCore;
-    let mut k = vec![0u8; GENERATED_KEY_BYTES];
+    let mut k = [0u8; GENERATED_KEY_BYTES];
     // The OS generator failing is not recoverable at start-up.
     rand::rngs::OsRng
         .try_fill_bytes(&mut k)
         .expect("the OS random generator works");
-    k
+    hex::encode(k)
+}
+
+/// A key's text as used: surrounding whitespace (a file's newline) is not part of it, so the
+/// same key in a file, a Secret or a variable gives the same ids.
+fn key_text(raw: &str, what: impl Fn(String) -> IdentityError) -> Result<String, IdentityError> {
+    let k = raw.trim();
+    if k.chars().count() < MIN_KEY_CHARS {
+        return Err(what(format!("shorter than {MIN_KEY_CHARS} characters")));
+    }
+    Ok(k.to_string())
 }
 
 /// Reads the key file in `dir`, creating it (0600) with a random key when it is missing.
-fn spool_key(dir: &Path) -> Result<Vec<u8>, IdentityError> {
+///
+/// Creation is atomic: the key is written and synced to a temporary file, then hard-linked
+/// to its name, which fails if another process got there first (its key is then read). A
+/// crash can leave only a stray temporary file, never an empty key file.
+fn spool_key(dir: &Path) -> Result<String, IdentityError> {
     let path = dir.join(KEY_FILE);
-    let err = |e: std::io::Error| IdentityError::KeyFile(path.display().to_string(), e.to_string());
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let k = hex::decode(text.trim()).map_err(|e| {
-                IdentityError::KeyFile(path.display().to_string(), format!("not hex: {e}"))
-            })?;
-            if k.len() < MIN_KEY_BYTES {
-                return Err(IdentityError::KeyFile(
-                    path.display().to_string(),
-                    format!("shorter than {MIN_KEY_BYTES} bytes"),
-                ));
-            }
-            Ok(k)
+    let err = |e: String| IdentityError::KeyFile(path.display().to_string(), e);
+    let read = || -> Result<Option<String>, IdentityError> {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => key_text(&text, err).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(e.to_string())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let k = random_key();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(err)?;
-            writeln!(f, "{}", hex::encode(&k)).map_err(err)?;
-            f.sync_all().map_err(err)?;
-            Ok(k)
+    };
+    if let Some(k) = read()? {
+        return Ok(k);
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let key = random_key();
+    // Unique per attempt, so that concurrent starts never share a temporary file.
+    let tmp = dir.join(format!(
+        ".{KEY_FILE}.{}.{}",
+        std::process::id(),
+        &random_key()[..8]
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{key}")?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            // The new name must survive a crash too.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(e.to_string()))?;
+            Ok(key)
         }
-        Err(e) => Err(err(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read()?.ok_or_else(|| err("vanished while being created".into()))
+        }
+        Err(e) => Err(err(e.to_string())),
     }
 }
 
@@ -112,7 +151,7 @@ impl Identity {
     pub fn with_key(sources: &[String], key: &[u8]) -> Self {
         Self {
             sources: sources.to_vec(),
-            key: key.to_vec(),
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length"),
             origin: KeyOrigin::Env,
         }
     }
@@ -124,31 +163,33 @@ impl Identity {
         key_env: &str,
         spool_dir: &str,
     ) -> Result<Self, IdentityError> {
-        let env = (!key_env.is_empty())
-            .then(|| std::env::var(key_env).ok())
-            .flatten()
-            .filter(|v| !v.is_empty());
-        let (key, origin) = if let Some(v) = env {
-            if v.len() < MIN_KEY_BYTES {
-                return Err(IdentityError::ShortEnvKey(key_env.to_string()));
+        let env = if key_env.is_empty() {
+            None
+        } else {
+            match std::env::var(key_env) {
+                Ok(v) if !v.trim().is_empty() => Some(v),
+                Ok(_) | Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(IdentityError::EnvNotUnicode(key_env.to_string()))
+                }
             }
-            (v.into_bytes(), KeyOrigin::Env)
+        };
+        let (key, origin) = if let Some(v) = env {
+            let k = key_text(&v, |_| IdentityError::ShortEnvKey(key_env.to_string()))?;
+            (k, KeyOrigin::Env)
         } else if !spool_dir.is_empty() {
             (spool_key(Path::new(spool_dir))?, KeyOrigin::SpoolFile)
         } else {
             (random_key(), KeyOrigin::Ephemeral)
         };
-        Ok(Self {
-            sources: sources.to_vec(),
-            key,
-            origin,
-        })
+        let mut id = Self::with_key(sources, key.as_bytes());
+        id.origin = origin;
+        Ok(id)
     }
 
     /// The client id a header value maps to: `k-` and 16 hex digits of HMAC-SHA-256.
     pub fn hash(&self, v: &str) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.mac.clone();
         mac.update(v.as_bytes());
         format!("k-{}", hex::encode(&mac.finalize().into_bytes()[..8]))
     }
@@ -253,6 +294,19 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_starts_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool").to_str().unwrap().to_string();
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Identity::resolve(&sources(), "", &spool).unwrap().hash("x")))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    }
+
+    #[test]
     fn spool_key_is_created_once_private_and_reused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
@@ -270,8 +324,20 @@ mod tests {
         let c = Identity::resolve(&sources(), "", "").unwrap();
         assert_eq!(c.origin, KeyOrigin::Ephemeral);
         assert_ne!(a.hash("x"), c.hash("x"));
+        // The key is the file's text without its newline: the same text elsewhere (a Secret,
+        // a variable) gives the same ids.
+        let text = std::fs::read_to_string(dir.path().join("spool").join(KEY_FILE)).unwrap();
+        assert!(text.ends_with('\n') && text.trim().len() == 2 * GENERATED_KEY_BYTES);
+        let same = Identity::with_key(&sources(), text.trim().as_bytes());
+        assert_eq!(same.hash("x"), a.hash("x"));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [KEY_FILE]);
         std::fs::write(dir.path().join("spool").join(KEY_FILE), "abcd\n").unwrap();
         let e = Identity::resolve(&sources(), "", spool).unwrap_err();
-        assert!(e.to_string().contains("shorter than 16 bytes"), "{e}");
+        assert!(e.to_string().contains("shorter than 16 characters"), "{e}");
     }
 }

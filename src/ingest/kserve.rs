@@ -7,11 +7,16 @@
 //! request event's headers with the configured identity sources. KServe forwards the request
 //! headers named in the logger's `metadataHeaders` inside one `Ce-Metadata` header, as JSON
 //! (`{"X-Api-Key":["..."]}`); those count as request headers. The model is
-//! `ce-inferenceservicename`, else the payload's `model_name`.
+//! `ce-inferenceservicename`, else the response's `model_name`.
 //!
-//! Every event gets `200 OK` once taken, even one that is then dropped (counted): the agent
+//! Every event gets `200 OK` once taken, even one that is then dropped (counted; a body over
+//! `max_body_bytes` is kept as an empty half so that its pair is counted once): the agent
 //! logs an error for anything but 200 and never retries, so a non-200 only adds noise to the
 //! model server's logs. Malformed events (no `ce-id`, a foreign `ce-type`) get 400.
+//!
+//! The agent reuses the inference request's own `Ce-Id` header when it has one, so a client
+//! can choose ids: reused ids are counted (`duplicate_half`) and pair at worst with another
+//! of the same client's events, since the pair's identity comes from the request half.
 
 use super::decode::decode;
 use super::envoy::SourceStats;
@@ -32,6 +37,8 @@ const RESPONSE: &str = "org.kubeflow.serving.inference.response";
 
 struct Half {
     is_request: bool,
+    /// The body was over `max_body_bytes` and was not kept.
+    too_big: bool,
     body: Bytes,
     headers: BTreeMap<String, String>,
     at: Instant,
@@ -141,13 +148,16 @@ impl KserveSource {
     fn finish(&self, req: Half, resp: Half) {
         use std::sync::atomic::Ordering;
         self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
+        if req.too_big || resp.too_big {
+            return self.stats.dropped_one("body_too_large");
+        }
         let model = req
             .headers
             .get("ce-inferenceservicename")
             .filter(|m| !m.is_empty())
             .cloned()
+            // The model's own answer, never the request: a client could name any model.
             .or_else(|| super::decode::model_from_body(&resp.body))
-            .or_else(|| super::decode::model_from_body(&req.body))
             .unwrap_or_default();
         let decoded = match decode(&req.body, &resp.body) {
             Ok(d) => d,
@@ -188,22 +198,17 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
         s.stats.dropped_one("missing_ce_id");
         return StatusCode::BAD_REQUEST;
     };
-    if body.len() > s.cfg.max_body_bytes {
-        s.stats.dropped_one("body_too_large");
-        return StatusCode::PAYLOAD_TOO_LARGE;
-    }
+    let too_big = body.len() > s.cfg.max_body_bytes;
     let half = Half {
         is_request,
-        body,
+        too_big,
+        body: if too_big { Bytes::new() } else { body },
         headers: h,
         at: Instant::now(),
     };
     if let Some((req, resp)) = s.pair(id, half) {
-        if req.body.len() + resp.body.len() <= super::decode::INLINE_MAX_BYTES {
-            s.finish(req, resp);
-        } else {
-            let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
-        }
+        // Scoring can recompute a baseline or fsync an alert to the spool: off the I/O threads.
+        let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
     }
     StatusCode::OK
 }

@@ -76,7 +76,11 @@ fn rows(tensors: &[InferTensor], raw: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, Decod
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| DecodeError::BadShape))
         .collect::<Result<_, _>>()?;
-    let total: usize = shape.iter().product();
+    // A hostile shape must not overflow the product.
+    let total = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or(DecodeError::BadShape)?;
     if shape.is_empty() || total == 0 || total != data.len() {
         return Err(DecodeError::BadShape);
     }
@@ -85,16 +89,21 @@ fn rows(tensors: &[InferTensor], raw: &[Vec<u8>]) -> Result<Vec<Vec<f32>>, Decod
 }
 
 /// Decodes a mirrored `ModelInfer` call: the model name and one query per input row.
+///
+/// A call the model did not answer (an error status, no response message) is not a query of
+/// a model: counting it would let a client create model entries with any name it likes. The
+/// model name is the one the server answered with, the request's only when that is empty.
 pub fn decode(request: &[u8], response: &[u8]) -> Result<(String, Vec<Decoded>), DecodeError> {
     let req =
         ModelInferRequest::decode(first_message(request)?).map_err(|_| DecodeError::NotJson)?;
     let inputs = rows(&req.inputs, &req.raw_input_contents)?;
-    let outputs = match first_message(response) {
-        Ok(m) => {
-            let resp = ModelInferResponse::decode(m).map_err(|_| DecodeError::NotJson)?;
-            rows(&resp.outputs, &resp.raw_output_contents).unwrap_or_default()
-        }
-        Err(_) => vec![],
+    let resp =
+        ModelInferResponse::decode(first_message(response)?).map_err(|_| DecodeError::NotJson)?;
+    let outputs = rows(&resp.outputs, &resp.raw_output_contents).unwrap_or_default();
+    let model = if resp.model_name.is_empty() {
+        req.model_name
+    } else {
+        resp.model_name
     };
     if !outputs.is_empty() && outputs.len() != inputs.len() {
         return Err(DecodeError::RowMismatch);
@@ -108,7 +117,7 @@ pub fn decode(request: &[u8], response: &[u8]) -> Result<(String, Vec<Decoded>),
             label: None,
         })
         .collect();
-    Ok((req.model_name, decoded))
+    Ok((model, decoded))
 }
 
 #[cfg(test)]
@@ -178,6 +187,44 @@ mod tests {
         assert_eq!(
             decode(&framed(&req), b"").unwrap_err(),
             DecodeError::NotNumeric
+        );
+    }
+
+    #[test]
+    fn unanswered_calls_and_hostile_shapes_are_refused_and_the_answer_names_the_model() {
+        let tensor = |shape: Vec<i64>| InferTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape,
+            contents: Some(InferTensorContents {
+                fp32_contents: vec![1.0, 2.0],
+                ..Default::default()
+            }),
+        };
+        let req = ModelInferRequest {
+            model_name: "made-up-by-client".into(),
+            inputs: vec![tensor(vec![1, 2])],
+            ..Default::default()
+        };
+        // No response message (the call failed): not a query of any model.
+        assert_eq!(
+            decode(&framed(&req), b"").unwrap_err(),
+            DecodeError::BadShape
+        );
+        let resp = ModelInferResponse {
+            model_name: "digits".into(),
+            ..Default::default()
+        };
+        let (model, d) = decode(&framed(&req), &framed(&resp)).unwrap();
+        assert_eq!((model.as_str(), d.len()), ("digits", 1));
+        // Dimensions whose product overflows are a bad shape, not a panic.
+        let huge = ModelInferRequest {
+            inputs: vec![tensor(vec![1 << 40, 1 << 40, 1 << 40])],
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&framed(&huge), &framed(&resp)).unwrap_err(),
+            DecodeError::BadShape
         );
     }
 }

@@ -36,12 +36,16 @@ def main():
     ap.add_argument("--key", default="grpc-client")
     a = ap.parse_args()
     rows = load_digits().data[1::2]
-    stubs = [pbg.GRPCInferenceServiceStub(grpc.insecure_channel(t)) for t in (a.via, a.direct)]
+    channels = [grpc.insecure_channel(t) for t in (a.via, a.direct)]
+    for ch in channels:  # KServe's gRPC port may come up after its HTTP port
+        grpc.channel_ready_future(ch).result(timeout=30)
+    stubs = [pbg.GRPCInferenceServiceStub(ch) for ch in channels]
     identical = 0
     for i in range(a.n):
         req = request(i, rows[200 + i])
         via, direct = (
-            s.ModelInfer(req, metadata=[("x-api-key", a.key)], timeout=10) for s in stubs
+            s.ModelInfer(req, metadata=[("x-api-key", a.key)], timeout=10, wait_for_ready=True)
+            for s in stubs
         )
         identical += via.SerializeToString() == direct.SerializeToString()
     json.dump({"compared": a.n, "identical": identical, "rows": a.n}, sys.stdout)

@@ -2,9 +2,9 @@
 //! mirror: Envoy streams each HTTP exchange's headers and bodies here; probewatch decodes the
 //! inference request and response ([`super::decode`]) and feeds the pipeline.
 //!
-//! Built for `observability_mode: true` (Envoy ignores the replies, never waits) but it also
-//! answers every message with an empty "continue", so a filter left in blocking mode passes
-//! traffic unchanged. One gRPC stream carries one exchange. Bodies are buffered up to
+//! Built for `observability_mode: true`: Envoy never waits and ignores replies, so none are
+//! sent. A filter in blocking mode (each message says which mode sent it) gets an empty
+//! "continue" to every message, so a misconfigured filter still passes traffic unchanged. One gRPC stream carries one exchange. Bodies are buffered up to
 //! `max_body_bytes` each, and a stream silent for `pair_ttl_ms` is given up; an exchange over
 //! the cap, undecodable, idle or cut short is counted by reason and dropped, never fatal.
 
@@ -265,6 +265,7 @@ impl ExternalProcessor for EnvoySource {
                 if ex.source.is_none() {
                     ex.source = source_address(&msg);
                 }
+                let observing = msg.observability_mode;
                 let Some(req) = msg.request else { continue };
                 match &req {
                     Rq::RequestHeaders(h) | Rq::ResponseHeaders(h) => {
@@ -286,9 +287,14 @@ impl ExternalProcessor for EnvoySource {
                     Rq::RequestTrailers(_) => {}
                     Rq::ResponseTrailers(_) => ex.done = true,
                 }
-                // In observability mode nobody reads replies: never block on a full queue.
-                if let Some(r) = reply(&req) {
-                    let _ = tx.try_send(Ok(r));
+                // In observability mode Envoy ignores replies, and sending them cost it CPU
+                // (tools/envoy_latency.py); a filter in blocking mode gets "continue" to every
+                // message, so a misconfigured filter still passes traffic. Never block on a
+                // full queue.
+                if !observing {
+                    if let Some(r) = reply(&req) {
+                        let _ = tx.try_send(Ok(r));
+                    }
                 }
                 if ex.done {
                     let ex = std::mem::take(&mut ex);

@@ -76,6 +76,19 @@ def parity(url, direct, held_out, n):
     return {"compared": n, "identical": identical}
 
 
+def early_noise(url, n):
+    """`n` requests of patterned, digit-unlike rows from three clients (noise-0..2) before
+    anyone else: a probe of how much such clients, present while the baseline forms, blunt
+    the out-of-range evidence later attackers produce (not used by the test)."""
+    s = requests.Session()
+    for i in range(n):
+        row = [float((i * 7 + j * 3) % 17) for j in range(64)]
+        body = {"id": f"noise-{i}", "inputs": [
+            {"name": "x", "shape": [1, 64], "datatype": "FP32", "data": row}]}
+        s.post(url, json=body, headers={"x-api-key": f"noise-{i % 3}"}, timeout=10)
+    return n
+
+
 def benign(url, clients, held_out, per_client, phase):
     sent = 0
     for c in range(clients):
@@ -146,6 +159,7 @@ def main():
     ap.add_argument("--jbda-rounds", type=int, default=4)
     ap.add_argument("--uniform", type=int, default=200)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--early-noise", type=int, default=0)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     # ART's HopSkipJump draws its starting points from an unseeded RandomState: seed it so
@@ -159,6 +173,8 @@ def main():
     x, y = load_digits(return_X_y=True)
     held_out, held_labels = x[1::2], y[1::2]  # the server trains on x[::2]
     summary = {}
+    if a.early_noise:
+        summary["early_noise"] = early_noise(a.url, a.early_noise)
     if a.direct:
         summary["parity"] = parity(a.url, a.direct, held_out, a.parity)
     summary["benign"] = benign(a.url, a.benign, held_out, a.per_client, 0)

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Renders the Kustomize base and validates every object offline (kubernetes-validate,
-# strict). Uses `kubectl kustomize` when present; otherwise the base is plain `resources:`,
-# which deploy/render.py concatenates the same way. With `envoy` on PATH, also has Envoy
+# Renders the Kustomize bases (the sidecar base, and the standalone one fed by KServe's
+# logger) and validates every object offline (kubernetes-validate, strict). Uses `kubectl
+# kustomize` when present; otherwise a base is plain `resources:`, which deploy/render.py
+# concatenates the same way. With `envoy` on PATH, also has Envoy
 # validate its standalone config and the filter the Istio EnvoyFilter installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp --suffix=.yaml)
-if command -v kubectl >/dev/null; then
-    kubectl kustomize deploy/kubernetes/base > "$out"
-else
-    python3 deploy/render.py deploy/kubernetes/base > "$out"
-fi
-kubernetes-validate --strict --quiet "$out"
-echo "deploy: $(grep -c '^kind:' "$out") objects valid"
+for base in deploy/kubernetes/base deploy/kubernetes/kserve; do
+    if command -v kubectl >/dev/null; then
+        kubectl kustomize "$base" > "$out"
+    else
+        python3 deploy/render.py "$base" > "$out"
+    fi
+    kubernetes-validate --strict --quiet "$out"
+    echo "deploy: $base: $(grep -c '^kind:' "$out") objects valid"
+done
 rm -f "$out"
 if command -v envoy >/dev/null; then
     envoy --mode validate -c deploy/envoy/envoy.yaml --base-id 7001 --log-level error >/dev/null

@@ -38,6 +38,9 @@ def cpu_seconds(pid):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--load", type=int, default=0, metavar="THREADS",
+                    help="afterwards, THREADS concurrent clients through the mirrored Envoy only: "
+                         "throughput and probewatch CPU per exchange under load")
     a = ap.parse_args()
     d = tempfile.mkdtemp()
     mport, ext, e_on, e_off = free_port(), free_port(), free_port(), free_port()
@@ -95,6 +98,20 @@ def main():
         per = lambda v: v * 1e6 / a.requests
         print(f"CPU per request: probewatch {per(pw):.0f} us; Envoy with the filter {per(on_):.0f} us, without {per(off_):.0f} us")
         print(f"added by the mirror: p50 {q(lat[e_on], .5) - q(lat[e_off], .5):+.0f} us, p99 {q(lat[e_on], .99) - q(lat[e_off], .99):+.0f} us")
+        if a.load:
+            import threading
+            per_thread = a.requests // a.load
+            def client(t):
+                c = http.client.HTTPConnection("127.0.0.1", e_on)
+                for i in range(per_thread):
+                    c.request("POST", "/v2/models/digits/infer", body(i), {"content-type": "application/json", "x-api-key": f"load{t}"})
+                    r = c.getresponse(); r.read()
+            c0, t0 = cpu_seconds(procs[1].pid), time.perf_counter()
+            ts = [threading.Thread(target=client, args=(t,)) for t in range(a.load)]
+            [t.start() for t in ts]; [t.join() for t in ts]
+            n, dt = per_thread * a.load, time.perf_counter() - t0
+            pw = cpu_seconds(procs[1].pid) - c0
+            print(f"load, {a.load} clients: {n / dt:.0f} requests/s; probewatch {pw * 1e6 / n:.0f} us CPU per exchange ({pw / dt:.2f} cores)")
     finally:
         for p in procs:
             p.kill()

@@ -380,10 +380,7 @@ async fn serve(
         side.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(l),
-                    stop,
-                )
+                .serve_with_incoming_shutdown(crate::server::nodelay(l), stop)
                 .await
                 .map_err(std::io::Error::other)
         }));

@@ -1,7 +1,9 @@
 //! Cost of one mirrored exchange arriving through the Envoy ext_proc source: over loopback
-//! gRPC from an in-process client speaking Envoy's observability-mode protocol, against
-//! decoding and scoring the same exchange with no network (`decode_and_score`), in the same
-//! run. The difference is the transport: HTTP/2 stream, protobuf, task hand-offs.
+//! gRPC from an in-process client speaking Envoy's observability-mode protocol
+//! (`ext_proc_loopback`: the call, up to the source handing the exchange to the scoring
+//! thread, which scores it concurrently), against decoding and scoring the same exchange with
+//! no network (`decode_and_score`), in the same run. The difference is the transport: HTTP/2
+//! stream, protobuf, task hand-offs.
 //!
 //! `cargo bench --bench sources`
 
@@ -101,7 +103,14 @@ fn bench_exchange(c: &mut Criterion) {
     let pipeline =
         Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
     let identity = Arc::new(Identity::with_key(&sources.identity, b"bench-identity-key"));
-    let src = EnvoySource::new(pipeline.clone(), alerts.clone(), sources, identity.clone());
+    let scorer = probewatch::ingest::scorer::Scorer::start_default();
+    let src = EnvoySource::new(
+        pipeline.clone(),
+        alerts.clone(),
+        sources,
+        identity.clone(),
+        scorer.clone(),
+    );
     let mut client = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", l.local_addr().unwrap());

@@ -334,12 +334,18 @@ async fn serve(
             None => tokio::spawn(crate::api::serve(l, app, stopped())),
         });
     }
+    // Both sources hand complete exchanges to one scoring thread.
+    let scorer = crate::ingest::scorer::Scorer::start(
+        crate::ingest::scorer::DEFAULT_QUEUE_EXCHANGES,
+        crate::ingest::scorer::DEFAULT_QUEUE_BYTES,
+    )?;
     let kserve = kserve_listener.map(|l| {
         let src = crate::ingest::kserve::KserveSource::new(
             pipeline.clone(),
             dispatcher.clone(),
             sources.clone(),
             identity.clone(),
+            scorer.clone(),
         );
         (l, src)
     });
@@ -349,6 +355,7 @@ async fn serve(
             dispatcher.clone(),
             sources,
             identity,
+            scorer.clone(),
         );
         (l, src)
     });
@@ -396,6 +403,8 @@ async fn serve(
     for t in side {
         let _ = t.await;
     }
+    // The sources have stopped: score what they queued before alerts are flushed.
+    tokio::task::spawn_blocking(move || scorer.drain()).await?;
     // Ingest has stopped: let the sinks deliver what is spooled, within the grace period.
     dispatcher.shutdown(grace).await;
     reporter.abort();

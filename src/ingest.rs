@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod identity;
 pub mod kserve;
 pub mod oip_grpc;
+pub mod scorer;
 pub mod validate;
 
 use crate::alert::Dispatcher;

@@ -82,7 +82,14 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         &sources.identity,
         b"envoy-source-test-key",
     ));
-    let src = EnvoySource::new(pipeline.clone(), alerts, sources, identity.clone());
+    let scorer = probewatch::ingest::scorer::Scorer::start_default();
+    let src = EnvoySource::new(
+        pipeline.clone(),
+        alerts,
+        sources,
+        identity.clone(),
+        scorer.clone(),
+    );
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());
@@ -175,6 +182,7 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    scorer.wait_idle();
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
     let clients: Vec<String> = pipeline
         .store()

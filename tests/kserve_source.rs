@@ -5,12 +5,21 @@ use probewatch::alert::Dispatcher;
 use probewatch::config::Config;
 use probewatch::ingest::identity::Identity;
 use probewatch::ingest::kserve::KserveSource;
+use probewatch::ingest::scorer::Scorer;
 use probewatch::pipeline::Pipeline;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-async fn post(c: &reqwest::Client, url: &str, id: &str, kind: &str, body: &str) -> u16 {
-    c.post(url)
+/// Posts one event and waits until whatever it completed has been scored.
+async fn post(
+    (c, scorer): (&reqwest::Client, &Scorer),
+    url: &str,
+    id: &str,
+    kind: &str,
+    body: &str,
+) -> u16 {
+    let status = c
+        .post(url)
         .header("ce-id", id)
         .header("ce-type", format!("org.kubeflow.serving.inference.{kind}"))
         .header("ce-source", "http://localhost:9081/")
@@ -23,7 +32,9 @@ async fn post(c: &reqwest::Client, url: &str, id: &str, kind: &str, body: &str) 
         .await
         .unwrap()
         .status()
-        .as_u16()
+        .as_u16();
+    scorer.wait_idle();
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +52,14 @@ async fn logger_events_pair_into_records() {
         &sources.identity,
         b"kserve-source-test-key",
     ));
-    let src = KserveSource::new(pipeline.clone(), alerts, sources, identity.clone());
+    let scorer = Scorer::start_default();
+    let src = KserveSource::new(
+        pipeline.clone(),
+        alerts,
+        sources,
+        identity.clone(),
+        scorer.clone(),
+    );
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", l.local_addr().unwrap());
@@ -51,17 +69,20 @@ async fn logger_events_pair_into_records() {
     let req = r#"{"instances":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}"#;
     let resp = r#"{"predictions":[[0.9,0.05,0.05],[0.1,0.2,0.7]]}"#;
     // Request first, then response; and the other way round.
-    assert_eq!(post(&c, &url, "a", "request", req).await, 200);
-    assert_eq!(post(&c, &url, "a", "response", resp).await, 200);
-    assert_eq!(post(&c, &url, "b", "response", resp).await, 200);
-    assert_eq!(post(&c, &url, "b", "request", req).await, 200);
+    assert_eq!(post((&c, &scorer), &url, "a", "request", req).await, 200);
+    assert_eq!(post((&c, &scorer), &url, "a", "response", resp).await, 200);
+    assert_eq!(post((&c, &scorer), &url, "b", "response", resp).await, 200);
+    assert_eq!(post((&c, &scorer), &url, "b", "request", req).await, 200);
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
     let key = pipeline.store().map().iter().next().unwrap().key().clone();
     assert_eq!(&*key.model, "iris");
     assert_eq!(&*key.client, identity.hash("tenant-key-7"));
     // Broken pairs and foreign events are counted, never fatal.
-    assert_eq!(post(&c, &url, "c", "request", "{oops").await, 200);
-    assert_eq!(post(&c, &url, "c", "response", resp).await, 200);
+    assert_eq!(
+        post((&c, &scorer), &url, "c", "request", "{oops").await,
+        200
+    );
+    assert_eq!(post((&c, &scorer), &url, "c", "response", resp).await, 200);
     let r = c
         .post(&url)
         .header("ce-type", "dev.knative.other")
@@ -72,7 +93,7 @@ async fn logger_events_pair_into_records() {
     assert_eq!(r.status(), 400);
     // More unpaired halves than max_pending: the oldest go, counted.
     for id in ["u1", "u2", "u3", "u4"] {
-        post(&c, &url, id, "request", req).await;
+        post((&c, &scorer), &url, id, "request", req).await;
     }
     let dropped = stats.dropped();
     assert_eq!(dropped.get("not_json"), Some(&1), "{dropped:?}");
@@ -89,8 +110,11 @@ async fn logger_events_pair_into_records() {
     // A body over max_body_bytes: still 200 (the agent would log an error otherwise), and
     // the pair is counted once as too large, not again as unpaired.
     let big = format!(r#"{{"instances":[[{}]]}}"#, vec!["1.0"; 600].join(","));
-    assert_eq!(post(&c, &url, "big", "request", &big).await, 200);
-    assert_eq!(post(&c, &url, "big", "response", resp).await, 200);
+    assert_eq!(post((&c, &scorer), &url, "big", "request", &big).await, 200);
+    assert_eq!(
+        post((&c, &scorer), &url, "big", "response", resp).await,
+        200
+    );
     let dropped = stats.dropped();
     assert_eq!(dropped.get("body_too_large"), Some(&1), "{dropped:?}");
     assert_eq!(dropped.get("unpaired_expired"), Some(&0), "{dropped:?}");
@@ -113,7 +137,14 @@ async fn recorded_logger_events() {
         &sources.identity,
         b"kserve-recorded-test",
     ));
-    let src = KserveSource::new(pipeline.clone(), alerts, sources, identity.clone());
+    let scorer = Scorer::start_default();
+    let src = KserveSource::new(
+        pipeline.clone(),
+        alerts,
+        sources,
+        identity.clone(),
+        scorer.clone(),
+    );
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", l.local_addr().unwrap());
@@ -139,7 +170,12 @@ async fn recorded_logger_events() {
         if let Some(m) = metadata {
             r = r.header("Ce-Metadata", m);
         }
-        async move { r.send().await.unwrap().status().as_u16() }
+        let scorer = scorer.clone();
+        async move {
+            let status = r.send().await.unwrap().status().as_u16();
+            scorer.wait_idle();
+            status
+        }
     };
     // What the recording implies: complete pairs and the rows of their requests.
     let ids = |t: &str| -> Vec<String> {

@@ -38,6 +38,8 @@ def cpu_seconds(pid):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/probewatch"),
+                    help="the probewatch binary to measure (to compare two builds)")
     ap.add_argument("--load", type=int, default=0, metavar="THREADS",
                     help="afterwards, THREADS concurrent clients through the mirrored Envoy only: "
                          "throughput and probewatch CPU per exchange under load")
@@ -54,7 +56,7 @@ def main():
     open(f"{d}/pw.toml", "w").write(f'[sources]\nenvoy_listen = "127.0.0.1:{ext}"\nkserve_listen = ""\n[api]\nlisten = ""\nmetrics_listen = ""\n[alerts]\nspool_dir = ""\nsinks = []\n')
     procs = [
         subprocess.Popen([sys.executable, MODEL, "--http_port", str(mport), "--grpc_port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([os.path.join(ROOT, "target/release/probewatch"), "serve", "--config", f"{d}/pw.toml", "--listen", "127.0.0.1:0"], cwd=d, stderr=subprocess.DEVNULL),
+        subprocess.Popen([a.binary, "serve", "--config", f"{d}/pw.toml", "--listen", "127.0.0.1:0"], cwd=d, stderr=subprocess.DEVNULL),
         subprocess.Popen(["envoy", "-c", f"{d}/on.yaml", "--base-id", str(e_on), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(["envoy", "-c", f"{d}/off.yaml", "--base-id", str(e_off), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]

@@ -10,6 +10,7 @@
 
 use super::decode::{decode, model_from_path};
 use super::identity::Identity;
+use super::scorer::Scorer;
 use crate::alert::Dispatcher;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
@@ -74,6 +75,7 @@ pub struct EnvoySource {
     alerts: Arc<Dispatcher>,
     cfg: Arc<SourcesConfig>,
     identity: Arc<Identity>,
+    scorer: Arc<Scorer>,
     /// Counters.
     pub stats: Arc<SourceStats>,
 }
@@ -113,18 +115,21 @@ impl EnvoySource {
         alerts: Arc<Dispatcher>,
         cfg: SourcesConfig,
         identity: Arc<Identity>,
+        scorer: Arc<Scorer>,
     ) -> Self {
         Self {
             pipeline,
             alerts,
             cfg: Arc::new(cfg),
             identity,
+            scorer,
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
                 "not_inference",
                 "no_client_identity",
                 "stream_idle",
                 "incomplete_exchange",
+                "scoring_queue_full",
             ])),
         }
     }
@@ -300,9 +305,12 @@ impl ExternalProcessor for EnvoySource {
                     let ex = std::mem::take(&mut ex);
                     let src = this.clone();
                     let peer = ex.source.clone().or_else(|| peer.clone());
-                    // Scoring can recompute a baseline or fsync an alert to the spool (and a
-                    // small exchange scored inline saved only ~13% CPU): off the I/O threads.
-                    let _ = tokio::task::spawn_blocking(move || src.finish(ex, peer)).await;
+                    // Scoring can recompute a baseline or fsync an alert to the spool: it
+                    // runs on the scoring thread, and this task does not wait for it.
+                    let bytes = ex.request.len() + ex.response.len();
+                    if !this.scorer.submit(bytes, move || src.finish(ex, peer)) {
+                        this.stats.dropped_one("scoring_queue_full");
+                    }
                     // End the call now: in observability mode Envoy otherwise keeps each
                     // stream open for its deferred-close timeout, and open streams count
                     // against the cluster's limits, past which exchanges go unmirrored.

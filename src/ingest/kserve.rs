@@ -21,6 +21,7 @@
 use super::decode::decode;
 use super::envoy::SourceStats;
 use super::identity::Identity;
+use super::scorer::Scorer;
 use crate::alert::Dispatcher;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
@@ -57,6 +58,7 @@ pub struct KserveSource {
     alerts: Arc<Dispatcher>,
     cfg: Arc<SourcesConfig>,
     identity: Arc<Identity>,
+    scorer: Arc<Scorer>,
     pending: Arc<Mutex<Pending>>,
     /// Counters (events paired, dropped by reason).
     pub stats: Arc<SourceStats>,
@@ -75,12 +77,14 @@ impl KserveSource {
         alerts: Arc<Dispatcher>,
         cfg: SourcesConfig,
         identity: Arc<Identity>,
+        scorer: Arc<Scorer>,
     ) -> Self {
         Self {
             pipeline,
             alerts,
             cfg: Arc::new(cfg),
             identity,
+            scorer,
             pending: Arc::default(),
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
@@ -90,6 +94,7 @@ impl KserveSource {
                 "not_an_inference_event",
                 "pending_full",
                 "unpaired_expired",
+                "scoring_queue_full",
             ])),
         }
     }
@@ -207,8 +212,13 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
         at: Instant::now(),
     };
     if let Some((req, resp)) = s.pair(id, half) {
-        // Scoring can recompute a baseline or fsync an alert to the spool: off the I/O threads.
-        let _ = tokio::task::spawn_blocking(move || s.finish(req, resp)).await;
+        // Scoring can recompute a baseline or fsync an alert to the spool: it runs on the
+        // scoring thread, and the logger's POST does not wait for it.
+        let bytes = req.body.len() + resp.body.len();
+        let src = s.clone();
+        if !s.scorer.submit(bytes, move || src.finish(req, resp)) {
+            s.stats.dropped_one("scoring_queue_full");
+        }
     }
     StatusCode::OK
 }

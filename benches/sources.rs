@@ -150,7 +150,8 @@ fn bench_exchange(c: &mut Criterion) {
                     .await
                     .unwrap()
                     .into_inner();
-                // Observability mode: no replies; the call ends once the exchange is scored.
+                // Observability mode: no replies; the call ends once the exchange is queued
+                // for the scoring thread (scoring itself is `decode_and_score`).
                 while let Ok(Some(_)) = replies.message().await {}
             })
         })

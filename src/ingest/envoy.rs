@@ -308,7 +308,10 @@ impl ExternalProcessor for EnvoySource {
                     // Scoring can recompute a baseline or fsync an alert to the spool: it
                     // runs on the scoring thread, and this task does not wait for it.
                     let bytes = ex.request.len() + ex.response.len();
-                    if !this.scorer.submit(bytes, move || src.finish(ex, peer)) {
+                    if ex.too_big {
+                        // Nothing to score: count it here rather than queue partial bodies.
+                        src.finish(ex, peer);
+                    } else if !this.scorer.submit(bytes, move || src.finish(ex, peer)) {
                         this.stats.dropped_one("scoring_queue_full");
                     }
                     // End the call now: in observability mode Envoy otherwise keeps each

@@ -52,7 +52,11 @@ impl Scorer {
             .name("probewatch-scorer".into())
             .spawn(move || {
                 for (job, size) in rx {
-                    job();
+                    // A bug in scoring one exchange must not stop scoring for good.
+                    let run = std::panic::AssertUnwindSafe(job);
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("scoring a mirrored exchange panicked; it was dropped");
+                    }
                     qb.fetch_sub(size, Ordering::Relaxed);
                     q.fetch_sub(1, Ordering::Release);
                 }
@@ -79,7 +83,6 @@ impl Scorer {
         let Some(tx) = guard.as_ref() else {
             return false;
         };
-        // Reserve the bytes first, so that concurrent submitters cannot overshoot together.
         let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before > 0 && before + bytes > self.max_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -101,9 +104,15 @@ impl Scorer {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Waits until every queued exchange has been scored (tests, tools).
+    /// Waits until every queued exchange has been scored (tests, tools); panics after 30 s
+    /// rather than hang a test.
     pub fn wait_idle(&self) {
+        let t0 = std::time::Instant::now();
         while self.pending() > 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "scoring queue not drained"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
@@ -151,6 +160,20 @@ mod tests {
         assert_eq!(done.load(Ordering::Relaxed), accepted);
         s.drain();
         assert!(!s.submit(1, || {}), "a drained scorer refuses work");
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_stop_the_thread() {
+        let s = Scorer::start(4, 100).unwrap();
+        assert!(s.submit(1, || panic!("boom")));
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
+        assert!(s.submit(1, move || {
+            d.fetch_add(1, Ordering::Relaxed);
+        }));
+        s.wait_idle();
+        assert_eq!(done.load(Ordering::Relaxed), 1);
+        s.drain();
     }
 
     #[test]

@@ -371,6 +371,7 @@ async fn serve(
             pipeline.clone(),
             dispatcher.clone(),
             counted,
+            Some(scorer.clone()),
         ));
         side.push(tokio::spawn(crate::telemetry::metrics::serve(
             l,

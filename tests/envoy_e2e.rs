@@ -349,6 +349,20 @@ fn envoy_mirrors_exchanges_without_changing_responses() {
     // probes (not inference calls).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(s.accepted(), sent, "rows mirrored more than once");
+    let metrics =
+        s.c.get(format!("http://{}/metrics", s.metrics))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+    assert!(
+        metrics.lines().any(|l| {
+            l.strip_prefix("probewatch_scoring_queue_exchanges ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                == Some(0.0)
+        }),
+        "the scoring queue is exported and drained"
+    );
     let dropped = s.dropped();
     assert!(
         dropped.iter().any(|(r, _)| r == "incomplete_exchange"),

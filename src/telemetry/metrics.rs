@@ -9,6 +9,7 @@
 use crate::alert::Dispatcher;
 use crate::detect::policy::{Kind, Severity};
 use crate::ingest::envoy::SourceStats;
+use crate::ingest::scorer::Scorer;
 use crate::pipeline::Pipeline;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -24,6 +25,7 @@ struct Figures {
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
     sources: Vec<(&'static str, Arc<SourceStats>)>,
+    scorer: Option<Arc<Scorer>>,
 }
 
 fn counter(
@@ -146,6 +148,15 @@ impl Collector for Figures {
                 "source_dropped",
                 "Mirrored exchanges or events a source could not use, by source and reason.",
                 &dropped,
+            )?;
+        }
+        if let Some(s) = &self.scorer {
+            gauge(
+                &mut e,
+                "scoring_queue_exchanges",
+                "Mirrored exchanges waiting for (or in) the scoring thread.",
+                None,
+                &[(&[], s.pending() as f64)],
             )?;
         }
         gauge(
@@ -281,11 +292,12 @@ fn severity(s: Severity) -> &'static str {
 
 /// The registry behind `/metrics`, all names prefixed `probewatch_`.
 /// The registry of the sidecar's figures; `sources` are the enabled mirroring sources
-/// (`envoy`, `kserve`) and their counters.
+/// (`envoy`, `kserve`) and their counters, `scorer` the queue they feed.
 pub fn registry(
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
     sources: Vec<(&'static str, Arc<SourceStats>)>,
+    scorer: Option<Arc<Scorer>>,
 ) -> Registry {
     let mut r = Registry::with_prefix("probewatch");
     r.register_with_unit(
@@ -298,6 +310,7 @@ pub fn registry(
         pipeline,
         alerts,
         sources,
+        scorer,
     }));
     r
 }

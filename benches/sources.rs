@@ -15,9 +15,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use probewatch::alert::Dispatcher;
 use probewatch::config::Config;
-use probewatch::ingest::decode::{decode, feed};
+use probewatch::ingest::decode::decode;
 use probewatch::ingest::envoy::EnvoySource;
 use probewatch::ingest::identity::Identity;
+use probewatch::ingest::source::SourceCtx;
 use probewatch::pipeline::Pipeline;
 use std::sync::Arc;
 
@@ -104,13 +105,8 @@ fn bench_exchange(c: &mut Criterion) {
         Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
     let identity = Arc::new(Identity::with_key(&sources.identity, b"bench-identity-key"));
     let scorer = probewatch::ingest::scorer::Scorer::start_default();
-    let src = EnvoySource::new(
-        pipeline.clone(),
-        alerts.clone(),
-        sources,
-        identity.clone(),
-        scorer.clone(),
-    );
+    let ctx = SourceCtx::new(pipeline.clone(), alerts, sources, identity.clone(), scorer);
+    let src = EnvoySource::new(ctx.clone());
     let mut client = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", l.local_addr().unwrap());
@@ -136,7 +132,7 @@ fn bench_exchange(c: &mut Criterion) {
             i += 1;
             let (req, resp) = &raw[i % raw.len()];
             let d = decode(req, resp).unwrap();
-            feed(&pipeline, &alerts, &ids[i % CLIENTS], "digits", "", d);
+            ctx.feed(&ids[i % CLIENTS], "digits", "", d);
         })
     });
     let mut i = 0usize;

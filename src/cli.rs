@@ -339,26 +339,16 @@ async fn serve(
         crate::ingest::scorer::DEFAULT_QUEUE_EXCHANGES,
         crate::ingest::scorer::DEFAULT_QUEUE_BYTES,
     )?;
-    let kserve = kserve_listener.map(|l| {
-        let src = crate::ingest::kserve::KserveSource::new(
-            pipeline.clone(),
-            dispatcher.clone(),
-            sources.clone(),
-            identity.clone(),
-            scorer.clone(),
-        );
-        (l, src)
-    });
-    let envoy = envoy_listener.map(|l| {
-        let src = crate::ingest::envoy::EnvoySource::new(
-            pipeline.clone(),
-            dispatcher.clone(),
-            sources,
-            identity,
-            scorer.clone(),
-        );
-        (l, src)
-    });
+    let ctx = crate::ingest::source::SourceCtx::new(
+        pipeline.clone(),
+        dispatcher.clone(),
+        sources,
+        identity,
+        scorer.clone(),
+    );
+    let kserve =
+        kserve_listener.map(|l| (l, crate::ingest::kserve::KserveSource::new(ctx.clone())));
+    let envoy = envoy_listener.map(|l| (l, crate::ingest::envoy::EnvoySource::new(ctx)));
     if let Some(l) = metrics_listener {
         let mut counted = Vec::new();
         if let Some((_, s)) = &envoy {

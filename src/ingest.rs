@@ -13,6 +13,7 @@ pub mod identity;
 pub mod kserve;
 pub mod oip_grpc;
 pub mod scorer;
+pub mod source;
 pub mod validate;
 
 use crate::alert::Dispatcher;

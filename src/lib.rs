@@ -10,7 +10,8 @@
 //! - [`ingest`]: the gRPC ingest service (`probewatch.v1.Ingest`), batch acks, backpressure;
 //!   [`ingest::validate`] checks each record; mirrors from Envoy ext_proc
 //!   ([`ingest::envoy`]) and the KServe logger ([`ingest::kserve`]) decode inference
-//!   payloads ([`ingest::decode`]) and identify clients ([`ingest::identity`]).
+//!   payloads ([`ingest::decode`]), identify clients ([`ingest::identity`]) and hand each
+//!   exchange ([`ingest::source`]) to the scoring thread ([`ingest::scorer`]).
 //! - [`pipeline`]: the per-record pipeline shared by the server and offline replay.
 //! - [`window`]: per-client sliding-window sketches in a dashmap ([`window::store`]) and
 //!   the model's learned normal traffic ([`window::baseline`]).

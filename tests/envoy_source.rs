@@ -83,13 +83,13 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         b"envoy-source-test-key",
     ));
     let scorer = probewatch::ingest::scorer::Scorer::start_default();
-    let src = EnvoySource::new(
+    let src = EnvoySource::new(probewatch::ingest::source::SourceCtx::new(
         pipeline.clone(),
         alerts,
         sources,
         identity.clone(),
         scorer.clone(),
-    );
+    ));
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());

@@ -6,9 +6,55 @@ use probewatch::config::Config;
 use probewatch::ingest::identity::Identity;
 use probewatch::ingest::kserve::KserveSource;
 use probewatch::ingest::scorer::Scorer;
+use probewatch::ingest::source::{SourceCtx, SourceStats};
 use probewatch::pipeline::Pipeline;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// The logger endpoint on a loopback port, and what the tests look at.
+struct Logger {
+    url: String,
+    c: reqwest::Client,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<SourceStats>,
+    scorer: Arc<Scorer>,
+    identity: Arc<Identity>,
+}
+
+impl Logger {
+    /// Serves a KServe source on `cfg` (sinks and spool off), client ids keyed with `key`.
+    async fn start(mut cfg: Config, key: &[u8]) -> Self {
+        cfg.alerts.sinks.clear();
+        cfg.alerts.spool_dir.clear();
+        let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
+        let sources = cfg.sources.clone();
+        let pipeline =
+            Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+        let identity = Arc::new(Identity::with_key(&sources.identity, key));
+        let scorer = Scorer::start_default();
+        let ctx = SourceCtx::new(
+            pipeline.clone(),
+            alerts,
+            sources,
+            identity.clone(),
+            scorer.clone(),
+        );
+        let src = KserveSource::new(ctx);
+        let stats = src.stats.clone();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        let app = src.router();
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        Self {
+            url,
+            c: reqwest::Client::new(),
+            pipeline,
+            stats,
+            scorer,
+            identity,
+        }
+    }
+}
 
 /// Posts one event and waits until whatever it completed has been scored.
 async fn post(
@@ -40,32 +86,16 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logger_events_pair_into_records() {
     let mut cfg = Config::default();
-    cfg.alerts.sinks.clear();
-    cfg.alerts.spool_dir.clear();
     cfg.sources.max_pending = 2;
     cfg.sources.max_body_bytes = 1024;
-    let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
-    let sources = cfg.sources.clone();
-    let pipeline =
-        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
-    let identity = Arc::new(Identity::with_key(
-        &sources.identity,
-        b"kserve-source-test-key",
-    ));
-    let scorer = Scorer::start_default();
-    let src = KserveSource::new(
-        pipeline.clone(),
-        alerts,
-        sources,
-        identity.clone(),
-        scorer.clone(),
-    );
-    let stats = src.stats.clone();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", l.local_addr().unwrap());
-    let app = src.router();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    let c = reqwest::Client::new();
+    let Logger {
+        url,
+        c,
+        pipeline,
+        stats,
+        scorer,
+        identity,
+    } = Logger::start(cfg, b"kserve-source-test-key").await;
     let req = r#"{"instances":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}"#;
     let resp = r#"{"predictions":[[0.9,0.05,0.05],[0.1,0.2,0.7]]}"#;
     // Request first, then response; and the other way round.
@@ -126,31 +156,14 @@ async fn logger_events_pair_into_records() {
 /// in the order they were captured (one pair arrived response first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_logger_events() {
-    let mut cfg = Config::default();
-    cfg.alerts.sinks.clear();
-    cfg.alerts.spool_dir.clear();
-    let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
-    let sources = cfg.sources.clone();
-    let pipeline =
-        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
-    let identity = Arc::new(Identity::with_key(
-        &sources.identity,
-        b"kserve-recorded-test",
-    ));
-    let scorer = Scorer::start_default();
-    let src = KserveSource::new(
-        pipeline.clone(),
-        alerts,
-        sources,
-        identity.clone(),
-        scorer.clone(),
-    );
-    let stats = src.stats.clone();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", l.local_addr().unwrap());
-    let app = src.router();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    let c = reqwest::Client::new();
+    let Logger {
+        url,
+        c,
+        pipeline,
+        stats,
+        scorer,
+        identity,
+    } = Logger::start(Config::default(), b"kserve-recorded-test").await;
     let read = |name: &str| -> Vec<serde_json::Value> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/kserve_logger")

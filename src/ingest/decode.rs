@@ -62,34 +62,6 @@ pub struct Decoded {
     pub label: Option<u32>,
 }
 
-/// Feeds the rows of one decoded exchange to the pipeline as `client`'s queries on `model`,
-/// and hands the alerts they raise to `alerts`. Rejections are counted by the pipeline.
-pub fn feed(
-    pipeline: &crate::pipeline::Pipeline,
-    alerts: &crate::alert::Dispatcher,
-    client: &str,
-    model: &str,
-    request_id: &str,
-    decoded: Vec<Decoded>,
-) {
-    let mut raised = Vec::new();
-    for d in decoded {
-        let rec = crate::proto::v1::QueryRecord {
-            client_id: client.to_string(),
-            model: model.to_string(),
-            request_id: request_id.to_string(),
-            input: d.input,
-            output: d.output,
-            label: d.label,
-            ..Default::default()
-        };
-        let _ = pipeline.process_wire(rec, &mut raised);
-    }
-    for a in raised {
-        alerts.send(a);
-    }
-}
-
 /// The model named by an inference path, if the path is one (OpenAI-style and gRPC paths
 /// name the model in the body: `openai` and `grpc` here).
 pub fn model_from_path(path: &str) -> Option<&str> {

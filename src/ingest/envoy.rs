@@ -4,16 +4,14 @@
 //!
 //! Built for `observability_mode: true`: Envoy never waits and ignores replies, so none are
 //! sent. A filter in blocking mode (each message says which mode sent it) gets an empty
-//! "continue" to every message, so a misconfigured filter still passes traffic unchanged. One gRPC stream carries one exchange. Bodies are buffered up to
-//! `max_body_bytes` each, and a stream silent for `pair_ttl_ms` is given up; an exchange over
-//! the cap, undecodable, idle or cut short is counted by reason and dropped, never fatal.
+//! "continue" to every message, so a misconfigured filter still passes traffic unchanged.
+//!
+//! One gRPC stream carries one exchange. Bodies are buffered up to `max_body_bytes` each, and
+//! a stream silent for `pair_ttl_ms` is given up; an exchange over the cap, undecodable, idle
+//! or cut short is counted by reason and dropped, never fatal.
 
 use super::decode::{decode, model_from_path};
-use super::identity::Identity;
-use super::scorer::Scorer;
-use crate::alert::Dispatcher;
-use crate::config::SourcesConfig;
-use crate::pipeline::Pipeline;
+use super::source::{SourceCtx, SourceStats};
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -22,7 +20,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request, processing_response, BodyResponse, HeadersResponse, ProcessingRequest,
     ProcessingResponse, TrailersResponse,
 };
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -32,50 +29,10 @@ use tonic::{Request, Response, Status, Streaming};
 /// Replies buffered per stream (Envoy reads them, or ignores them in observability mode).
 const REPLY_QUEUE: usize = 32;
 
-/// Exchanges seen and dropped, by reason.
-#[derive(Debug, Default)]
-pub struct SourceStats {
-    pub exchanges: std::sync::atomic::AtomicU64,
-    dropped: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl SourceStats {
-    /// Counters with `reasons` and every decoding failure at zero, so that dashboards and
-    /// `rate()` see each series from the first scrape.
-    pub fn with_reasons(reasons: &[&'static str]) -> Self {
-        let s = Self::default();
-        {
-            let mut d = s.dropped.lock();
-            for r in reasons
-                .iter()
-                .copied()
-                .chain(super::decode::DecodeError::ALL.map(|e| e.as_str()))
-            {
-                d.insert(r, 0);
-            }
-        }
-        s
-    }
-
-    /// Counts one exchange dropped for `reason`.
-    pub fn dropped_one(&self, reason: &'static str) {
-        *self.dropped.lock().entry(reason).or_default() += 1;
-    }
-
-    /// Dropped exchanges by reason.
-    pub fn dropped(&self) -> BTreeMap<&'static str, u64> {
-        self.dropped.lock().clone()
-    }
-}
-
 /// The ext_proc service.
 #[derive(Clone)]
 pub struct EnvoySource {
-    pipeline: Arc<Pipeline>,
-    alerts: Arc<Dispatcher>,
-    cfg: Arc<SourcesConfig>,
-    identity: Arc<Identity>,
-    scorer: Arc<Scorer>,
+    ctx: SourceCtx,
     /// Counters.
     pub stats: Arc<SourceStats>,
 }
@@ -109,20 +66,10 @@ fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_
 }
 
 impl EnvoySource {
-    /// A source feeding `pipeline` and `alerts`.
-    pub fn new(
-        pipeline: Arc<Pipeline>,
-        alerts: Arc<Dispatcher>,
-        cfg: SourcesConfig,
-        identity: Arc<Identity>,
-        scorer: Arc<Scorer>,
-    ) -> Self {
+    /// A source handing completed exchanges to `ctx`.
+    pub fn new(ctx: SourceCtx) -> Self {
         Self {
-            pipeline,
-            alerts,
-            cfg: Arc::new(cfg),
-            identity,
-            scorer,
+            ctx,
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
                 "not_inference",
@@ -140,7 +87,7 @@ impl EnvoySource {
     }
 
     fn append(&self, buf: &mut Vec<u8>, chunk: &[u8], too_big: &mut bool) {
-        if buf.len() + chunk.len() > self.cfg.max_body_bytes {
+        if buf.len() + chunk.len() > self.ctx.cfg.max_body_bytes {
             *too_big = true;
             return;
         }
@@ -174,19 +121,12 @@ impl EnvoySource {
                 Err(e) => return self.stats.dropped_one(e.as_str()),
             }
         };
-        let client = self.identity.client_id(&ex.headers, peer.as_deref());
+        let client = self.ctx.identity.client_id(&ex.headers, peer.as_deref());
         let Some(client) = client else {
             return self.stats.dropped_one("no_client_identity");
         };
         let request_id = ex.headers.get("x-request-id").cloned().unwrap_or_default();
-        super::decode::feed(
-            &self.pipeline,
-            &self.alerts,
-            &client,
-            &model,
-            &request_id,
-            decoded,
-        );
+        self.ctx.feed(&client, &model, &request_id, decoded);
     }
 }
 
@@ -256,7 +196,7 @@ impl ExternalProcessor for EnvoySource {
         tokio::spawn(async move {
             use processing_request::Request as Rq;
             let mut ex = Exchange::default();
-            let idle = std::time::Duration::from_millis(this.cfg.pair_ttl_ms);
+            let idle = std::time::Duration::from_millis(this.ctx.cfg.pair_ttl_ms);
             loop {
                 // A half-finished exchange waits at most `pair_ttl_ms` for its next message.
                 let msg = match tokio::time::timeout(idle, inbound.message()).await {
@@ -311,7 +251,7 @@ impl ExternalProcessor for EnvoySource {
                     if ex.too_big {
                         // Nothing to score: count it here rather than queue partial bodies.
                         src.finish(ex, peer);
-                    } else if !this.scorer.submit(bytes, move || src.finish(ex, peer)) {
+                    } else if !this.ctx.scorer.submit(bytes, move || src.finish(ex, peer)) {
                         this.stats.dropped_one("scoring_queue_full");
                     }
                     // End the call now: in observability mode Envoy otherwise keeps each

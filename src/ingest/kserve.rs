@@ -19,12 +19,7 @@
 //! of the same client's events, since the pair's identity comes from the request half.
 
 use super::decode::decode;
-use super::envoy::SourceStats;
-use super::identity::Identity;
-use super::scorer::Scorer;
-use crate::alert::Dispatcher;
-use crate::config::SourcesConfig;
-use crate::pipeline::Pipeline;
+use super::source::{SourceCtx, SourceStats};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -54,11 +49,7 @@ struct Pending {
 /// The logger endpoint's state.
 #[derive(Clone)]
 pub struct KserveSource {
-    pipeline: Arc<Pipeline>,
-    alerts: Arc<Dispatcher>,
-    cfg: Arc<SourcesConfig>,
-    identity: Arc<Identity>,
-    scorer: Arc<Scorer>,
+    ctx: SourceCtx,
     pending: Arc<Mutex<Pending>>,
     /// Counters (events paired, dropped by reason).
     pub stats: Arc<SourceStats>,
@@ -71,20 +62,10 @@ impl std::fmt::Debug for KserveSource {
 }
 
 impl KserveSource {
-    /// A source feeding `pipeline` and `alerts`.
-    pub fn new(
-        pipeline: Arc<Pipeline>,
-        alerts: Arc<Dispatcher>,
-        cfg: SourcesConfig,
-        identity: Arc<Identity>,
-        scorer: Arc<Scorer>,
-    ) -> Self {
+    /// A source handing completed exchanges to `ctx`.
+    pub fn new(ctx: SourceCtx) -> Self {
         Self {
-            pipeline,
-            alerts,
-            cfg: Arc::new(cfg),
-            identity,
-            scorer,
+            ctx,
             pending: Arc::default(),
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
@@ -109,15 +90,15 @@ impl KserveSource {
 
     /// Stores one half; returns the pair when the other half was waiting.
     fn pair(&self, id: String, half: Half) -> Option<(Half, Half)> {
-        let ttl = Duration::from_millis(self.cfg.pair_ttl_ms);
+        let ttl = Duration::from_millis(self.ctx.cfg.pair_ttl_ms);
         let mut p = self.pending.lock();
         let now = half.at;
         // Expire halves past their TTL (oldest first), then make room under the cap.
         while let Some((t, _)) = p.order.front() {
             let old = now.duration_since(*t) > ttl;
             // `order` also holds ids already paired; bound it too.
-            let room =
-                p.halves.len() < self.cfg.max_pending && p.order.len() <= 2 * self.cfg.max_pending;
+            let room = p.halves.len() < self.ctx.cfg.max_pending
+                && p.order.len() <= 2 * self.ctx.cfg.max_pending;
             if !old && room {
                 break;
             }
@@ -168,18 +149,11 @@ impl KserveSource {
             Ok(d) => d,
             Err(e) => return self.stats.dropped_one(e.as_str()),
         };
-        let Some(client) = self.identity.client_id(&req.headers, None) else {
+        let Some(client) = self.ctx.identity.client_id(&req.headers, None) else {
             return self.stats.dropped_one("no_client_identity");
         };
         let request_id = req.headers.get("ce-id").cloned().unwrap_or_default();
-        super::decode::feed(
-            &self.pipeline,
-            &self.alerts,
-            &client,
-            &model,
-            &request_id,
-            decoded,
-        );
+        self.ctx.feed(&client, &model, &request_id, decoded);
     }
 }
 
@@ -203,7 +177,7 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
         s.stats.dropped_one("missing_ce_id");
         return StatusCode::BAD_REQUEST;
     };
-    let too_big = body.len() > s.cfg.max_body_bytes;
+    let too_big = body.len() > s.ctx.cfg.max_body_bytes;
     let half = Half {
         is_request,
         too_big,
@@ -216,7 +190,7 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
         // scoring thread, and the logger's POST does not wait for it.
         let bytes = req.body.len() + resp.body.len();
         let src = s.clone();
-        if !s.scorer.submit(bytes, move || src.finish(req, resp)) {
+        if !s.ctx.scorer.submit(bytes, move || src.finish(req, resp)) {
             s.stats.dropped_one("scoring_queue_full");
         }
     }

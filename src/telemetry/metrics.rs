@@ -8,8 +8,8 @@
 
 use crate::alert::Dispatcher;
 use crate::detect::policy::{Kind, Severity};
-use crate::ingest::envoy::SourceStats;
 use crate::ingest::scorer::Scorer;
+use crate::ingest::source::SourceStats;
 use crate::pipeline::Pipeline;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};

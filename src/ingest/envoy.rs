@@ -201,7 +201,15 @@ impl ExternalProcessor for EnvoySource {
                 // A half-finished exchange waits at most `pair_ttl_ms` for its next message.
                 let msg = match tokio::time::timeout(idle, inbound.message()).await {
                     Ok(Ok(Some(m))) => m,
-                    Ok(_) => break,
+                    Ok(end) => {
+                        tracing::debug!(
+                            ?end,
+                            request = ex.request.len(),
+                            response = ex.response.len(),
+                            "ext_proc stream ended"
+                        );
+                        break;
+                    }
                     Err(_) => {
                         this.stats.dropped_one("stream_idle");
                         break;

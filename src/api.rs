@@ -149,7 +149,7 @@ async fn alerts(
 ) -> Result<Json<Value>, ApiError> {
     let Query(f) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let events = view::alerts(&s.alerts, f)?;
-    let list: Vec<&crate::alert::Alert> = events.iter().map(|a| &**a).collect();
+    let list: Vec<&crate::vocab::Alert> = events.iter().map(|a| &**a).collect();
     Ok(Json(json!({ "alerts": list })))
 }
 
@@ -163,9 +163,9 @@ async fn stream(
         Ok(match m {
             Ok(a) => Event::default()
                 .event(match a.event {
-                    crate::alert::Event::Raised => "raised",
-                    crate::alert::Event::Updated => "updated",
-                    crate::alert::Event::Resolved => "resolved",
+                    crate::vocab::Event::Raised => "raised",
+                    crate::vocab::Event::Updated => "updated",
+                    crate::vocab::Event::Resolved => "resolved",
                 })
                 .id(a.event_id.clone())
                 .json_data(&*a)

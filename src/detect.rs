@@ -33,7 +33,7 @@ pub struct Query<'a> {
     /// The raw feature vector.
     pub input: &'a [f32],
     /// The vector detectors compare: the raw input, or its random projection to at most
-    /// [`crate::pipeline::SKETCH_DIM`] dimensions for wide inputs.
+    /// [`crate::sketch::SKETCH_DIM`] dimensions for wide inputs.
     pub sketch: &'a [f32],
     pub answer: Answer,
     /// Stable 64-bit tag of (model, client).
@@ -92,17 +92,4 @@ pub trait Detector: Send + Sync {
     fn new_state(&self) -> Self::State;
     /// Observes one query, updating `state` and writing findings into `sig`.
     fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, state: &mut Self::State, sig: &mut Signals);
-}
-
-/// splitmix64: a fast, well-mixed 64-bit hash step used for seeds and hash finalisation.
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Deterministic uniform in [0, 1) from a counter-based stream.
-pub fn unit(seed: u64, i: u64) -> f64 {
-    (mix64(seed ^ mix64(i)) >> 11) as f64 / (1u64 << 53) as f64
 }

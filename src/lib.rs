@@ -33,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod detect;
+pub mod hash;
 pub mod ingest;
 pub mod pipeline;
 pub mod record;
@@ -40,8 +41,10 @@ pub mod replay;
 pub mod schema;
 pub mod send;
 pub mod server;
+pub mod sketch;
 pub mod telemetry;
 pub mod trace;
+pub mod vocab;
 pub mod window;
 
 /// Generated protobuf and gRPC code.

@@ -6,7 +6,6 @@
 
 mod alerts;
 
-use crate::alert::Alert;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::detect::coverage::Coverage;
@@ -16,12 +15,14 @@ use crate::detect::margin::Margin;
 use crate::detect::policy::Policy;
 use crate::detect::prada::Prada;
 use crate::detect::sanity::Sanity;
-use crate::detect::{mix64, Detector, ModelView, Query, Signals};
+use crate::detect::{Detector, ModelView, Query, Signals};
 use crate::ingest::validate::{validate, Limits, Reject, DEFAULT_MAX_ID_LEN};
 use crate::proto::v1::{QueryRecord, RejectReason};
 use crate::record::Record;
 use crate::schema::Schema;
+use crate::sketch::{Projection, SKETCH_DIM};
 use crate::telemetry::Stats;
+use crate::vocab::Alert;
 use crate::window::baseline::{Baseline, Reservoir, Sample};
 use crate::window::store::{ClientKey, ClientStore};
 use crate::window::{ClientState, SlidingWindow, Slot};
@@ -31,9 +32,6 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Widest vector the detectors compare; wider inputs are randomly projected to this many
-/// dimensions (Johnson–Lindenstrauss keeps their L2 geometry).
-pub const SKETCH_DIM: usize = 64;
 /// Most distinct models tracked (a flood of model names is rejected, not stored).
 pub const MAX_MODELS: usize = 64;
 /// Records between sweeps for idle clients and quiet alerts.
@@ -56,7 +54,7 @@ pub enum PipelineError {
 pub struct ModelState {
     pub name: Arc<str>,
     dims: AtomicUsize,
-    projection: RwLock<Option<Arc<Vec<f32>>>>,
+    projection: RwLock<Option<Arc<Projection>>>,
     baseline: RwLock<Arc<Baseline>>,
     reservoir: Mutex<Reservoir>,
     global: GlobalTable,
@@ -389,7 +387,7 @@ impl Pipeline {
     }
 
     fn new_client(&self, rec: &Record) -> ClientState {
-        let tag = mix64(hash_str(&rec.model) ^ mix64(hash_str(&rec.client)));
+        let tag = crate::hash::client_tag(&rec.model, &rec.client);
         ClientState {
             model: rec.model.clone(),
             client: rec.client.clone(),
@@ -406,28 +404,14 @@ impl Pipeline {
     }
 
     fn sketch<'a>(&self, model: &ModelState, input: &'a [f32]) -> Cow<'a, [f32]> {
-        if input.len() <= SKETCH_DIM {
-            return Cow::Borrowed(input);
-        }
-        let proj = {
-            let r = model.projection.read();
-            r.clone()
-        };
-        let proj = match proj {
-            Some(p) => p,
-            None => {
-                let p = Arc::new(projection(input.len()));
+        crate::sketch::sketch(input, || {
+            let cached = model.projection.read().clone();
+            cached.unwrap_or_else(|| {
+                let p = Arc::new(Projection::new(input.len()));
                 *model.projection.write() = Some(p.clone());
                 p
-            }
-        };
-        let d = input.len();
-        let mut out = vec![0f32; SKETCH_DIM];
-        for (i, o) in out.iter_mut().enumerate() {
-            let row = &proj[i * d..(i + 1) * d];
-            *o = row.iter().zip(input).map(|(a, b)| a * b).sum();
-        }
-        Cow::Owned(out)
+            })
+        })
     }
 
     fn refresh(&self, model: &ModelState) {
@@ -576,23 +560,4 @@ fn record_window(
             stats.expired_late.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    })
-}
-
-/// A fixed Gaussian random projection from `d` to [`SKETCH_DIM`] dimensions, scaled by
-/// `1/sqrt(SKETCH_DIM)` so distances are preserved in expectation.
-fn projection(d: usize) -> Vec<f32> {
-    let s = 1.0 / (SKETCH_DIM as f64).sqrt();
-    (0..SKETCH_DIM * d)
-        .map(|i| {
-            let u1 = crate::detect::unit(0x9A0_7EC7, 2 * i as u64).max(1e-12);
-            let u2 = crate::detect::unit(0x9A0_7EC7, 2 * i as u64 + 1);
-            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * s) as f32
-        })
-        .collect()
 }

@@ -3,12 +3,12 @@
 //! rate and median queries to first alert (counted from the attack's start), and the share of
 //! benign clients alerted.
 
-use crate::alert::{Alert, Event};
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::schema::Schema;
 use crate::trace::TraceReader;
+use crate::vocab::{Alert, Event};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

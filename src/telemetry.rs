@@ -4,8 +4,8 @@
 pub mod metrics;
 pub mod otel;
 
-use crate::detect::policy::{Kind, Severity};
 use crate::proto::v1::RejectReason;
+use crate::vocab::{Kind, Severity};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -2,9 +2,10 @@
 //! on loopback: the alerts raised by replaying the public attack trace appear in its
 //! `GET /api/v2/alerts` with the right labels, and leave it once resolved.
 
-use probewatch::alert::{Alert, Dispatcher, Event};
+use probewatch::alert::Dispatcher;
 use probewatch::config::{Config, SinkConfig, SinkType};
 use probewatch::replay::{replay, ReplayOptions};
+use probewatch::vocab::{Alert, Event};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

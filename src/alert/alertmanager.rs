@@ -11,7 +11,7 @@
 use super::delivery::{Outcome, Sink};
 use super::{http, rfc3339, Alert, AlertError, Event};
 use crate::config::ResolvedSink;
-use crate::detect::policy::Kind;
+use crate::vocab::Kind;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -155,7 +155,7 @@ mod tests {
     fn severity_is_a_label() {
         let mut a = Alert::example("pw-1");
         let high = am_alert(&a, 0, 0);
-        a.severity = crate::detect::policy::Severity::Critical;
+        a.severity = crate::vocab::Severity::Critical;
         assert_ne!(high["labels"], am_alert(&a, 0, 0)["labels"]);
     }
 

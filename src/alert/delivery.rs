@@ -113,7 +113,7 @@ pub async fn run<S: Sink>(
 ) {
     let mut appended = spool.subscribe();
     let mut bucket = TokenBucket::new(cfg.rate_per_sec, cfg.burst);
-    let mut rng = crate::detect::mix64(std::process::id() as u64 ^ index as u64);
+    let mut rng = crate::hash::mix64(std::process::id() as u64 ^ index as u64);
     let tick = sink.tick_every();
     let mut next_tick = tick.map(|t| Instant::now() + t);
     loop {
@@ -163,7 +163,7 @@ pub async fn run<S: Sink>(
                         let cap = Duration::from_millis(cfg.backoff_ms)
                             .saturating_mul(1 << attempt.min(20))
                             .min(Duration::from_millis(cfg.max_backoff_ms));
-                        rng = crate::detect::mix64(rng);
+                        rng = crate::hash::mix64(rng);
                         let jitter = cap.mul_f64((rng >> 11) as f64 / (1u64 << 53) as f64);
                         let wait = after.map_or(jitter, |a| a.min(MAX_RETRY_AFTER));
                         tracing::debug!(sink = %stats.name, event = %e.alert.event_id, %reason, ?wait, "delivery failed; will retry");

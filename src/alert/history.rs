@@ -5,7 +5,7 @@
 //! falls behind is told how many it missed rather than slowing anyone down.
 
 use super::Alert;
-use crate::detect::policy::{Kind, Severity};
+use crate::vocab::{Kind, Severity};
 use parking_lot::RwLock;
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -8,7 +8,7 @@
 
 use super::slack::{event_name, highlights, severity_name, summary, title};
 use super::{Alert, Event};
-use crate::detect::policy::{Kind, Severity};
+use crate::vocab::{Kind, Severity};
 use serde_json::{json, Value};
 
 /// Detection Finding.

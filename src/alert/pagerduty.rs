@@ -6,7 +6,7 @@
 use super::cloudevents::rfc3339_ms;
 use super::slack::{event_name, highlights, severity_name, summary, title};
 use super::{Alert, Event};
-use crate::detect::policy::Severity;
+use crate::vocab::Severity;
 use serde_json::{json, Value};
 
 /// PagerDuty's limit on `payload.summary`.

@@ -3,7 +3,7 @@
 
 use super::cloudevents::readable_utc;
 use super::{Alert, Event};
-use crate::detect::policy::{Kind, Severity};
+use crate::vocab::{Kind, Severity};
 use serde_json::{json, Value};
 
 /// Slack rejects a whole message whose button URL is longer.

@@ -4,7 +4,7 @@
 use super::cloudevents::rfc3339_ms;
 use super::slack::{event_name, summary, title};
 use super::Alert;
-use crate::detect::policy::Severity;
+use crate::vocab::Severity;
 use std::io;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -317,7 +317,7 @@ impl super::delivery::Sink for SyslogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::Event;
+    use crate::vocab::Event;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     use tokio::net::TcpListener;
 

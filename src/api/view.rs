@@ -3,9 +3,10 @@
 
 use super::ApiError;
 use crate::alert::history::AlertFilter;
-use crate::alert::{Alert, Dispatcher};
+use crate::alert::Dispatcher;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Quantiles;
+use crate::vocab::Alert;
 use crate::window::client::ClientState;
 use crate::window::{distinct_cells, Counts};
 use serde::Serialize;
@@ -19,8 +20,8 @@ pub const MAX_LIMIT: usize = 1000;
 #[derive(Debug, Clone, Serialize)]
 pub struct OpenAlertView {
     pub id: String,
-    pub kind: crate::detect::policy::Kind,
-    pub severity: crate::detect::policy::Severity,
+    pub kind: crate::vocab::Kind,
+    pub severity: crate::vocab::Severity,
     pub since_ms: i64,
 }
 

@@ -6,7 +6,7 @@
 //! variables or files named in the config, never from logs: [`Secret`] prints as `***`.
 
 use super::{invalid, ConfigError};
-use crate::detect::policy::Severity;
+use crate::vocab::Severity;
 use serde::{Deserialize, Serialize};
 
 /// Default spool directory (relative to the working directory; the Kubernetes manifests

@@ -3,9 +3,10 @@
 //! learning) spread over many cells; natural traffic revisits the same regions. Distinct
 //! cells per window are estimated from the window's bitmaps (linear counting).
 
-use super::{mix64, unit, Detector, ModelView, Query, Signals};
+use super::{Detector, ModelView, Query, Signals};
 use crate::config::CoverageConfig;
-use crate::pipeline::SKETCH_DIM;
+use crate::hash::{mix64, unit};
+use crate::sketch::SKETCH_DIM;
 
 /// The coverage detector.
 #[derive(Debug)]

@@ -15,8 +15,9 @@
 //! - Hashes are a 64-bit polynomial hash finalised with splitmix64, not SHA-256: nothing here
 //!   needs a cryptographic hash, and this keeps fingerprints at a few hundred ns per query.
 
-use super::{mix64, Detector, ModelView, Query, Signals};
+use super::{Detector, ModelView, Query, Signals};
 use crate::config::FingerprintConfig;
+use crate::hash::mix64;
 use parking_lot::Mutex;
 
 /// The fingerprint detector.
@@ -117,13 +118,13 @@ impl Fingerprint {
         let d = sketch.len();
         let w = self.cfg.window.min(d).max(1);
         // Quantised codes, then a polynomial hash of every window via prefix powers.
-        let mut codes = [0u8; crate::pipeline::SKETCH_DIM];
+        let mut codes = [0u8; crate::sketch::SKETCH_DIM];
         for (j, &x) in sketch.iter().enumerate() {
             let (lo, scale) = b.norm(j);
             let v = ((x - lo) / scale * 255.0 + b.salt(j)).rem_euclid(255.0);
             codes[j] = (v / step).round() as u8;
         }
-        let mut all = [0u64; crate::pipeline::SKETCH_DIM];
+        let mut all = [0u64; crate::sketch::SKETCH_DIM];
         let nwin = d + 1 - w;
         const P: u64 = 0x100_0000_01B3;
         let mut pw = 1u64;
@@ -335,7 +336,7 @@ mod tests {
 
     fn image(seed: u64) -> Vec<f32> {
         (0..64)
-            .map(|i| (super::super::unit(seed, i) * 16.0).floor() as f32)
+            .map(|i| (crate::hash::unit(seed, i) * 16.0).floor() as f32)
             .collect()
     }
 

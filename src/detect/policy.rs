@@ -19,6 +19,7 @@
 
 use super::Signals;
 use crate::config::PolicyConfig;
+use crate::vocab::{Kind, Severity};
 use crate::window::baseline::Baseline;
 use crate::window::Counts;
 use serde::Serialize;
@@ -50,56 +51,6 @@ pub const BOUNDARY_DOMINANT_SHARE: f64 = 0.5;
 pub const BOUNDARY_EVIDENCE_SHARE: f64 = 0.5;
 /// Events of the right kind needed in the window before an alert.
 pub const MIN_EVENTS: u32 = 3;
-
-/// Alert kinds.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Extraction,
-    BoundaryProbe,
-    InputAnomaly,
-}
-
-impl Kind {
-    /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 3] = [Kind::Extraction, Kind::BoundaryProbe, Kind::InputAnomaly];
-
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Extraction => "extraction",
-            Kind::BoundaryProbe => "boundary_probe",
-            Kind::InputAnomaly => "input_anomaly",
-        }
-    }
-
-    /// MITRE ATLAS technique id and name.
-    pub fn atlas(self) -> (&'static str, &'static str) {
-        match self {
-            Kind::Extraction => (
-                "AML.T0024.002",
-                "Exfiltration via ML Inference API: Extract ML Model",
-            ),
-            Kind::BoundaryProbe => (
-                "AML.T0043.001",
-                "Craft Adversarial Data: Black-Box Optimization",
-            ),
-            Kind::InputAnomaly => ("AML.T0043", "Craft Adversarial Data"),
-        }
-    }
-}
-
-/// Alert severities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
 
 /// The sequential tests of one event type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

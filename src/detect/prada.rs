@@ -237,7 +237,7 @@ fn structured(x: &[f32], set: &GrowingSet, i: usize, m: &ModelView<'_>) -> bool 
         return false;
     }
     // (step, small, grid step of that coordinate)
-    let mut steps = [(0f32, false, 0f32); crate::pipeline::SKETCH_DIM];
+    let mut steps = [(0f32, false, 0f32); crate::sketch::SKETCH_DIM];
     let (mut n, mut grey) = (0, 0);
     for (j, &v) in x.iter().enumerate() {
         let q = b.scale[j] * STRUCT_QUANTUM;
@@ -306,7 +306,7 @@ fn modal_share(s: &mut [(f32, bool, f32)]) -> f64 {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::detect::unit;
+    use crate::hash::unit;
     use crate::record::Answer;
     use crate::window::baseline::Baseline;
 

@@ -2,9 +2,11 @@
 //! a rise in severity, resolve after a quiet period; and the evidence each event carries.
 
 use super::Pipeline;
-use crate::alert::{Alert, Event, QueryCounts};
-use crate::detect::policy::{self, Decision, Kind, OpenAlert};
-use crate::detect::{mix64, Signals};
+use crate::detect::policy::{self, Decision, OpenAlert};
+use crate::detect::Signals;
+use crate::hash::mix64;
+use crate::vocab::Kind;
+use crate::vocab::{Alert, Event, QueryCounts};
 use crate::window::baseline::Baseline;
 use crate::window::{distinct_cells, ClientState};
 use std::sync::atomic::Ordering;

@@ -7,10 +7,10 @@
 //! whose detail belongs to the query API.
 
 use crate::alert::Dispatcher;
-use crate::detect::policy::{Kind, Severity};
 use crate::ingest::scorer::Scorer;
 use crate::ingest::source::SourceStats;
 use crate::pipeline::Pipeline;
+use crate::vocab::{Kind, Severity};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;

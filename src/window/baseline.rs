@@ -61,7 +61,7 @@ impl Reservoir {
             self.changes += 1;
             return;
         }
-        self.rng = crate::detect::mix64(self.rng);
+        self.rng = crate::hash::mix64(self.rng);
         let j = self.rng % self.seen;
         if (j as usize) < self.cap {
             self.samples[j as usize] = s;
@@ -443,7 +443,7 @@ fn floored_grid(ranges: impl Iterator<Item = (f32, f32)>) -> Grid {
 /// Blacklight's salt: one fixed pseudo-random offset in [0, 255) per dimension.
 fn salts(dims: usize) -> Vec<f32> {
     (0..dims)
-        .map(|j| (crate::detect::unit(0x0B1A_C411_6417, j as u64) * 255.0) as f32)
+        .map(|j| (crate::hash::unit(0x0B1A_C411_6417, j as u64) * 255.0) as f32)
         .collect()
 }
 

@@ -127,7 +127,7 @@ impl Manifold {
     /// Squared Mahalanobis distance of `x` (forward substitution, `d²/2` multiplications).
     pub fn distance2(&self, x: &[f32]) -> f64 {
         let d = self.mean32.len().min(x.len());
-        let mut z = [0f32; crate::pipeline::SKETCH_DIM];
+        let mut z = [0f32; crate::sketch::SKETCH_DIM];
         for i in 0..d {
             z[i] = (x[i] - self.mean32[i]) * self.inv_scale32[i];
         }
@@ -178,7 +178,7 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::unit;
+    use crate::hash::unit;
 
     /// Correlated 3-d data: x, 2x + noise, -x + noise.
     fn sample(i: u64) -> Vec<f32> {

@@ -8,7 +8,7 @@
 //! queries back are still found, for attack set-ups of any size, in proportion to `cap`.
 
 use crate::detect::fingerprint::class_tag;
-use crate::detect::mix64;
+use crate::hash::mix64;
 use crate::window::grid::Grid;
 use std::sync::Arc;
 
@@ -67,8 +67,8 @@ impl GrowingSet {
     pub fn nearest(&self, x: &[f32], class: u32) -> Option<Nearest> {
         let class = class_tag(Some(class));
         let d = self.grid.dims();
-        let mut coords = [0f32; crate::pipeline::SKETCH_DIM];
-        let mut weights = [0f32; crate::pipeline::SKETCH_DIM];
+        let mut coords = [0f32; crate::sketch::SKETCH_DIM];
+        let mut weights = [0f32; crate::sketch::SKETCH_DIM];
         for j in 0..d {
             coords[j] = self.grid.coord(j, x[j]);
             let s = self.grid.step(j);
@@ -132,7 +132,7 @@ impl GrowingSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::unit;
+    use crate::hash::unit;
 
     fn grid(d: usize) -> Arc<Grid> {
         Arc::new(Grid::new(vec![(0.0, 16.0); d]))

@@ -7,7 +7,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use probewatch::clock::ManualClock;
 use probewatch::config::Config;
-use probewatch::ingest::validate::{validate, Limits};
+use probewatch::record::validate::{validate, Limits};
 use probewatch::pipeline::Pipeline;
 use probewatch::proto::v1::QueryRecord;
 use std::sync::Arc;

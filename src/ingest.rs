@@ -14,7 +14,6 @@ pub mod kserve;
 pub mod oip_grpc;
 pub mod scorer;
 pub mod source;
-pub mod validate;
 
 use crate::alert::Dispatcher;
 use crate::pipeline::Pipeline;
@@ -93,7 +92,7 @@ impl IngestService {
             for (i, rec) in batch.records.into_iter().enumerate() {
                 let res = if i >= max {
                     pipeline.stats.reject(RejectReason::BadField);
-                    Err(validate::Reject::new(
+                    Err(crate::record::validate::Reject::new(
                         RejectReason::BadField,
                         format!("batch exceeds {max} records"),
                     ))

@@ -8,7 +8,7 @@
 //! The modules follow one record from the wire to an alert (see `ARCHITECTURE.md`):
 //!
 //! - [`ingest`]: the gRPC ingest service (`probewatch.v1.Ingest`), batch acks, backpressure;
-//!   [`ingest::validate`] checks each record; mirrors from Envoy ext_proc
+//!   [`record::validate`] checks each record; mirrors from Envoy ext_proc
 //!   ([`ingest::envoy`]) and the KServe logger ([`ingest::kserve`]) decode inference
 //!   payloads ([`ingest::decode`]), identify clients ([`ingest::identity`]) and hand each
 //!   exchange ([`ingest::source`]) to the scoring thread ([`ingest::scorer`]).

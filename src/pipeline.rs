@@ -16,7 +16,7 @@ use crate::detect::policy::Policy;
 use crate::detect::prada::Prada;
 use crate::detect::sanity::Sanity;
 use crate::detect::{Detector, ModelView, Query, Signals};
-use crate::ingest::validate::{validate, Limits, Reject, DEFAULT_MAX_ID_LEN};
+use crate::record::validate::{validate, Limits, Reject, DEFAULT_MAX_ID_LEN};
 use crate::proto::v1::{QueryRecord, RejectReason};
 use crate::record::Record;
 use crate::schema::Schema;

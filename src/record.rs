@@ -1,6 +1,8 @@
 //! The internal query record, after validation, and the model's answer reduced to what the
 //! detectors need.
 
+pub mod validate;
+
 use std::sync::Arc;
 
 /// The model's answer to one query.

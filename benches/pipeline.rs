@@ -7,9 +7,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use probewatch::clock::ManualClock;
 use probewatch::config::Config;
-use probewatch::record::validate::{validate, Limits};
 use probewatch::pipeline::Pipeline;
 use probewatch::proto::v1::QueryRecord;
+use probewatch::record::validate::{validate, Limits};
 use std::sync::Arc;
 
 const DIM: usize = 64;

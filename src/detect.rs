@@ -22,9 +22,9 @@ pub mod prada;
 pub mod sanity;
 pub mod shapiro;
 
+use crate::normal::baseline::Baseline;
 use crate::record::Answer;
 use crate::schema::Schema;
-use crate::window::baseline::Baseline;
 
 /// What a detector sees of one accepted query.
 #[derive(Debug, Clone, Copy)]

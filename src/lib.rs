@@ -35,6 +35,7 @@ pub mod config;
 pub mod detect;
 pub mod hash;
 pub mod ingest;
+pub mod normal;
 pub mod pipeline;
 pub mod record;
 pub mod replay;

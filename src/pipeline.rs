@@ -5,6 +5,9 @@
 //! → detectors → window buckets → baseline sample → policy → alerts`.
 
 mod alerts;
+pub mod client;
+
+pub use client::ClientState;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -16,16 +19,17 @@ use crate::detect::policy::Policy;
 use crate::detect::prada::Prada;
 use crate::detect::sanity::Sanity;
 use crate::detect::{Detector, ModelView, Query, Signals};
-use crate::record::validate::{validate, Limits, Reject, DEFAULT_MAX_ID_LEN};
+use crate::normal::baseline::Baseline;
+use crate::normal::reservoir::{Reservoir, Sample};
 use crate::proto::v1::{QueryRecord, RejectReason};
+use crate::record::validate::{validate, Limits, Reject, DEFAULT_MAX_ID_LEN};
 use crate::record::Record;
 use crate::schema::Schema;
 use crate::sketch::{Projection, SKETCH_DIM};
 use crate::telemetry::Stats;
 use crate::vocab::Alert;
-use crate::window::baseline::{Baseline, Reservoir, Sample};
 use crate::window::store::{ClientKey, ClientStore};
-use crate::window::{ClientState, SlidingWindow, Slot};
+use crate::window::{SlidingWindow, Slot};
 use hmac::{Hmac, Mac};
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
@@ -84,7 +88,7 @@ pub struct Pipeline {
     default_model: Arc<str>,
     limits: Limits,
     models: dashmap::DashMap<Arc<str>, Arc<ModelState>>,
-    store: ClientStore,
+    store: ClientStore<ClientState>,
     /// Counters.
     pub stats: Stats,
     fingerprint: Fingerprint,
@@ -162,7 +166,7 @@ impl Pipeline {
     }
 
     /// The client store (read access for APIs and benches).
-    pub fn store(&self) -> &ClientStore {
+    pub fn store(&self) -> &ClientStore<ClientState> {
         &self.store
     }
 

@@ -2,17 +2,11 @@
 //!
 //! A client's window is a ring of fixed-size, mergeable time buckets on event time
 //! ([`SlidingWindow`]); buckets older than the window are reset when the ring wraps, so a
-//! client's memory never grows with its traffic. [`store`] keeps one [`ClientState`] per
-//! (model, client) in a dashmap with a global cap; [`baseline`] learns the model's normal
-//! traffic from a per-client-capped sample.
+//! client's memory never grows with its traffic. [`store`] keeps one state per (model,
+//! client) in a dashmap with a global cap. What a client's detectors keep besides its window
+//! is theirs (`crate::detect`); the pipeline puts the two together.
 
-pub mod baseline;
-pub mod client;
-pub mod grid;
-pub mod manifold;
 pub mod store;
-
-pub use client::ClientState;
 
 /// Upper edges of the margin histogram's bins (the last bin ends at 1).
 pub const MARGIN_EDGES: [f32; 15] = [

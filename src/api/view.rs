@@ -4,10 +4,10 @@
 use super::ApiError;
 use crate::alert::history::AlertFilter;
 use crate::alert::Dispatcher;
+use crate::pipeline::ClientState;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Quantiles;
 use crate::vocab::Alert;
-use crate::window::client::ClientState;
 use crate::window::{distinct_cells, Counts};
 use serde::Serialize;
 use std::collections::BTreeMap;

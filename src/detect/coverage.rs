@@ -82,7 +82,7 @@ impl Detector for Coverage {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::window::baseline::Baseline;
+    use crate::normal::baseline::Baseline;
 
     #[test]
     fn nearby_points_share_cells_and_spread_points_do_not() {

@@ -4,7 +4,7 @@
 //! where normal queries never go; the threshold on that count is itself learned (the 99th
 //! percentile among normal queries), so noisy-but-benign traffic sets its own bar. A query
 //! whose features are each in range but whose combination is not (its Mahalanobis distance
-//! past normal samples', [`crate::window::manifold`]) is out of range too.
+//! past normal samples', [`crate::normal::manifold`]) is out of range too.
 
 use super::{Detector, ModelView, Query, Signals};
 
@@ -32,8 +32,8 @@ impl Detector for Drift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::normal::baseline::Baseline;
     use crate::record::Answer;
-    use crate::window::baseline::Baseline;
 
     #[test]
     fn counts_features_outside_the_fences() {

@@ -314,8 +314,8 @@ fn intersect_sorted(a: &[u32], b: &[u32]) -> u32 {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::normal::baseline::Baseline;
     use crate::record::Answer;
-    use crate::window::baseline::Baseline;
 
     fn det() -> Fingerprint {
         Fingerprint::new(Config::default().detect.fingerprint)

@@ -31,8 +31,8 @@ impl Detector for Margin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::normal::baseline::Baseline;
     use crate::record::Answer;
-    use crate::window::baseline::Baseline;
 
     fn low(margin: Option<f32>, ready: bool) -> bool {
         let mut b = Baseline::unit_scale(2, 1.0);

@@ -19,8 +19,8 @@
 
 use super::Signals;
 use crate::config::PolicyConfig;
+use crate::normal::baseline::Baseline;
 use crate::vocab::{Kind, Severity};
-use crate::window::baseline::Baseline;
 use crate::window::Counts;
 use serde::Serialize;
 

@@ -307,8 +307,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::hash::unit;
+    use crate::normal::baseline::Baseline;
     use crate::record::Answer;
-    use crate::window::baseline::Baseline;
 
     fn run(p: &Prada, st: &mut PradaState, x: &[f32], class: u32) -> Signals {
         let b = Baseline::unit_scale(x.len(), 16.0);

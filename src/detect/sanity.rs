@@ -43,9 +43,9 @@ impl Detector for Sanity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::normal::baseline::Baseline;
     use crate::record::Answer;
     use crate::schema::Schema;
-    use crate::window::baseline::Baseline;
 
     #[test]
     fn counts_values_outside_the_domain() {

@@ -1,14 +1,15 @@
 //! From the policy's decisions to alert events: raise, update at most once per bucket or on
 //! a rise in severity, resolve after a quiet period; and the evidence each event carries.
 
+use super::ClientState;
 use super::Pipeline;
 use crate::detect::policy::{self, Decision, OpenAlert};
 use crate::detect::Signals;
 use crate::hash::mix64;
+use crate::normal::baseline::Baseline;
 use crate::vocab::Kind;
 use crate::vocab::{Alert, Event, QueryCounts};
-use crate::window::baseline::Baseline;
-use crate::window::{distinct_cells, ClientState};
+use crate::window::distinct_cells;
 use std::sync::atomic::Ordering;
 
 impl Pipeline {

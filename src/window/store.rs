@@ -6,7 +6,6 @@
 //! Both are counted. Eviction loses that client's evidence, never an open alert silently:
 //! the caller resolves open alerts of evicted clients.
 
-use super::ClientState;
 use dashmap::DashMap;
 use std::sync::Arc;
 
@@ -17,14 +16,20 @@ pub struct ClientKey {
     pub client: Arc<str>,
 }
 
+/// What the store needs to know of a client's state to choose whom to evict.
+pub trait LastSeen {
+    /// Event time of the client's latest query.
+    fn last_seen_ms(&self) -> i64;
+}
+
 /// All client states.
 #[derive(Debug)]
-pub struct ClientStore {
-    map: DashMap<ClientKey, ClientState>,
+pub struct ClientStore<V> {
+    map: DashMap<ClientKey, V>,
     max_clients: usize,
 }
 
-impl ClientStore {
+impl<V: LastSeen> ClientStore<V> {
     /// An empty store holding at most `max_clients`.
     pub fn new(max_clients: usize) -> Self {
         Self {
@@ -34,7 +39,7 @@ impl ClientStore {
     }
 
     /// The underlying map.
-    pub fn map(&self) -> &DashMap<ClientKey, ClientState> {
+    pub fn map(&self) -> &DashMap<ClientKey, V> {
         &self.map
     }
 
@@ -49,7 +54,7 @@ impl ClientStore {
     }
 
     /// Makes room for one more client if the store is full; returns the evicted states.
-    pub fn make_room(&self) -> Vec<ClientState> {
+    pub fn make_room(&self) -> Vec<V> {
         if self.map.len() < self.max_clients {
             return Vec::new();
         }
@@ -57,7 +62,7 @@ impl ClientStore {
         let mut ages: Vec<(i64, ClientKey)> = self
             .map
             .iter()
-            .map(|e| (e.value().last_seen_ms, e.key().clone()))
+            .map(|e| (e.value().last_seen_ms(), e.key().clone()))
             .collect();
         let batch = batch.min(ages.len());
         if batch == 0 {
@@ -71,17 +76,17 @@ impl ClientStore {
     }
 
     /// Removes clients whose last query is older than `before_ms`.
-    pub fn sweep_idle(&self, before_ms: i64) -> Vec<ClientState> {
+    pub fn sweep_idle(&self, before_ms: i64) -> Vec<V> {
         let keys: Vec<ClientKey> = self
             .map
             .iter()
-            .filter(|e| e.value().last_seen_ms < before_ms)
+            .filter(|e| e.value().last_seen_ms() < before_ms)
             .map(|e| e.key().clone())
             .collect();
         keys.into_iter()
             .filter_map(|k| {
                 self.map
-                    .remove_if(&k, |_, v| v.last_seen_ms < before_ms)
+                    .remove_if(&k, |_, v| v.last_seen_ms() < before_ms)
                     .map(|(_, v)| v)
             })
             .collect()

@@ -9,7 +9,7 @@
 
 use crate::detect::fingerprint::class_tag;
 use crate::hash::mix64;
-use crate::window::grid::Grid;
+use crate::normal::grid::Grid;
 use std::sync::Arc;
 
 /// A member found by [`GrowingSet::nearest`].

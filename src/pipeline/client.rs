@@ -1,9 +1,10 @@
 //! Everything probewatch keeps about one (model, client): bounded, whatever the traffic.
 
-use super::SlidingWindow;
 use crate::detect::fingerprint::FingerprintState;
 use crate::detect::policy::PolicyState;
 use crate::detect::prada::PradaState;
+use crate::window::store::LastSeen;
+use crate::window::SlidingWindow;
 use std::sync::Arc;
 
 /// Per (model, client) state.
@@ -38,6 +39,12 @@ impl ClientState {
     }
 
     fn window_bytes(&self) -> usize {
-        self.window.buckets_len() * std::mem::size_of::<super::Bucket>()
+        self.window.buckets_len() * std::mem::size_of::<crate::window::Bucket>()
+    }
+}
+
+impl LastSeen for ClientState {
+    fn last_seen_ms(&self) -> i64 {
+        self.last_seen_ms
     }
 }

@@ -9,6 +9,7 @@
 
 use super::grid::Grid;
 use super::manifold::Manifold;
+use super::reservoir::Reservoir;
 use crate::config::{BaselineConfig, DriftConfig, MarginConfig};
 use crate::schema::Schema;
 use std::sync::Arc;
@@ -19,80 +20,6 @@ pub const MANIFOLD_EVERY: u64 = 8;
 pub const MANIFOLD_SAMPLES: usize = 512;
 /// Samples needed before a provisional byte grid is drawn (until the baseline is ready).
 pub const GRID_MIN_SAMPLES: usize = 16;
-
-/// One query offered to the reservoir.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub tag: u64,
-    pub sketch: Box<[f32]>,
-    pub margin: Option<f32>,
-    pub prada_distance: Option<f32>,
-    pub structured: bool,
-}
-
-/// A bounded uniform sample (Algorithm R, deterministic seed) of contributed queries.
-#[derive(Debug)]
-pub struct Reservoir {
-    cap: usize,
-    seen: u64,
-    /// Samples added, replaced or purged so far (refreshes are skipped while it stands still).
-    changes: u64,
-    rng: u64,
-    samples: Vec<Sample>,
-}
-
-impl Reservoir {
-    /// An empty reservoir of `cap` samples.
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            seen: 0,
-            changes: 0,
-            rng: 0x005E_ED0F_BA5E_11AE,
-            samples: Vec::with_capacity(cap),
-        }
-    }
-
-    /// Offers a sample.
-    pub fn offer(&mut self, s: Sample) {
-        self.seen += 1;
-        if self.samples.len() < self.cap {
-            self.samples.push(s);
-            self.changes += 1;
-            return;
-        }
-        self.rng = crate::hash::mix64(self.rng);
-        let j = self.rng % self.seen;
-        if (j as usize) < self.cap {
-            self.samples[j as usize] = s;
-            self.changes += 1;
-        }
-    }
-
-    /// Removes every sample of a client (it raised an alert: it is not normal).
-    pub fn purge(&mut self, tag: u64) -> usize {
-        let before = self.samples.len();
-        self.samples.retain(|s| s.tag != tag);
-        let n = before - self.samples.len();
-        self.changes += n as u64;
-        n
-    }
-
-    /// Samples added, replaced or purged since the reservoir was made.
-    pub fn changes(&self) -> u64 {
-        self.changes
-    }
-
-    /// Samples held.
-    pub fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
-}
 
 /// Base rates of the per-query events the policy tests.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
@@ -451,6 +378,7 @@ fn salts(dims: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::normal::reservoir::Sample;
 
     fn sample(tag: u64, x: Vec<f32>, margin: f32) -> Sample {
         Sample {
@@ -504,25 +432,5 @@ mod tests {
         assert!(b.fence_hi[1] < 2.0, "fence {:?}", b.fence_hi);
         assert_eq!(b.out_count(&[3.0, 12.0, 6.0]), 1);
         assert!(b.margin_low.unwrap() < 0.25);
-    }
-
-    #[test]
-    fn purge_removes_a_client() {
-        let mut r = Reservoir::new(8);
-        r.offer(sample(1, vec![0.0], 0.1));
-        r.offer(sample(2, vec![0.0], 0.1));
-        assert_eq!(r.purge(1), 1);
-        assert_eq!(r.len(), 1);
-    }
-
-    #[test]
-    fn reservoir_is_bounded_and_uniform() {
-        let mut r = Reservoir::new(100);
-        for i in 0..10_000u64 {
-            r.offer(sample(i, vec![i as f32], 0.5));
-        }
-        assert_eq!(r.len(), 100);
-        let late = r.samples.iter().filter(|s| s.tag >= 5000).count();
-        assert!((30..=70).contains(&late), "{late}");
     }
 }

@@ -72,8 +72,7 @@ fn bench_pipeline(c: &mut Criterion) {
             Arc::new(Config::default()),
             None,
             Arc::new(ManualClock::new(0)),
-        )
-        .unwrap();
+        );
         let mut out = Vec::new();
         for r in recs.clone() {
             let _ = p.process_wire(r, &mut out);
@@ -105,8 +104,7 @@ fn bench_pipeline(c: &mut Criterion) {
             Arc::new(Config::default()),
             None,
             Arc::new(ManualClock::new(0)),
-        )
-        .unwrap();
+        );
         let mut out = Vec::new();
         for r in recs.clone() {
             let _ = p.process_wire(r, &mut out);
@@ -153,8 +151,7 @@ fn memory_per_client(_: &mut Criterion) {
         Arc::new(Config::default()),
         None,
         Arc::new(ManualClock::new(0)),
-    )
-    .unwrap();
+    );
     let before = rss_bytes();
     let mut out = Vec::new();
     for i in 0..n_clients * per {
@@ -176,10 +173,7 @@ fn memory_per_client(_: &mut Criterion) {
         out.clear();
     }
     let after = rss_bytes();
-    let mut total = 0usize;
-    for e in p.store().map().iter() {
-        total += e.value().approx_bytes();
-    }
+    let total = p.client_bytes();
     let clients = p.clients();
     eprintln!(
         "memory_per_client: {} clients, accounted {:.0} B/client, RSS delta {} B/client",

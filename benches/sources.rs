@@ -101,8 +101,11 @@ fn bench_exchange(c: &mut Criterion) {
     cfg.alerts.spool_dir.clear();
     let sources = cfg.sources.clone();
     let alerts = Arc::new(rt.block_on(async { Dispatcher::start(&cfg.alerts, vec![]).unwrap() }));
-    let pipeline =
-        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(cfg),
+        None,
+        probewatch::clock::system(),
+    ));
     let identity = Arc::new(Identity::with_key(&sources.identity, b"bench-identity-key"));
     let scorer = probewatch::ingest::scorer::Scorer::start_default();
     let ctx = SourceCtx::new(pipeline.clone(), alerts, sources, identity.clone(), scorer);
@@ -132,7 +135,7 @@ fn bench_exchange(c: &mut Criterion) {
             i += 1;
             let (req, resp) = &raw[i % raw.len()];
             let d = decode(req, resp).unwrap();
-            ctx.feed(&ids[i % CLIENTS], "digits", "", d);
+            ctx.feed(&ids[i % CLIENTS], "digits", d);
         })
     });
     let mut i = 0usize;

@@ -290,11 +290,11 @@ async fn serve(
     let kserve_listener = bind(cfg.sources.kserve_listen.clone(), "kserve logger").await?;
     let sources = cfg.sources.clone();
     let alerts = cfg.alerts.clone();
-    let pipeline = Arc::new(crate::pipeline::Pipeline::new(
-        Arc::new(cfg),
-        schema,
-        crate::clock::system(),
-    )?);
+    let pseudonym = crate::pseudonym::Pseudonymiser::for_alerts(&cfg.privacy)?;
+    let pipeline = Arc::new(
+        crate::pipeline::Pipeline::new(Arc::new(cfg), schema, crate::clock::system())
+            .with_pseudonym(pseudonym),
+    );
     let dispatcher = Arc::new(crate::alert::Dispatcher::start(&alerts, sinks)?);
     if let Some(o) = &otel {
         o.register(pipeline.clone(), dispatcher.clone());

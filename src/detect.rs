@@ -22,6 +22,7 @@ pub mod prada;
 pub mod sanity;
 pub mod shapiro;
 
+use crate::config::DetectConfig;
 use crate::normal::baseline::Baseline;
 use crate::record::Answer;
 use crate::schema::Schema;
@@ -82,14 +83,103 @@ pub struct Signals {
     pub cell: Option<u64>,
 }
 
-/// A detector with per-client state `State`.
-pub trait Detector: Send + Sync {
+/// A detector: what it keeps per client and per model, and what it finds in one query.
+///
+/// Adding a detector is one file (a type implementing this trait) and one line in
+/// [`detector_set!`]'s invocation below; the pipeline, the client state and the model state
+/// pick it up from there.
+pub trait Detector: Send + Sync + Sized {
     /// Per-client state, created on the client's first query.
-    type State: Send;
-    /// Name used in evidence and logs.
-    fn name(&self) -> &'static str;
+    type Client: Send + Sync + std::fmt::Debug;
+    /// Model-wide state, shared by every client of one model (e.g. a cross-account table).
+    type Model: Send + Sync + std::fmt::Debug;
+    /// The detector with its settings.
+    fn from_config(cfg: &DetectConfig) -> Self;
     /// A fresh per-client state.
-    fn new_state(&self) -> Self::State;
-    /// Observes one query, updating `state` and writing findings into `sig`.
-    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, state: &mut Self::State, sig: &mut Signals);
+    fn new_client(&self) -> Self::Client;
+    /// A fresh model-wide state.
+    fn new_model(&self) -> Self::Model;
+    /// Observes one query, updating its state and writing findings into `sig`.
+    fn observe(
+        &self,
+        q: &Query<'_>,
+        m: &ModelView<'_>,
+        model: &Self::Model,
+        client: &mut Self::Client,
+        sig: &mut Signals,
+    );
+    /// Heap bytes one client's state holds (the per-client memory budget).
+    fn client_heap_bytes(_client: &Self::Client) -> usize {
+        0
+    }
+}
+
+/// Declares the detector set: every detector in the order each query goes through them, the
+/// per-client and per-model state of all of them, and the loop that runs them.
+macro_rules! detector_set {
+    ($($field:ident: $ty:ty),+ $(,)?) => {
+        /// Every detector, in the order each query goes through them (later ones may read
+        /// what earlier ones found: PRADA skips the retries fingerprinting found).
+        #[derive(Debug)]
+        pub struct Detectors {
+            $(#[allow(missing_docs)] pub $field: $ty,)+
+        }
+
+        /// One client's state of every detector.
+        #[derive(Debug)]
+        pub struct ClientDetectors {
+            $(#[allow(missing_docs)] pub $field: <$ty as Detector>::Client,)+
+        }
+
+        /// One model's state of every detector.
+        #[derive(Debug)]
+        pub struct ModelDetectors {
+            $(#[allow(missing_docs)] pub $field: <$ty as Detector>::Model,)+
+        }
+
+        impl Detectors {
+            /// Every detector with its settings.
+            pub fn new(cfg: &DetectConfig) -> Self {
+                Self { $($field: <$ty as Detector>::from_config(cfg),)+ }
+            }
+
+            /// A new client's state.
+            pub fn new_client(&self) -> ClientDetectors {
+                ClientDetectors { $($field: self.$field.new_client(),)+ }
+            }
+
+            /// A new model's state.
+            pub fn new_model(&self) -> ModelDetectors {
+                ModelDetectors { $($field: self.$field.new_model(),)+ }
+            }
+
+            /// Runs every detector on one query.
+            pub fn observe(
+                &self,
+                q: &Query<'_>,
+                m: &ModelView<'_>,
+                model: &ModelDetectors,
+                client: &mut ClientDetectors,
+                sig: &mut Signals,
+            ) {
+                $(self.$field.observe(q, m, &model.$field, &mut client.$field, sig);)+
+            }
+        }
+
+        impl ClientDetectors {
+            /// Heap bytes held by the client's detector states.
+            pub fn heap_bytes(&self) -> usize {
+                0 $(+ <$ty as Detector>::client_heap_bytes(&self.$field))+
+            }
+        }
+    };
+}
+
+detector_set! {
+    fingerprint: fingerprint::Fingerprint,
+    prada: prada::Prada,
+    margin: margin::Margin,
+    drift: drift::Drift,
+    sanity: sanity::Sanity,
+    coverage: coverage::Coverage,
 }

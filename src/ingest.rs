@@ -19,7 +19,6 @@ use crate::alert::Dispatcher;
 use crate::pipeline::Pipeline;
 use crate::proto::v1::ingest_server::Ingest;
 use crate::proto::v1::{BatchAck, RecordBatch, RejectReason, Rejection};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -64,8 +63,7 @@ impl IngestService {
     }
 
     async fn handle_inner(&self, batch: RecordBatch) -> BatchAck {
-        let stats = &self.pipeline.stats;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.pipeline.note_batch();
         let batch_id = batch.batch_id;
         let arrived = std::time::Instant::now();
         let permit =
@@ -91,7 +89,7 @@ impl IngestService {
             let mut alerts = Vec::new();
             for (i, rec) in batch.records.into_iter().enumerate() {
                 let res = if i >= max {
-                    pipeline.stats.reject(RejectReason::BadField);
+                    pipeline.refuse(RejectReason::BadField, 1);
                     Err(crate::record::validate::Reject::new(
                         RejectReason::BadField,
                         format!("batch exceeds {max} records"),
@@ -119,7 +117,7 @@ impl IngestService {
                 for a in alerts {
                     self.alerts.send(a);
                     // Ingest to alert: from the batch's arrival to the event in the spool.
-                    self.pipeline.stats.timings.record_alert(arrived.elapsed());
+                    self.pipeline.note_alert_latency(arrived.elapsed());
                 }
                 ack
             }
@@ -136,9 +134,7 @@ impl IngestService {
 
     fn reject_all(&self, batch: RecordBatch, reason: RejectReason, detail: &str) -> BatchAck {
         let n = batch.records.len();
-        for _ in 0..n {
-            self.pipeline.stats.reject(reason);
-        }
+        self.pipeline.refuse(reason, n);
         BatchAck {
             batch_id: batch.batch_id,
             accepted: 0,

@@ -37,6 +37,7 @@ pub mod hash;
 pub mod ingest;
 pub mod normal;
 pub mod pipeline;
+pub mod pseudonym;
 pub mod record;
 pub mod replay;
 pub mod schema;

@@ -1,103 +1,71 @@
-//! The per-record pipeline, shared by the gRPC server and offline replay so both produce the
-//! same alerts from the same records.
+//! The per-record pipeline, shared by the sidecar's sources and offline replay so that both
+//! produce the same alerts from the same records.
 //!
-//! `record → validate → model state (dimension, watermark) → client state (dashmap entry)
-//! → detectors → window buckets → baseline sample → policy → alerts`.
+//! [`Pipeline::submit`] takes one received record through these steps, each a named
+//! function below or a module of its own:
+//!
+//! 1. **validate** the record on its own ([`crate::record::validate`]);
+//! 2. **admit** it to its model: slot, dimension, watermark ([`models`]);
+//! 3. **sketch** its input (narrow inputs as they are, wide ones projected);
+//! 4. find or create the **client** state, evicting the idlest when full ([`client`]);
+//! 5. run the **detector set** ([`crate::detect::Detectors`]) into the query's signals;
+//! 6. **record** the signals in the client's current window bucket;
+//! 7. **sample** the query for the model's baseline (queries 1, 2, 4, ... of a client);
+//! 8. run the **policy**'s sequential tests ([`crate::detect::policy`]);
+//! 9. raise, update or resolve **alerts** ([`alerts`]), and purge a newly alerted client
+//!    from the baseline;
+//! 10. **refresh** the baseline when due, and **sweep** idle clients every [`SWEEP_EVERY`]
+//!     records.
+//!
+//! Rejections of every kind are counted in one place, [`Pipeline::submit`].
 
 mod alerts;
 pub mod client;
+pub mod inspect;
+pub mod models;
+pub mod stats;
 
 pub use client::ClientState;
+pub use models::{ModelState, MAX_MODELS};
+pub use stats::Stats;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::detect::coverage::Coverage;
-use crate::detect::drift::Drift;
-use crate::detect::fingerprint::{Fingerprint, GlobalTable};
-use crate::detect::margin::Margin;
-use crate::detect::policy::Policy;
-use crate::detect::prada::Prada;
-use crate::detect::sanity::Sanity;
-use crate::detect::{Detector, ModelView, Query, Signals};
+use crate::detect::policy::{Decision, Policy};
+use crate::detect::{Detectors, ModelView, Query, Signals};
 use crate::normal::baseline::Baseline;
-use crate::normal::reservoir::{Reservoir, Sample};
+use crate::normal::reservoir::Sample;
 use crate::proto::v1::{QueryRecord, RejectReason};
-use crate::record::validate::{validate, Limits, Reject, DEFAULT_MAX_ID_LEN};
-use crate::record::Record;
+use crate::pseudonym::Pseudonymiser;
+use crate::record::validate::{check, Limits, Reject, DEFAULT_MAX_ID_LEN};
+use crate::record::{Answer, RawRecord, Record};
 use crate::schema::Schema;
-use crate::sketch::{Projection, SKETCH_DIM};
-use crate::telemetry::Stats;
 use crate::vocab::Alert;
 use crate::window::store::{ClientKey, ClientStore};
 use crate::window::{SlidingWindow, Slot};
-use hmac::{Hmac, Mac};
-use parking_lot::{Mutex, RwLock};
-use std::borrow::Cow;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Most distinct models tracked (a flood of model names is rejected, not stored).
-pub const MAX_MODELS: usize = 64;
 /// Records between sweeps for idle clients and quiet alerts.
 pub const SWEEP_EVERY: u64 = 4096;
-/// Reservoir changes (samples added, replaced or purged) needed before a refresh recomputes
-/// the baseline.
-pub const REFRESH_MIN_CHANGES: u64 = 16;
 /// Model name for records that do not name one.
 pub const DEFAULT_MODEL: &str = "default";
-
-/// Pipeline errors that are not per-record rejections.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error("pseudonymisation is on but ${0} is not set")]
-    MissingKey(String),
-}
-
-/// Per-model shared state.
-#[derive(Debug)]
-pub struct ModelState {
-    pub name: Arc<str>,
-    dims: AtomicUsize,
-    projection: RwLock<Option<Arc<Projection>>>,
-    baseline: RwLock<Arc<Baseline>>,
-    reservoir: Mutex<Reservoir>,
-    global: GlobalTable,
-    records: AtomicU64,
-    watermark: AtomicI64,
-    /// Reservoir change count at the last refresh.
-    refreshed_at: AtomicU64,
-}
-
-impl ModelState {
-    /// Current normal-traffic snapshot.
-    pub fn baseline(&self) -> Arc<Baseline> {
-        self.baseline.read().clone()
-    }
-
-    /// Newest event time seen.
-    pub fn watermark(&self) -> i64 {
-        self.watermark.load(Ordering::Relaxed)
-    }
-}
 
 /// Detectors, policy and state.
 pub struct Pipeline {
     cfg: Arc<Config>,
     clock: SharedClock,
-    schema: Option<Arc<Schema>>,
     default_model: Arc<str>,
     limits: Limits,
-    models: dashmap::DashMap<Arc<str>, Arc<ModelState>>,
+    models: models::Models,
     store: ClientStore<ClientState>,
+    detectors: Detectors,
+    policy: Policy,
+    /// Client ids in alerts are pseudonymised with this, when configured.
+    pseudonym: Option<Pseudonymiser>,
+    processed: AtomicU64,
     /// Counters.
     pub stats: Stats,
-    fingerprint: Fingerprint,
-    prada: Prada,
-    coverage: Coverage,
-    sanity: Sanity,
-    policy: Policy,
-    pseudonym_key: Option<Vec<u8>>,
-    processed: AtomicU64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -109,20 +77,8 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// Builds a pipeline. The pseudonymisation key, when enabled, is read from the
-    /// environment variable the config names.
-    pub fn new(
-        cfg: Arc<Config>,
-        schema: Option<Schema>,
-        clock: SharedClock,
-    ) -> Result<Self, PipelineError> {
-        let pseudonym_key = if cfg.privacy.pseudonymize_clients {
-            let k = std::env::var(&cfg.privacy.key_env)
-                .map_err(|_| PipelineError::MissingKey(cfg.privacy.key_env.clone()))?;
-            Some(k.into_bytes())
-        } else {
-            None
-        };
+    /// A pipeline with client ids shown as they are (see [`Pipeline::with_pseudonym`]).
+    pub fn new(cfg: Arc<Config>, schema: Option<Schema>, clock: SharedClock) -> Self {
         let default_model: Arc<str> = Arc::from(
             schema
                 .as_ref()
@@ -130,29 +86,29 @@ impl Pipeline {
                 .unwrap_or_else(|| DEFAULT_MODEL.to_string())
                 .as_str(),
         );
-        Ok(Self {
+        Self {
             limits: Limits {
                 max_input_dim: cfg.server.max_input_dim,
                 max_output_dim: cfg.server.max_output_dim,
                 max_id_len: DEFAULT_MAX_ID_LEN,
             },
-            fingerprint: Fingerprint::new(cfg.detect.fingerprint.clone()),
-            prada: Prada::new(cfg.detect.prada.clone()),
-            coverage: Coverage::new(&cfg.detect.coverage),
-            sanity: Sanity {
-                tolerance: cfg.detect.sanity.domain_tolerance,
-            },
+            detectors: Detectors::new(&cfg.detect),
             policy: Policy::new(cfg.policy.clone()),
             store: ClientStore::new(cfg.window.max_clients),
-            models: dashmap::DashMap::new(),
+            models: models::Models::new(schema),
             stats: Stats::default(),
-            schema: schema.map(Arc::new),
             default_model,
-            pseudonym_key,
+            pseudonym: None,
             processed: AtomicU64::new(0),
             clock,
             cfg,
-        })
+        }
+    }
+
+    /// Shows client ids in alerts and the API as pseudonyms under `p` (`None`: as they are).
+    pub fn with_pseudonym(mut self, p: Option<Pseudonymiser>) -> Self {
+        self.pseudonym = p;
+        self
     }
 
     /// The configuration.
@@ -165,282 +121,208 @@ impl Pipeline {
         self.store.len()
     }
 
-    /// The client store (read access for APIs and benches).
-    pub fn store(&self) -> &ClientStore<ClientState> {
-        &self.store
+    /// Bytes held by every tracked client's state (approximate: struct and heap).
+    pub fn client_bytes(&self) -> usize {
+        self.store
+            .map()
+            .iter()
+            .map(|e| e.value().approx_bytes())
+            .sum()
     }
 
     /// A model's state, if seen.
     pub fn model(&self, name: &str) -> Option<Arc<ModelState>> {
-        self.models.get(name).map(|m| m.clone())
+        self.models.get(name)
     }
 
-    /// Validates and processes one wire record, appending the alert events it caused to
-    /// `alerts` (a rejected non-finite record can still add evidence against its client).
+    /// Validates and processes one wire record (see [`Pipeline::submit`]).
     pub fn process_wire(&self, rec: QueryRecord, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
-        let client = rec.client_id.clone();
-        let model = rec.model.clone();
-        let ts = rec.ts_ms;
+        self.submit(RawRecord::from(rec), alerts)
+    }
+
+    /// Validates and processes one received record, appending the alert events it caused to
+    /// `alerts` (a rejected non-finite record can still add evidence against its client).
+    /// Every rejection is counted here, whatever step refused the record.
+    pub fn submit(&self, raw: RawRecord, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
         let started = std::time::Instant::now();
-        match validate(rec, &self.limits, &self.default_model, self.clock.now_ms()) {
-            Ok(r) => {
-                let out = self.process(r);
+        let res = match check(raw, &self.limits, &self.default_model, self.clock.now_ms()) {
+            Ok(rec) => {
+                let res = self.process(rec, alerts);
                 self.stats.timings.record_process(started.elapsed());
-                alerts.extend(out?);
-                Ok(())
+                res
             }
-            Err(e) => {
-                self.stats.reject(e.reason);
+            Err((e, raw)) => {
                 if e.reason == RejectReason::NonFinite {
-                    alerts.extend(self.note_invalid(&client, &model, ts));
+                    alerts.extend(self.note_invalid(&raw.client_id, &raw.model, raw.ts_ms));
                 }
                 Err(e)
             }
-        }
-    }
-
-    fn model_state(&self, name: &Arc<str>) -> Result<Arc<ModelState>, Reject> {
-        if let Some(m) = self.models.get(name) {
-            return Ok(m.clone());
-        }
-        if self.models.len() >= MAX_MODELS {
-            return Err(Reject::new(
-                RejectReason::BadField,
-                format!("more than {MAX_MODELS} models"),
-            ));
-        }
-        let dims = self.schema_for(name).map(|s| s.n_features).unwrap_or(0);
-        let m = self
-            .models
-            .entry(name.clone())
-            .or_insert_with(|| {
-                Arc::new(ModelState {
-                    name: name.clone(),
-                    dims: AtomicUsize::new(dims),
-                    projection: RwLock::new(None),
-                    baseline: RwLock::new(Arc::new(Baseline::empty(dims.min(SKETCH_DIM)))),
-                    reservoir: Mutex::new(Reservoir::new(self.cfg.baseline.reservoir)),
-                    global: GlobalTable::new(self.cfg.detect.fingerprint.global_slots),
-                    records: AtomicU64::new(0),
-                    watermark: AtomicI64::new(i64::MIN),
-                    refreshed_at: AtomicU64::new(0),
-                })
-            })
-            .clone();
-        Ok(m)
-    }
-
-    fn schema_for(&self, model: &str) -> Option<&Schema> {
-        self.schema
-            .as_deref()
-            .filter(|s| s.model.as_deref().is_none_or(|m| m == model) || self.models.len() <= 1)
-    }
-
-    /// Processes one validated record; returns the alert events it caused.
-    pub fn process(&self, rec: Record) -> Result<Vec<Alert>, Reject> {
-        let model = self.model_state(&rec.model)?;
-        let d = rec.input.len();
-        let expected = match model
-            .dims
-            .compare_exchange(0, d, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {
-                *model.baseline.write() = Arc::new(Baseline::empty(d.min(SKETCH_DIM)));
-                d
-            }
-            Err(v) => v,
         };
-        if d != expected {
-            let r = Reject::new(
-                RejectReason::DimensionMismatch,
-                format!(
-                    "input has {d} features, model {} expects {expected}",
-                    model.name
-                ),
-            );
-            self.stats.reject(r.reason);
-            return Err(r);
+        if let Err(e) = &res {
+            self.stats.reject(e.reason);
         }
-        let wm = model.watermark.fetch_max(rec.ts_ms, Ordering::AcqRel);
-        if wm != i64::MIN && rec.ts_ms < wm.saturating_sub(self.cfg.window.max_skew_ms) {
-            let r = Reject::new(
-                RejectReason::TooLate,
-                format!("{} ms older than the newest record", wm - rec.ts_ms),
-            );
-            self.stats.reject(r.reason);
-            return Err(r);
+        res
+    }
+
+    /// Counts `n` records refused before they reached the pipeline (a shed or oversized
+    /// batch), so that they are counted with every other rejection.
+    pub fn refuse(&self, reason: RejectReason, n: usize) {
+        for _ in 0..n {
+            self.stats.reject(reason);
         }
+    }
+
+    /// Counts one batch received over the ingest API.
+    pub fn note_batch(&self) {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the time from a batch's arrival to one of its alerts being spooled.
+    pub fn note_alert_latency(&self, d: std::time::Duration) {
+        self.stats.timings.record_alert(d);
+    }
+
+    /// Steps 2–10 for one validated record.
+    fn process(&self, rec: Record, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
+        let model = self.models.admit(&rec, &self.cfg, &self.detectors)?;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let sketch = self.sketch(&model, &rec.input);
+        let sketch = model.sketch(&rec.input);
         let base = model.baseline();
-        let schema = self.schema_for(&model.name);
+        let view = ModelView {
+            baseline: &base,
+            schema: self.models.schema_for(&model.name),
+        };
         let answer = rec.output.answer();
         let key = ClientKey {
             model: rec.model.clone(),
             client: rec.client.clone(),
         };
-        let mut alerts = Vec::new();
-        if !self.store.map().contains_key(&key) {
-            for gone in self.store.make_room() {
-                self.stats.evicted_capacity.fetch_add(1, Ordering::Relaxed);
-                alerts.extend(self.resolve_all(&gone, rec.ts_ms));
-            }
-        }
-        let mut purge = None;
-        {
+        self.make_room(&key, rec.ts_ms, alerts);
+        let raised = {
             let mut entry = self
                 .store
                 .map()
                 .entry(key)
                 .or_insert_with(|| self.new_client(&rec));
             let st = entry.value_mut();
-            st.last_seen_ms = st.last_seen_ms.max(rec.ts_ms);
-            st.total += 1;
-            let q = Query {
-                ts_ms: rec.ts_ms,
-                input: &rec.input,
-                sketch: &sketch,
-                answer,
-                client_tag: st.tag,
-            };
-            let view = ModelView {
-                baseline: &base,
-                schema,
-            };
-            let mut sig = Signals::default();
-            let mut fp = [0u32; 64];
-            let n = if base.ready {
-                self.fingerprint.fingerprint(&sketch, &view, &mut fp)
-            } else {
-                0
-            };
-            self.fingerprint
-                .observe_fp(&q, &fp[..n], &mut st.fingerprint, &mut sig);
-            if n > 0 && !sig.exact_dup {
-                sig.global_near_dup =
-                    self.fingerprint
-                        .check_global(&model.global, &fp[..n], st.tag, &st.fingerprint);
-            }
-            self.prada.observe(&q, &view, &mut st.prada, &mut sig);
-            Margin.observe(&q, &view, &mut (), &mut sig);
-            Drift.observe(&q, &view, &mut (), &mut sig);
-            self.sanity.observe(&q, &view, &mut (), &mut sig);
-            self.coverage.observe(&q, &view, &mut (), &mut sig);
+            st.note_query(rec.ts_ms);
+            let sig = self.detect(&rec, &sketch, answer, &view, &model, st);
             record_window(&mut st.window, &rec, &sig, answer, base.ready, &self.stats);
-            // Samples are the client's queries 1, 2, 4, 8, ...: events that depend on the client's
-            // own history (structured perturbations of an earlier query) are then sampled at
-            // the rate they have over a client's life, not only at its start.
-            if st.contributed < self.cfg.baseline.per_client_cap
-                && st.total.is_power_of_two()
-                && st.policy.open.is_empty()
-            {
-                st.contributed += 1;
-                model.reservoir.lock().offer(Sample {
-                    tag: st.tag,
-                    sketch: sketch.to_vec().into_boxed_slice(),
-                    margin: answer.margin,
-                    prada_distance: sig.prada_distance,
-                    structured: sig.structured,
-                });
-            }
-            let events = st.window.total_counts();
-            let decisions = self.policy.observe(
-                &mut st.policy,
-                &sig,
-                answer.margin.is_some(),
-                &base,
-                st.total,
-                &events,
-            );
-            if let Slot::At(pos) = st.window.slot(rec.ts_ms) {
-                let c = st.policy.cusum;
-                st.window.bucket_mut(pos).note_scores(
-                    [c.low_margin, c.out_of_range, c.structured, c.invalid],
-                    self.policy.threshold(),
-                );
-            }
-            let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, &mut alerts);
+            self.sample(&model, st, &sketch, answer, &sig);
+            let decisions = self.decide(st, &sig, answer, &base, rec.ts_ms);
+            let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, alerts);
             if raised {
-                // Once alerted, a client never counts as normal again, even after its alert
-                // resolves: its samples leave the reservoir and it offers no more.
-                st.contributed = u32::MAX;
-                purge = Some(st.tag);
+                st.exclude_from_baseline();
             }
-        }
-        if let Some(tag) = purge {
-            let n = model.reservoir.lock().purge(tag);
+            raised.then_some(st.tag)
+        };
+        if let Some(tag) = raised {
+            let n = model.purge(tag);
             self.stats
                 .baseline_purged
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
-        let n = model.records.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % self.cfg.baseline.refresh_every == 0 || (!base.ready && n % 16 == 0) {
-            // Recompute only when the sample moved: once the reservoir is full, a long stream
-            // changes it rarely, and refreshing an unchanged sample is wasted work.
-            let changes = model.reservoir.lock().changes();
-            let last = model.refreshed_at.load(Ordering::Relaxed);
-            if !base.ready || changes >= last + REFRESH_MIN_CHANGES {
-                model.refreshed_at.store(changes, Ordering::Relaxed);
-                self.refresh(&model);
-            }
+        if model.count_record(base.ready, self.cfg.baseline.refresh_every) {
+            model.refresh(self.models.schema_for(&model.name), &self.cfg);
+            self.stats
+                .baseline_refreshes
+                .fetch_add(1, Ordering::Relaxed);
         }
         if self.processed.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             alerts.extend(self.sweep());
         }
-        Ok(alerts)
+        Ok(())
+    }
+
+    /// Before a new client is added to a full store, evicts the idlest and resolves their
+    /// alerts.
+    fn make_room(&self, key: &ClientKey, ts: i64, alerts: &mut Vec<Alert>) {
+        if self.store.map().contains_key(key) {
+            return;
+        }
+        for gone in self.store.make_room() {
+            self.stats.evicted_capacity.fetch_add(1, Ordering::Relaxed);
+            alerts.extend(self.resolve_all(&gone, ts));
+        }
     }
 
     fn new_client(&self, rec: &Record) -> ClientState {
-        let tag = crate::hash::client_tag(&rec.model, &rec.client);
-        ClientState {
-            model: rec.model.clone(),
-            client: rec.client.clone(),
-            tag,
-            first_seen_ms: rec.ts_ms,
-            last_seen_ms: rec.ts_ms,
-            total: 0,
-            contributed: 0,
-            window: SlidingWindow::new(self.cfg.window.buckets(), self.cfg.window.bucket_ms),
-            fingerprint: self.fingerprint.new_state(),
-            prada: self.prada.new_state(),
-            policy: Default::default(),
-        }
+        let window = SlidingWindow::new(self.cfg.window.buckets(), self.cfg.window.bucket_ms);
+        ClientState::new(rec, window, &self.detectors)
     }
 
-    fn sketch<'a>(&self, model: &ModelState, input: &'a [f32]) -> Cow<'a, [f32]> {
-        crate::sketch::sketch(input, || {
-            let cached = model.projection.read().clone();
-            cached.unwrap_or_else(|| {
-                let p = Arc::new(Projection::new(input.len()));
-                *model.projection.write() = Some(p.clone());
-                p
-            })
-        })
-    }
-
-    fn refresh(&self, model: &ModelState) {
-        let dims = model.dims.load(Ordering::Acquire).min(SKETCH_DIM);
-        let prev = model.baseline();
-        let next = {
-            let res = model.reservoir.lock();
-            Baseline::compute(
-                &res,
-                &prev,
-                dims,
-                self.schema_for(&model.name),
-                &self.cfg.baseline,
-                &self.cfg.detect.drift,
-                &self.cfg.detect.margin,
-            )
+    /// Step 5: every detector on one query.
+    fn detect(
+        &self,
+        rec: &Record,
+        sketch: &[f32],
+        answer: Answer,
+        view: &ModelView<'_>,
+        model: &ModelState,
+        st: &mut ClientState,
+    ) -> Signals {
+        let q = Query {
+            ts_ms: rec.ts_ms,
+            input: &rec.input,
+            sketch,
+            answer,
+            client_tag: st.tag,
         };
-        if next.ready && !prev.ready {
-            tracing::info!(model = %model.name, samples = next.samples, clients = next.clients, "baseline ready");
+        let mut sig = Signals::default();
+        self.detectors
+            .observe(&q, view, &model.detectors, &mut st.detectors, &mut sig);
+        sig
+    }
+
+    /// Step 7: offers the query to the model's baseline sample when the client's turn.
+    fn sample(
+        &self,
+        model: &ModelState,
+        st: &mut ClientState,
+        sketch: &[f32],
+        answer: Answer,
+        sig: &Signals,
+    ) {
+        if !st.offers_sample(self.cfg.baseline.per_client_cap) {
+            return;
         }
-        tracing::debug!(model = %model.name, ready = next.ready, margin_low = ?next.margin_low, near_radius = ?next.near_radius, out_threshold = next.out_threshold, rates = ?next.rates, "baseline refreshed");
-        *model.baseline.write() = Arc::new(next);
-        self.stats
-            .baseline_refreshes
-            .fetch_add(1, Ordering::Relaxed);
+        st.contributed += 1;
+        model.offer(Sample {
+            tag: st.tag,
+            sketch: sketch.to_vec().into_boxed_slice(),
+            margin: answer.margin,
+            prada_distance: sig.prada_distance,
+            structured: sig.structured,
+        });
+    }
+
+    /// Step 8: the policy's sequential tests over the query's signals and the client's
+    /// window; also keeps each test's peak per bucket for the client's series.
+    fn decide(
+        &self,
+        st: &mut ClientState,
+        sig: &Signals,
+        answer: Answer,
+        base: &Baseline,
+        ts: i64,
+    ) -> Vec<Decision> {
+        let events = st.window.total_counts();
+        let decisions = self.policy.observe(
+            &mut st.policy,
+            sig,
+            answer.margin.is_some(),
+            base,
+            st.total,
+            &events,
+        );
+        if let Slot::At(pos) = st.window.slot(ts) {
+            let c = st.policy.cusum;
+            st.window.bucket_mut(pos).note_scores(
+                [c.low_margin, c.out_of_range, c.structured, c.invalid],
+                self.policy.threshold(),
+            );
+        }
+        decisions
     }
 
     /// The alert threshold of the policy's sequential tests (`ln(1/alpha)`).
@@ -448,17 +330,11 @@ impl Pipeline {
         self.policy.threshold()
     }
 
-    /// The client id as alerts and logs show it (pseudonymised when configured).
+    /// The client id as alerts and the API show it (pseudonymised when configured).
     pub fn client_label(&self, client: &str) -> String {
-        match &self.pseudonym_key {
+        match &self.pseudonym {
             None => client.to_string(),
-            Some(k) => {
-                let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(k)
-                    .expect("HMAC takes any key length");
-                mac.update(client.as_bytes());
-                let out = mac.finalize().into_bytes();
-                format!("p-{}", hex::encode(&out[..8]))
-            }
+            Some(p) => p.label(client),
         }
     }
 
@@ -469,12 +345,12 @@ impl Pipeline {
         } else {
             Arc::from(model)
         };
-        let key = ClientKey {
-            model: model.clone(),
-            client: Arc::from(client),
-        };
-        let Some(m) = self.models.get(&model).map(|m| m.clone()) else {
+        let Some(m) = self.models.get(&model) else {
             return vec![];
+        };
+        let key = ClientKey {
+            model,
+            client: Arc::from(client),
         };
         let base = m.baseline();
         let mut out = Vec::new();
@@ -497,15 +373,10 @@ impl Pipeline {
     }
 
     /// Drops idle clients and resolves alerts that went quiet. Called every
-    /// [`SWEEP_EVERY`] records and by the server's timer when the stream is quiet.
+    /// [`SWEEP_EVERY`] records and by the sidecar's timer when the stream is quiet.
     pub fn sweep(&self) -> Vec<Alert> {
         let mut out = Vec::new();
-        let now = self
-            .models
-            .iter()
-            .map(|m| m.watermark())
-            .max()
-            .unwrap_or(i64::MIN);
+        let now = self.models.newest_watermark();
         if now == i64::MIN {
             return out;
         }
@@ -533,11 +404,12 @@ impl Pipeline {
     }
 }
 
+/// Step 6: the query's signals into the client's current bucket.
 fn record_window(
     w: &mut SlidingWindow,
     rec: &Record,
     sig: &Signals,
-    answer: crate::record::Answer,
+    answer: Answer,
     scored: bool,
     stats: &Stats,
 ) {

@@ -16,6 +16,37 @@ pub enum Output {
     None,
 }
 
+/// A query as a source received it, before validation: what the wire record
+/// (`probewatch.v1.QueryRecord`) and a decoded mirrored exchange both carry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RawRecord {
+    pub client_id: String,
+    /// Empty: the default model.
+    pub model: String,
+    /// 0: the sidecar's clock at arrival.
+    pub ts_ms: i64,
+    pub input: Vec<f32>,
+    /// Class scores, or empty.
+    pub output: Vec<f32>,
+    pub output_kind: crate::proto::v1::OutputKind,
+    pub label: Option<u32>,
+}
+
+impl From<crate::proto::v1::QueryRecord> for RawRecord {
+    fn from(r: crate::proto::v1::QueryRecord) -> Self {
+        Self {
+            output_kind: crate::proto::v1::OutputKind::try_from(r.output_kind)
+                .unwrap_or(crate::proto::v1::OutputKind::Unspecified),
+            client_id: r.client_id,
+            model: r.model,
+            ts_ms: r.ts_ms,
+            input: r.input,
+            output: r.output,
+            label: r.label,
+        }
+    }
+}
+
 /// One validated query a client sent to a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {

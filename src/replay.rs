@@ -21,7 +21,7 @@ pub enum ReplayError {
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
-    Pipeline(#[from] crate::pipeline::PipelineError),
+    Pseudonym(#[from] crate::pseudonym::PseudonymError),
     #[error("cannot read labels {path}: {reason}")]
     Labels { path: String, reason: String },
     #[error("cannot write alerts: {0}")]
@@ -114,7 +114,8 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let labels = opts.labels.map(load_labels).transpose()?;
     let clock = Arc::new(ManualClock::new(0));
-    let pipeline = Pipeline::new(cfg, schema, clock.clone())?;
+    let pseudonym = crate::pseudonym::Pseudonymiser::for_alerts(&cfg.privacy)?;
+    let pipeline = Pipeline::new(cfg, schema, clock.clone()).with_pseudonym(pseudonym);
     let mut out: Option<Box<dyn Write>> = match opts.alerts_out {
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout().lock())),
         Some(p) => Some(Box::new(std::io::BufWriter::new(std::fs::File::create(p)?))),

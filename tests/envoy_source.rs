@@ -76,8 +76,11 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
     cfg.sources.pair_ttl_ms = 300;
     let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
     let sources = cfg.sources.clone();
-    let pipeline =
-        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(cfg),
+        None,
+        probewatch::clock::system(),
+    ));
     let identity = Arc::new(Identity::with_key(
         &sources.identity,
         b"envoy-source-test-key",
@@ -185,10 +188,9 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
     scorer.wait_idle();
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
     let clients: Vec<String> = pipeline
-        .store()
-        .map()
-        .iter()
-        .map(|e| e.key().client.to_string())
+        .client_summaries(None)
+        .into_iter()
+        .map(|c| c.client)
         .collect();
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0], identity.hash("sk-live-42"));

@@ -33,8 +33,11 @@ async fn start(cfg: Config, schema: Option<Schema>) -> Running {
     // These tests are about ingest: alerts stay in a memory spool.
     alerts.spool_dir.clear();
     let sinks = alerts.resolve_sinks().unwrap();
-    let pipeline =
-        Arc::new(Pipeline::new(Arc::new(cfg), schema, probewatch::clock::system()).unwrap());
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(cfg),
+        schema,
+        probewatch::clock::system(),
+    ));
     let dispatcher = Arc::new(Dispatcher::start(&alerts, sinks).unwrap());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let served = pipeline.clone();

@@ -28,8 +28,11 @@ impl Logger {
         cfg.alerts.spool_dir.clear();
         let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
         let sources = cfg.sources.clone();
-        let pipeline =
-            Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(cfg),
+            None,
+            probewatch::clock::system(),
+        ));
         let identity = Arc::new(Identity::with_key(&sources.identity, key));
         let scorer = Scorer::start_default();
         let ctx = SourceCtx::new(
@@ -104,9 +107,9 @@ async fn logger_events_pair_into_records() {
     assert_eq!(post((&c, &scorer), &url, "b", "response", resp).await, 200);
     assert_eq!(post((&c, &scorer), &url, "b", "request", req).await, 200);
     assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
-    let key = pipeline.store().map().iter().next().unwrap().key().clone();
-    assert_eq!(&*key.model, "iris");
-    assert_eq!(&*key.client, identity.hash("tenant-key-7"));
+    let key = pipeline.client_summaries(None).remove(0);
+    assert_eq!(key.model, "iris");
+    assert_eq!(key.client, identity.hash("tenant-key-7"));
     // Broken pairs and foreign events are counted, never fatal.
     assert_eq!(
         post((&c, &scorer), &url, "c", "request", "{oops").await,
@@ -248,15 +251,10 @@ async fn recorded_logger_events() {
         "{:?}",
         stats.dropped()
     );
-    let keys: Vec<_> = pipeline
-        .store()
-        .map()
-        .iter()
-        .map(|e| e.key().clone())
-        .collect();
+    let keys = pipeline.client_summaries(None);
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(&*keys[0].model, "sklearn-iris");
-    assert_eq!(&*keys[0].client, identity.hash("tenant-recorded"));
+    assert_eq!(keys[0].model, "sklearn-iris");
+    assert_eq!(keys[0].client, identity.hash("tenant-recorded"));
 
     // The 2019 logger's CloudEvents 0.1 headers (Ce-Eventid, Ce-Eventtype) are refused with
     // 400 and counted, not misread; its CloudEvents 0.2 events already used Ce-Id/Ce-Type.

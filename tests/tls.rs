@@ -56,8 +56,11 @@ async fn ingest_requires_a_client_certificate_and_the_api_speaks_https() {
     cfg.alerts.sinks.clear();
     cfg.alerts.spool_dir.clear();
     let alerts = Arc::new(Dispatcher::start(&cfg.alerts, vec![]).unwrap());
-    let pipeline =
-        Arc::new(Pipeline::new(Arc::new(cfg), None, probewatch::clock::system()).unwrap());
+    let pipeline = Arc::new(Pipeline::new(
+        Arc::new(cfg),
+        None,
+        probewatch::clock::system(),
+    ));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let ingest_tls = probewatch::server::ingest_tls(&tls).unwrap();

@@ -31,7 +31,7 @@ fn name<T: serde::Serialize>(v: T) -> String {
         .unwrap_or_default()
 }
 
-fn quantiles(q: crate::telemetry::Quantiles) -> pb::LatencyQuantiles {
+fn quantiles(q: crate::pipeline::stats::Quantiles) -> pb::LatencyQuantiles {
     pb::LatencyQuantiles {
         count: q.count,
         p50_us: q.p50_us,
@@ -42,7 +42,7 @@ fn quantiles(q: crate::telemetry::Quantiles) -> pb::LatencyQuantiles {
     }
 }
 
-fn summary(c: view::ClientSummary) -> pb::ClientSummary {
+fn summary(c: crate::pipeline::inspect::ClientSummary) -> pb::ClientSummary {
     pb::ClientSummary {
         model: c.model,
         client: c.client,
@@ -155,6 +155,7 @@ impl Query for ApiState {
         let d = view::client(&self.pipeline, &self.alerts, &r.model, &r.client)?;
         Ok(Response::new(pb::ClientDetail {
             series: d
+                .report
                 .series
                 .into_iter()
                 .map(|b| pb::Bucket {
@@ -175,9 +176,9 @@ impl Query for ApiState {
                     score_invalid: b.scores.invalid,
                 })
                 .collect(),
-            detectors_json: d.detectors.to_string(),
+            detectors_json: d.report.detectors.to_string(),
             alerts: d.alerts.iter().map(|a| alert_event(a)).collect(),
-            summary: Some(summary(d.summary)),
+            summary: Some(summary(d.report.summary)),
         }))
     }
 

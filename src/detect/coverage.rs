@@ -63,15 +63,18 @@ impl Coverage {
 }
 
 impl Detector for Coverage {
-    type State = ();
+    type Client = ();
+    type Model = ();
 
-    fn name(&self) -> &'static str {
-        "coverage"
+    fn from_config(cfg: &crate::config::DetectConfig) -> Self {
+        Coverage::new(&cfg.coverage)
     }
 
-    fn new_state(&self) {}
+    fn new_client(&self) {}
 
-    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &mut (), sig: &mut Signals) {
+    fn new_model(&self) {}
+
+    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &(), _: &mut (), sig: &mut Signals) {
         if m.baseline.ready {
             sig.cell = Some(self.cell(q.sketch, m));
         }

@@ -13,15 +13,18 @@ use super::{Detector, ModelView, Query, Signals};
 pub struct Drift;
 
 impl Detector for Drift {
-    type State = ();
+    type Client = ();
+    type Model = ();
 
-    fn name(&self) -> &'static str {
-        "drift"
+    fn from_config(_: &crate::config::DetectConfig) -> Self {
+        Drift
     }
 
-    fn new_state(&self) {}
+    fn new_client(&self) {}
 
-    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &mut (), sig: &mut Signals) {
+    fn new_model(&self) {}
+
+    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &(), _: &mut (), sig: &mut Signals) {
         if !m.baseline.ready {
             return;
         }
@@ -54,7 +57,7 @@ mod tests {
                 client_tag: 0,
             };
             let mut s = Signals::default();
-            Drift.observe(&q, &m, &mut (), &mut s);
+            Drift.observe(&q, &m, &(), &mut (), &mut s);
             (s.out_count, s.out_of_range)
         };
         assert_eq!(check([0.5, 0.5, 0.5, 0.5]), (0, false));

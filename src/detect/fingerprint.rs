@@ -228,13 +228,22 @@ impl Fingerprint {
 }
 
 impl Detector for Fingerprint {
-    type State = FingerprintState;
+    type Client = FingerprintState;
+    type Model = GlobalTable;
 
-    fn name(&self) -> &'static str {
-        "fingerprint"
+    fn from_config(cfg: &crate::config::DetectConfig) -> Self {
+        Fingerprint::new(cfg.fingerprint.clone())
     }
 
-    fn new_state(&self) -> FingerprintState {
+    fn new_model(&self) -> GlobalTable {
+        GlobalTable::new(self.cfg.global_slots)
+    }
+
+    fn client_heap_bytes(st: &FingerprintState) -> usize {
+        st.heap_bytes()
+    }
+
+    fn new_client(&self) -> FingerprintState {
         let h = self.cfg.history;
         FingerprintState {
             hashes: vec![0; h * self.cfg.top_n.min(64)].into_boxed_slice(),
@@ -248,16 +257,26 @@ impl Detector for Fingerprint {
         }
     }
 
+    /// Fingerprints only against a ready baseline (its frozen normalisation makes hashes
+    /// comparable over time); a retry is not checked across accounts.
     fn observe(
         &self,
         q: &Query<'_>,
         m: &ModelView<'_>,
+        global: &GlobalTable,
         st: &mut FingerprintState,
         sig: &mut Signals,
     ) {
-        let mut buf = [0u32; 64];
-        let n = self.fingerprint(q.sketch, m, &mut buf);
-        self.observe_fp(q, &buf[..n], st, sig);
+        let mut fp = [0u32; 64];
+        let n = if m.baseline.ready {
+            self.fingerprint(q.sketch, m, &mut fp)
+        } else {
+            0
+        };
+        self.observe_fp(q, &fp[..n], st, sig);
+        if n > 0 && !sig.exact_dup {
+            sig.global_near_dup = self.check_global(global, &fp[..n], q.client_tag, st);
+        }
     }
 }
 
@@ -347,14 +366,14 @@ mod tests {
             schema: None,
         };
         let mut s = Signals::default();
-        d.observe(&q(x, class), &m, st, &mut s);
+        d.observe(&q(x, class), &m, &GlobalTable::new(64), st, &mut s);
         s
     }
 
     #[test]
     fn distinct_inputs_are_not_near_duplicates() {
         let d = det();
-        let mut st = d.new_state();
+        let mut st = d.new_client();
         for seed in 0..40 {
             let s = run(&d, &mut st, &image(seed), 0);
             assert!(!s.near_dup && !s.exact_dup, "seed {seed}: {s:?}");
@@ -364,7 +383,7 @@ mod tests {
     #[test]
     fn small_perturbations_match_and_flips_are_seen() {
         let d = det();
-        let mut st = d.new_state();
+        let mut st = d.new_client();
         let x = image(1);
         run(&d, &mut st, &x, 3);
         let mut y = x.clone();
@@ -379,7 +398,7 @@ mod tests {
     #[test]
     fn exact_repeats_are_counted_apart() {
         let d = det();
-        let mut st = d.new_state();
+        let mut st = d.new_client();
         let x = image(2);
         run(&d, &mut st, &x, 1);
         let s = run(&d, &mut st, &x, 1);
@@ -389,7 +408,7 @@ mod tests {
     #[test]
     fn history_is_bounded() {
         let d = det();
-        let mut st = d.new_state();
+        let mut st = d.new_client();
         let bytes = st.heap_bytes();
         for seed in 0..500 {
             run(&d, &mut st, &image(seed), 0);
@@ -412,7 +431,7 @@ mod tests {
         let x = image(9);
         let mut fp = [0u32; 64];
         let n = d.fingerprint(&x, &m, &mut fp);
-        let a = d.new_state();
+        let a = d.new_client();
         assert!(!d.check_global(&t, &fp[..n], 1, &a));
         assert!(
             !d.check_global(&t, &fp[..n], 1, &a),

@@ -11,15 +11,18 @@ use super::{Detector, ModelView, Query, Signals};
 pub struct Margin;
 
 impl Detector for Margin {
-    type State = ();
+    type Client = ();
+    type Model = ();
 
-    fn name(&self) -> &'static str {
-        "margin"
+    fn from_config(_: &crate::config::DetectConfig) -> Self {
+        Margin
     }
 
-    fn new_state(&self) {}
+    fn new_client(&self) {}
 
-    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &mut (), sig: &mut Signals) {
+    fn new_model(&self) {}
+
+    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &(), _: &mut (), sig: &mut Signals) {
         if let (Some(margin), Some(low), true) =
             (q.answer.margin, m.baseline.margin_low, m.baseline.ready)
         {
@@ -53,7 +56,7 @@ mod tests {
             client_tag: 0,
         };
         let mut s = Signals::default();
-        Margin.observe(&q, &m, &mut (), &mut s);
+        Margin.observe(&q, &m, &(), &mut (), &mut s);
         s.low_margin
     }
 

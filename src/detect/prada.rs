@@ -126,13 +126,20 @@ impl Prada {
 }
 
 impl Detector for Prada {
-    type State = PradaState;
+    type Client = PradaState;
+    type Model = ();
 
-    fn name(&self) -> &'static str {
-        "prada"
+    fn from_config(cfg: &crate::config::DetectConfig) -> Self {
+        Prada::new(cfg.prada.clone())
     }
 
-    fn new_state(&self) -> PradaState {
+    fn new_model(&self) {}
+
+    fn client_heap_bytes(st: &PradaState) -> usize {
+        st.heap_bytes()
+    }
+
+    fn new_client(&self) -> PradaState {
         PradaState {
             dims: 0,
             set: None,
@@ -144,7 +151,14 @@ impl Detector for Prada {
         }
     }
 
-    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, st: &mut PradaState, sig: &mut Signals) {
+    fn observe(
+        &self,
+        q: &Query<'_>,
+        m: &ModelView<'_>,
+        _: &(),
+        st: &mut PradaState,
+        sig: &mut Signals,
+    ) {
         sig.prada_alarm = st.alarm;
         let Some(class) = q.answer.class else { return };
         if sig.exact_dup {
@@ -152,7 +166,7 @@ impl Detector for Prada {
         }
         let x = q.sketch;
         if st.dims != x.len() {
-            *st = self.new_state();
+            *st = self.new_client();
             st.dims = x.len();
             // Exact capacity: a VecDeque grown by pushes would double past it.
             st.distances = VecDeque::with_capacity(self.cfg.distances + 1);
@@ -327,7 +341,7 @@ mod tests {
             client_tag: 1,
         };
         let mut s = Signals::default();
-        p.observe(&q, &m, st, &mut s);
+        p.observe(&q, &m, &(), st, &mut s);
         s
     }
 
@@ -339,7 +353,7 @@ mod tests {
     #[test]
     fn natural_queries_keep_the_alarm_off() {
         let p = Prada::new(Config::default().detect.prada);
-        let mut st = p.new_state();
+        let mut st = p.new_client();
         for i in 0..400u64 {
             let x: Vec<f32> = (0..16).map(|j| 8.0 + 2.0 * gaussian(i, j)).collect();
             run(&p, &mut st, &x, (i % 3) as u32);
@@ -354,7 +368,7 @@ mod tests {
         // query so far gets a child `x + λ·sign(g)` (g stands in for the substitute's
         // gradient), so the set doubles each round.
         let p = Prada::new(Config::default().detect.prada);
-        let mut st = p.new_state();
+        let mut st = p.new_client();
         let mut set: Vec<Vec<f32>> = (0..30u64)
             .map(|i| (0..16).map(|j| 8.0 + 3.0 * gaussian(i, j)).collect())
             .collect();
@@ -384,7 +398,7 @@ mod tests {
     #[test]
     fn sign_steps_are_structured_and_noise_is_not() {
         let p = Prada::new(Config::default().detect.prada);
-        let mut st = p.new_state();
+        let mut st = p.new_client();
         let x: Vec<f32> = (0..16).map(|j| (j % 9) as f32).collect();
         run(&p, &mut st, &x, 0);
         let y: Vec<f32> = x
@@ -406,7 +420,7 @@ mod tests {
         // One-hot or binary features: natural neighbours differ by the feature's whole range
         // on a few coordinates, with equal magnitudes, and that is not an attack's step.
         let p = Prada::new(Config::default().detect.prada);
-        let mut st = p.new_state();
+        let mut st = p.new_client();
         let x: Vec<f32> = (0..16)
             .map(|j| if j % 4 == 0 { 16.0 } else { 0.0 })
             .collect();
@@ -424,7 +438,7 @@ mod tests {
         let cfg = Config::default().detect.prada;
         let cap = cfg.growing_set_cap;
         let p = Prada::new(cfg);
-        let mut st = p.new_state();
+        let mut st = p.new_client();
         for i in 0..2000u64 {
             let x: Vec<f32> = (0..16).map(|j| 100.0 * gaussian(i, j)).collect();
             run(&p, &mut st, &x, 0);
@@ -436,7 +450,7 @@ mod tests {
     #[test]
     fn retries_are_skipped() {
         let p = Prada::new(Config::default().detect.prada);
-        let mut st = p.new_state();
+        let mut st = p.new_client();
         let b = Baseline::unit_scale(4, 16.0);
         let m = ModelView {
             baseline: &b,
@@ -457,7 +471,7 @@ mod tests {
             exact_dup: true,
             ..Default::default()
         };
-        p.observe(&q, &m, &mut st, &mut s);
+        p.observe(&q, &m, &(), &mut st, &mut s);
         assert!(s.prada_distance.is_none() && st.set.as_ref().is_none_or(GrowingSet::is_empty));
     }
 }

@@ -14,15 +14,20 @@ pub struct Sanity {
 }
 
 impl Detector for Sanity {
-    type State = ();
+    type Client = ();
+    type Model = ();
 
-    fn name(&self) -> &'static str {
-        "sanity"
+    fn from_config(cfg: &crate::config::DetectConfig) -> Self {
+        Sanity {
+            tolerance: cfg.sanity.domain_tolerance,
+        }
     }
 
-    fn new_state(&self) {}
+    fn new_client(&self) {}
 
-    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &mut (), sig: &mut Signals) {
+    fn new_model(&self) {}
+
+    fn observe(&self, q: &Query<'_>, m: &ModelView<'_>, _: &(), _: &mut (), sig: &mut Signals) {
         let Some(schema) = m.schema else { return };
         let mut n = 0;
         for (j, &x) in q.input.iter().enumerate() {
@@ -70,17 +75,17 @@ mod tests {
             client_tag: 0,
         };
         let mut s = Signals::default();
-        Sanity { tolerance: 0.0 }.observe(&q, &m, &mut (), &mut s);
+        Sanity { tolerance: 0.0 }.observe(&q, &m, &(), &mut (), &mut s);
         assert_eq!(s.domain_violations, 2);
         let mut s = Signals::default();
-        Sanity { tolerance: 0.1 }.observe(&q, &m, &mut (), &mut s);
+        Sanity { tolerance: 0.1 }.observe(&q, &m, &(), &mut (), &mut s);
         assert_eq!(s.domain_violations, 1, "-1 is within 10% of the width");
         let m = ModelView {
             baseline: &b,
             schema: None,
         };
         let mut s = Signals::default();
-        Sanity { tolerance: 0.0 }.observe(&q, &m, &mut (), &mut s);
+        Sanity { tolerance: 0.0 }.observe(&q, &m, &(), &mut (), &mut s);
         assert_eq!(s.domain_violations, 0, "no schema, no domain");
     }
 }

@@ -125,8 +125,7 @@ impl EnvoySource {
         let Some(client) = client else {
             return self.stats.dropped_one("no_client_identity");
         };
-        let request_id = ex.headers.get("x-request-id").cloned().unwrap_or_default();
-        self.ctx.feed(&client, &model, &request_id, decoded);
+        self.ctx.feed(&client, &model, decoded);
     }
 }
 

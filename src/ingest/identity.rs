@@ -13,9 +13,8 @@
 //! it, from `identity.key` in the spool directory (created at first start, mode 0600, so ids
 //! stay stable across restarts); without a spool, a random key per process.
 
+use crate::pseudonym::Pseudonymiser;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -55,8 +54,8 @@ pub enum KeyOrigin {
 #[derive(Clone)]
 pub struct Identity {
     sources: Vec<String>,
-    /// HMAC state with the key already absorbed, cloned per hash.
-    mac: Hmac<Sha256>,
+    /// Header values become `k-` pseudonyms under the identity key.
+    keyed: Pseudonymiser,
     /// Where the key came from.
     pub origin: KeyOrigin,
 }
@@ -151,7 +150,7 @@ impl Identity {
     pub fn with_key(sources: &[String], key: &[u8]) -> Self {
         Self {
             sources: sources.to_vec(),
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length"),
+            keyed: Pseudonymiser::new("k", key),
             origin: KeyOrigin::Env,
         }
     }
@@ -189,9 +188,7 @@ impl Identity {
 
     /// The client id a header value maps to: `k-` and 16 hex digits of HMAC-SHA-256.
     pub fn hash(&self, v: &str) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(v.as_bytes());
-        format!("k-{}", hex::encode(&mac.finalize().into_bytes()[..8]))
+        self.keyed.label(v)
     }
 
     /// The client id of a request with `headers` (lower-case names) from `peer`.

@@ -152,8 +152,7 @@ impl KserveSource {
         let Some(client) = self.ctx.identity.client_id(&req.headers, None) else {
             return self.stats.dropped_one("no_client_identity");
         };
-        let request_id = req.headers.get("ce-id").cloned().unwrap_or_default();
-        self.ctx.feed(&client, &model, &request_id, decoded);
+        self.ctx.feed(&client, &model, decoded);
     }
 }
 

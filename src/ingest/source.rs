@@ -89,19 +89,18 @@ impl SourceCtx {
     /// Feeds the rows of one decoded exchange to the pipeline as `client`'s queries on
     /// `model`, and hands the alerts they raise to the dispatcher. Rejections are counted by
     /// the pipeline.
-    pub fn feed(&self, client: &str, model: &str, request_id: &str, decoded: Vec<Decoded>) {
+    pub fn feed(&self, client: &str, model: &str, decoded: Vec<Decoded>) {
         let mut raised = Vec::new();
         for d in decoded {
-            let rec = crate::proto::v1::QueryRecord {
+            let rec = crate::record::RawRecord {
                 client_id: client.to_string(),
                 model: model.to_string(),
-                request_id: request_id.to_string(),
                 input: d.input,
                 output: d.output,
                 label: d.label,
                 ..Default::default()
             };
-            let _ = self.pipeline.process_wire(rec, &mut raised);
+            let _ = self.pipeline.submit(rec, &mut raised);
         }
         for a in raised {
             self.alerts.send(a);

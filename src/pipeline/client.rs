@@ -1,8 +1,9 @@
-//! Everything probewatch keeps about one (model, client): bounded, whatever the traffic.
+//! Everything probewatch keeps about one (model, client): its window, its detectors' state
+//! and its policy state; bounded, whatever the traffic.
 
-use crate::detect::fingerprint::FingerprintState;
 use crate::detect::policy::PolicyState;
-use crate::detect::prada::PradaState;
+use crate::detect::{ClientDetectors, Detectors};
+use crate::record::Record;
 use crate::window::store::LastSeen;
 use crate::window::SlidingWindow;
 use std::sync::Arc;
@@ -21,20 +22,54 @@ pub struct ClientState {
     /// Queries offered to the model's baseline so far.
     pub contributed: u32,
     pub window: SlidingWindow,
-    pub fingerprint: FingerprintState,
-    pub prada: PradaState,
+    /// Each detector's state for this client.
+    pub detectors: ClientDetectors,
     pub policy: PolicyState,
 }
 
 impl ClientState {
+    /// The state of a client first seen with `rec`.
+    pub fn new(rec: &Record, window: SlidingWindow, detectors: &Detectors) -> Self {
+        Self {
+            model: rec.model.clone(),
+            client: rec.client.clone(),
+            tag: crate::hash::client_tag(&rec.model, &rec.client),
+            first_seen_ms: rec.ts_ms,
+            last_seen_ms: rec.ts_ms,
+            total: 0,
+            contributed: 0,
+            window,
+            detectors: detectors.new_client(),
+            policy: Default::default(),
+        }
+    }
+
+    /// Counts one accepted query at `ts_ms`.
+    pub fn note_query(&mut self, ts_ms: i64) {
+        self.last_seen_ms = self.last_seen_ms.max(ts_ms);
+        self.total += 1;
+    }
+
+    /// Whether this query goes to the model's baseline sample: the client's queries 1, 2,
+    /// 4, 8, ... up to `cap` of them, and none while it has an alert open. Events that
+    /// depend on the client's own history (structured perturbations of an earlier query)
+    /// are then sampled at the rate they have over a client's life, not only at its start.
+    pub fn offers_sample(&self, cap: u32) -> bool {
+        self.contributed < cap && self.total.is_power_of_two() && self.policy.open.is_empty()
+    }
+
+    /// Once alerted, a client never counts as normal again, even after its alert resolves.
+    pub fn exclude_from_baseline(&mut self) {
+        self.contributed = u32::MAX;
+    }
+
     /// Approximate bytes held by this client (struct and heap), for the memory bench and the
     /// global budget.
     pub fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.client.len()
             + self.window_bytes()
-            + self.fingerprint.heap_bytes()
-            + self.prada.heap_bytes()
+            + self.detectors.heap_bytes()
             + self.policy.heap_bytes()
     }
 

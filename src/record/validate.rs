@@ -2,7 +2,7 @@
 //! by the pipeline, which knows the model's schema.
 
 use crate::proto::v1::{OutputKind, QueryRecord, RejectReason};
-use crate::record::{looks_like_probabilities, softmax, Output, Record};
+use crate::record::{looks_like_probabilities, softmax, Output, RawRecord, Record};
 use std::sync::Arc;
 
 /// Why one record was rejected; `detail` never contains input values.
@@ -34,90 +34,40 @@ pub struct Limits {
 /// Longest client id, model name or request id accepted.
 pub const DEFAULT_MAX_ID_LEN: usize = 256;
 
-/// Checks and converts a wire record. `default_model` names records with an empty model;
-/// `now_ms` stamps records without a timestamp.
+/// Checks and converts a wire record (see [`check`]).
 pub fn validate(
     rec: QueryRecord,
     limits: &Limits,
     default_model: &Arc<str>,
     now_ms: i64,
 ) -> Result<Record, Reject> {
-    use RejectReason as R;
-    if rec.client_id.trim().is_empty() {
-        return Err(Reject::new(R::MissingClient, "client_id is empty"));
+    check(RawRecord::from(rec), limits, default_model, now_ms).map_err(|(r, _)| r)
+}
+
+/// Checks and converts a received record. `default_model` names records with an empty model;
+/// `now_ms` stamps records without a timestamp. A rejected record is handed back with its
+/// reason, so that the caller can still count it against its client.
+pub fn check(
+    rec: RawRecord,
+    limits: &Limits,
+    default_model: &Arc<str>,
+    now_ms: i64,
+) -> Result<Record, (Reject, RawRecord)> {
+    if let Some(r) = problem(&rec, limits) {
+        return Err((r, rec));
     }
-    if rec.client_id.len() > limits.max_id_len || rec.model.len() > limits.max_id_len {
-        return Err(Reject::new(
-            R::BadField,
-            format!("client_id/model longer than {} bytes", limits.max_id_len),
-        ));
-    }
-    if rec.input.is_empty() {
-        return Err(Reject::new(R::EmptyInput, "input is empty"));
-    }
-    if rec.input.len() > limits.max_input_dim {
-        return Err(Reject::new(
-            R::InputTooLarge,
-            format!(
-                "input has {} values, limit {}",
-                rec.input.len(),
-                limits.max_input_dim
-            ),
-        ));
-    }
-    if let Some(i) = rec.input.iter().position(|v| !v.is_finite()) {
-        return Err(Reject::new(
-            R::NonFinite,
-            format!("input[{i}] is not finite"),
-        ));
-    }
-    if rec.output.len() > limits.max_output_dim {
-        return Err(Reject::new(
-            R::BadOutput,
-            format!(
-                "output has {} values, limit {}",
-                rec.output.len(),
-                limits.max_output_dim
-            ),
-        ));
-    }
-    if rec.output.iter().any(|v| !v.is_finite()) {
-        return Err(Reject::new(R::BadOutput, "output has a non-finite value"));
-    }
-    if rec.ts_ms < 0 {
-        return Err(Reject::new(R::BadField, "ts_ms is negative"));
-    }
-    let kind = OutputKind::try_from(rec.output_kind).unwrap_or(OutputKind::Unspecified);
-    let output = if rec.output.len() == 1 {
-        return Err(Reject::new(
-            R::BadOutput,
-            "output needs at least two classes (send a label instead)",
-        ));
-    } else if !rec.output.is_empty() {
-        let probs = match kind {
-            OutputKind::Probabilities => {
-                if !looks_like_probabilities(&rec.output) {
-                    return Err(Reject::new(
-                        R::BadOutput,
-                        "output_kind is PROBABILITIES but values are not in [0,1] summing to 1",
-                    ));
-                }
-                rec.output
-            }
-            OutputKind::Logits => softmax(&rec.output),
-            OutputKind::Unspecified => {
-                if looks_like_probabilities(&rec.output) {
-                    rec.output
-                } else {
-                    softmax(&rec.output)
-                }
-            }
-        };
-        Output::Probabilities(probs)
-    } else if let Some(l) = rec.label {
-        Output::Label(l)
+    let output = if rec.output.is_empty() {
+        match rec.label {
+            Some(l) => Output::Label(l),
+            None => Output::None,
+        }
     } else {
-        Output::None
+        Output::Probabilities(match rec.output_kind {
+            OutputKind::Probabilities => rec.output,
+            OutputKind::Logits => softmax(&rec.output),
+            OutputKind::Unspecified if looks_like_probabilities(&rec.output) => rec.output,
+            OutputKind::Unspecified => softmax(&rec.output),
+        })
     };
     let model: Arc<str> = if rec.model.is_empty() {
         default_model.clone()
@@ -131,6 +81,69 @@ pub fn validate(
         input: rec.input,
         output,
     })
+}
+
+/// The first thing wrong with `rec`, in a fixed order of checks.
+fn problem(rec: &RawRecord, limits: &Limits) -> Option<Reject> {
+    use RejectReason as R;
+    let bad = |reason, detail: String| Some(Reject::new(reason, detail));
+    if rec.client_id.trim().is_empty() {
+        return bad(R::MissingClient, "client_id is empty".into());
+    }
+    if rec.client_id.len() > limits.max_id_len || rec.model.len() > limits.max_id_len {
+        return bad(
+            R::BadField,
+            format!("client_id/model longer than {} bytes", limits.max_id_len),
+        );
+    }
+    if rec.input.is_empty() {
+        return bad(R::EmptyInput, "input is empty".into());
+    }
+    if rec.input.len() > limits.max_input_dim {
+        return bad(
+            R::InputTooLarge,
+            format!(
+                "input has {} values, limit {}",
+                rec.input.len(),
+                limits.max_input_dim
+            ),
+        );
+    }
+    if let Some(i) = rec.input.iter().position(|v| !v.is_finite()) {
+        return bad(R::NonFinite, format!("input[{i}] is not finite"));
+    }
+    if rec.output.len() > limits.max_output_dim {
+        return bad(
+            R::BadOutput,
+            format!(
+                "output has {} values, limit {}",
+                rec.output.len(),
+                limits.max_output_dim
+            ),
+        );
+    }
+    if rec.output.iter().any(|v| !v.is_finite()) {
+        return bad(R::BadOutput, "output has a non-finite value".into());
+    }
+    if rec.ts_ms < 0 {
+        return bad(R::BadField, "ts_ms is negative".into());
+    }
+    if rec.output.len() == 1 {
+        return bad(
+            R::BadOutput,
+            "output needs at least two classes (send a label instead)".into(),
+        );
+    }
+    if rec.output_kind == OutputKind::Probabilities
+        && !rec.output.is_empty()
+        && !looks_like_probabilities(&rec.output)
+    {
+        return bad(
+            R::BadOutput,
+            "output_kind is PROBABILITIES but values are not in [0,1] summing to 1".into(),
+        );
+    }
+    None
 }
 
 #[cfg(test)]

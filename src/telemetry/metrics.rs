@@ -1,6 +1,6 @@
 //! Prometheus `/metrics` (prometheus-client, OpenMetrics text), on its own port.
 //!
-//! Counters live where the work happens (pipeline [`super::Stats`], delivery
+//! Counters live where the work happens (pipeline [`crate::pipeline::Stats`], delivery
 //! [`crate::alert::SinkReport`]); a [`Collector`] reads them at scrape time, so the hot path
 //! pays nothing for metrics but its atomics. Labels are bounded sets only (reason, kind,
 //! severity, cause, sink name): **never a client id**, whose cardinality is unbounded and
@@ -164,7 +164,7 @@ impl Collector for Figures {
             "clients_active",
             "Tracked (model, client) states.",
             None,
-            &[(&[], self.pipeline.store().len() as f64)],
+            &[(&[], self.pipeline.clients() as f64)],
         )?;
         let mut raised = Vec::new();
         for k in Kind::ALL {

@@ -100,7 +100,7 @@ impl Otel {
         let p = pipeline;
         m.u64_observable_gauge("probewatch.clients.active")
             .with_description("Tracked (model, client) states")
-            .with_callback(move |o| o.observe(p.store().len() as u64, &[]))
+            .with_callback(move |o| o.observe(p.clients() as u64, &[]))
             .build();
         m.u64_observable_gauge("probewatch.alert_sink.backlog")
             .with_description("Spooled alert events not yet delivered, per sink")

@@ -1,0 +1,201 @@
+//! What the pipeline shows of its state to the API and the dashboard: typed, read-only
+//! views of clients and models. The API pages, filters and adds alert history; it never
+//! reaches into client windows itself.
+
+use super::{ClientState, Pipeline};
+use crate::vocab::{Kind, Severity};
+use crate::window::{distinct_cells, Counts};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// An alert open on a client.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenAlertView {
+    pub id: String,
+    pub kind: Kind,
+    pub severity: Severity,
+    pub since_ms: i64,
+}
+
+/// Query counts of a client.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueriesView {
+    pub total: u64,
+    pub window: u32,
+}
+
+/// One client, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSummary {
+    pub model: String,
+    pub client: String,
+    /// Strongest sequential test relative to the alert threshold (1.0 raises an alert).
+    pub risk: f64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub queries: QueriesView,
+    pub open_alerts: Vec<OpenAlertView>,
+}
+
+/// One window bucket of a client.
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketView {
+    pub start_ms: i64,
+    pub queries: u32,
+    pub low_margin: u32,
+    pub near_duplicates: u32,
+    pub exact_repeats: u32,
+    pub class_flips: u32,
+    pub out_of_range: u32,
+    pub structured: u32,
+    pub invalid: u32,
+    pub distinct_cells: f64,
+    pub margin_histogram: Vec<u16>,
+    /// Highest evidence of each sequential test in the bucket, relative to the alert
+    /// threshold (1.0 raises an alert).
+    pub scores: Scores,
+}
+
+/// Detector scores of one bucket.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Scores {
+    pub low_margin: f64,
+    pub out_of_range: f64,
+    pub structured: f64,
+    pub invalid: f64,
+}
+
+/// One client in full: its summary, window totals, per-bucket series and detector state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientReport {
+    #[serde(flatten)]
+    pub summary: ClientSummary,
+    pub window: Counts,
+    pub series: Vec<BucketView>,
+    pub detectors: serde_json::Value,
+}
+
+/// Traffic of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTraffic {
+    pub model: String,
+    pub clients: u64,
+    pub records: u64,
+    pub open_alerts: u64,
+}
+
+impl Pipeline {
+    /// Every tracked client of `model` (all models when `None`), unordered.
+    pub fn client_summaries(&self, model: Option<&str>) -> Vec<ClientSummary> {
+        self.store
+            .map()
+            .iter()
+            .filter(|e| model.is_none_or(|m| &*e.key().model == m))
+            .map(|e| self.summary(e.value()))
+            .collect()
+    }
+
+    /// One client of `model`, addressed as the API shows it (a pseudonym is matched by scan).
+    pub fn client_report(&self, model: &str, label: &str) -> Option<ClientReport> {
+        let entry =
+            self.store.map().iter().find(|e| {
+                &*e.key().model == model && self.client_label(&e.key().client) == label
+            })?;
+        let st = entry.value();
+        let bucket_ms = st.window.bucket_ms();
+        let series = st
+            .window
+            .buckets()
+            .iter()
+            .map(|b| bucket_view(b, bucket_ms))
+            .collect();
+        let prada = &st.detectors.prada;
+        Some(ClientReport {
+            summary: self.summary(st),
+            window: st.window.total_counts(),
+            series,
+            detectors: serde_json::json!({
+                "cusum": st.policy.cusum,
+                "threshold": self.threshold(),
+                "prada_w": prada.last_w,
+                "prada_alarm": prada.alarm,
+            }),
+        })
+    }
+
+    /// Clients, records and open alerts per model, by model name.
+    pub fn model_traffic(&self) -> Vec<ModelTraffic> {
+        let mut models: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for e in self.store.map().iter() {
+            let m = models.entry(e.key().model.to_string()).or_default();
+            m.0 += 1;
+            m.1 += e.value().total;
+            m.2 += e.value().policy.open.len() as u64;
+        }
+        models
+            .into_iter()
+            .map(|(model, (clients, records, open_alerts))| ModelTraffic {
+                model,
+                clients,
+                records,
+                open_alerts,
+            })
+            .collect()
+    }
+
+    fn summary(&self, st: &ClientState) -> ClientSummary {
+        let c = &st.policy.cusum;
+        let risk = c
+            .low_margin
+            .max(c.out_of_range)
+            .max(c.structured)
+            .max(c.invalid)
+            / self.threshold();
+        ClientSummary {
+            model: st.model.to_string(),
+            client: self.client_label(&st.client),
+            risk,
+            first_seen_ms: st.first_seen_ms,
+            last_seen_ms: st.last_seen_ms,
+            queries: QueriesView {
+                total: st.total,
+                window: st.window.total_counts().queries,
+            },
+            open_alerts: st
+                .policy
+                .open
+                .iter()
+                .map(|a| OpenAlertView {
+                    id: a.id.clone(),
+                    kind: a.kind,
+                    severity: a.severity,
+                    since_ms: a.first_ts_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn bucket_view(b: &crate::window::Bucket, bucket_ms: i64) -> BucketView {
+    let c = &b.counts;
+    let score = |i: usize| f64::from(b.scores[i]) / 1000.0;
+    BucketView {
+        start_ms: b.index * bucket_ms,
+        queries: c.queries,
+        low_margin: c.low_margin,
+        near_duplicates: c.near_dups,
+        exact_repeats: c.exact_dups,
+        class_flips: c.flips,
+        out_of_range: c.out_of_range,
+        structured: c.structured,
+        invalid: c.invalid,
+        distinct_cells: distinct_cells(&b.cells).round(),
+        margin_histogram: b.margin_hist.to_vec(),
+        scores: Scores {
+            low_margin: score(0),
+            out_of_range: score(1),
+            structured: score(2),
+            invalid: score(3),
+        },
+    }
+}

@@ -17,7 +17,7 @@ pub mod spool;
 pub mod syslog;
 pub mod webhook;
 
-use crate::config::{AlertsConfig, ResolvedSink, SinkType};
+use crate::config::{AlertsConfig, ResolvedSink, SinkKind};
 // The event vocabulary, for the sink modules (`super::Alert`); its owner is `crate::vocab`.
 use crate::vocab::{Alert, Event};
 use delivery::SinkStats;
@@ -66,12 +66,13 @@ pub struct SinkReport {
     pub oldest_undelivered_age_ms: Option<i64>,
 }
 
-/// How an HTTP JSON sink renders an event (`None`: nothing to send for it).
-fn render(s: &ResolvedSink) -> http::Render {
+/// How an HTTP JSON sink renders an event (`None`: nothing to send for it); `None` for a
+/// kind that is not a plain JSON sink.
+fn render(s: &ResolvedSink) -> Option<http::Render> {
     let source = format!("probewatch/{}", s.name);
-    match s.config.kind {
-        SinkType::Slack => {
-            let link = s.config.client_link.clone();
+    Some(match &s.config.kind {
+        SinkKind::Slack(c) => {
+            let link = c.client_link.clone();
             Box::new(move |a: &Alert| {
                 let l = link
                     .as_ref()
@@ -79,7 +80,7 @@ fn render(s: &ResolvedSink) -> http::Render {
                 Some((slack::body(a, l.as_deref()), "application/json"))
             })
         }
-        SinkType::Pagerduty => {
+        SinkKind::Pagerduty(_) => {
             let key = s
                 .routing_key
                 .as_ref()
@@ -89,19 +90,23 @@ fn render(s: &ResolvedSink) -> http::Render {
                 Some((pagerduty::event(a, &key, "probewatch"), "application/json"))
             })
         }
-        SinkType::Cloudevents => Box::new(move |a: &Alert| {
+        SinkKind::Cloudevents(_) => Box::new(move |a: &Alert| {
             Some((
                 cloudevents::structured(a, &source),
                 cloudevents::CONTENT_TYPE,
             ))
         }),
-        _ => Box::new(|a: &Alert| {
+        SinkKind::Ocsf(_) => Box::new(|a: &Alert| {
             Some((
                 ocsf::detection_finding(a, env!("CARGO_PKG_VERSION")),
                 "application/json",
             ))
         }),
-    }
+        SinkKind::Jsonl(_)
+        | SinkKind::Webhook(_)
+        | SinkKind::Alertmanager(_)
+        | SinkKind::Syslog(_) => return None,
+    })
 }
 
 /// Percent-encodes a client id for a URL path or query.
@@ -150,41 +155,29 @@ impl Dispatcher {
             });
             let c = s.config.clone();
             let (sp, st2, rx) = (spool.clone(), st.clone(), rx.clone());
-            let task = match s.config.kind {
-                SinkType::Jsonl => {
-                    let path = s.config.path.as_deref().unwrap_or("-");
-                    tokio::spawn(delivery::run(
-                        jsonl::JsonlSink::open(path)?,
-                        i,
-                        c,
-                        sp,
-                        st2,
-                        rx,
-                    ))
-                }
-                SinkType::Webhook => tokio::spawn(delivery::run(
-                    webhook::WebhookSink::new(&s)?,
-                    i,
-                    c,
-                    sp,
-                    st2,
-                    rx,
-                )),
-                SinkType::Alertmanager => tokio::spawn(delivery::run(
-                    alertmanager::AlertmanagerSink::new(&s)?,
-                    i,
-                    c,
-                    sp,
-                    st2,
-                    rx,
-                )),
-                SinkType::Syslog => {
-                    let sink = syslog::SyslogSink::new(&s);
+            let task = match (&s.config.kind, render(&s)) {
+                (_, Some(render)) => {
+                    let sink = http::JsonSink::new(&s, render)?;
                     tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
                 }
-                SinkType::Slack | SinkType::Pagerduty | SinkType::Cloudevents | SinkType::Ocsf => {
-                    let sink = http::JsonSink::new(&s, render(&s))?;
+                (SinkKind::Jsonl(j), None) => {
+                    let sink = jsonl::JsonlSink::open(&j.path)?;
                     tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
+                }
+                (SinkKind::Webhook(_), None) => {
+                    let sink = webhook::WebhookSink::new(&s)?;
+                    tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
+                }
+                (SinkKind::Alertmanager(am), None) => {
+                    let sink = alertmanager::AlertmanagerSink::new(&s, am)?;
+                    tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
+                }
+                (SinkKind::Syslog(sys), _) => {
+                    let sink = syslog::SyslogSink::new(&s, sys);
+                    tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
+                }
+                (kind, None) => {
+                    unreachable!("{:?} sinks render JSON", kind.sink_type())
                 }
             };
             stats.push(st);

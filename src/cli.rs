@@ -104,7 +104,9 @@ pub fn main() -> ExitCode {
                 cfg.server.listen = l;
             }
             if let Some(f) = alerts_file {
-                cfg.alerts.sinks.retain(|s| s.kind != SinkType::Jsonl);
+                cfg.alerts
+                    .sinks
+                    .retain(|s| s.sink_type() != SinkType::Jsonl);
                 cfg.alerts.sinks.push(SinkConfig::jsonl(&f));
             }
             if let Err(e) = cfg.validate() {

@@ -6,7 +6,10 @@
 
 pub mod sink;
 
-pub use sink::{Fsync, Overflow, ResolvedSink, Secret, SinkConfig, SinkType};
+pub use sink::{
+    AlertmanagerConfig, Delivery, Fsync, HttpConfig, JsonlConfig, Overflow, PagerdutyConfig,
+    ResolvedSink, Secret, SinkConfig, SinkKind, SinkType, SlackConfig, SyslogConfig, WebhookConfig,
+};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -75,10 +78,52 @@ pub struct SourcesConfig {
     /// KServe: most halves waiting at once (the oldest is dropped first).
     pub max_pending: usize,
     /// Client identity, first found wins: `header:<name>` (hashed), `jwt_sub:<header>`, `peer`.
-    pub identity: Vec<String>,
+    pub identity: Vec<IdentitySource>,
     /// Environment variable holding the HMAC key for `header:` identities (at least 16
     /// bytes). Unset: a key generated once in the spool directory, else one per process.
     pub identity_key_env: String,
+}
+
+/// Where a mirrored request's client identity comes from; written `header:<name>`,
+/// `jwt_sub:<header>` or `peer` in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum IdentitySource {
+    /// A header's value (an API key, an account header), keyed-hashed. Names are lower case.
+    Header(String),
+    /// The `sub` claim of a bearer JWT in this header (lower case).
+    JwtSub(String),
+    /// The connection's peer address.
+    Peer,
+}
+
+impl TryFrom<String> for IdentitySource {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let named = |h: &str| (!h.is_empty()).then(|| h.to_ascii_lowercase());
+        if s == "peer" {
+            Ok(Self::Peer)
+        } else if let Some(h) = s.strip_prefix("header:").and_then(named) {
+            Ok(Self::Header(h))
+        } else if let Some(h) = s.strip_prefix("jwt_sub:").and_then(named) {
+            Ok(Self::JwtSub(h))
+        } else {
+            Err(format!(
+                "sources.identity: {s:?}: expected header:<name>, jwt_sub:<header> or peer"
+            ))
+        }
+    }
+}
+
+impl From<IdentitySource> for String {
+    fn from(s: IdentitySource) -> String {
+        match s {
+            IdentitySource::Header(h) => format!("header:{h}"),
+            IdentitySource::JwtSub(h) => format!("jwt_sub:{h}"),
+            IdentitySource::Peer => "peer".into(),
+        }
+    }
 }
 
 /// OpenTelemetry export (off unless an endpoint is set).
@@ -296,195 +341,259 @@ impl Config {
         Self::from_toml_str(&text)
     }
 
-    /// Checks every value a user can get wrong.
+    /// Checks every value a user can get wrong, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
-        if s.max_batch_records == 0 {
+        self.server.check()?;
+        self.window.check()?;
+        self.baseline.check()?;
+        self.detect.check()?;
+        self.policy.check()?;
+        self.privacy.check()?;
+        self.api.check()?;
+        self.sources.check()?;
+        self.telemetry.check()?;
+        self.tls.check()?;
+        self.alerts.check()
+    }
+}
+
+/// `Ok` when `addr` is empty or `host:port`.
+fn optional_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
+    if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+        return Err(invalid(field, format!("{addr:?} is not host:port")));
+    }
+    Ok(())
+}
+
+impl ServerConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_batch_records == 0 {
             return Err(invalid("server.max_batch_records", "must be at least 1"));
         }
-        if s.max_input_dim == 0 || s.max_input_dim > MAX_INPUT_DIM_CEILING {
+        if self.max_input_dim == 0 || self.max_input_dim > MAX_INPUT_DIM_CEILING {
             return Err(invalid(
                 "server.max_input_dim",
                 format!("must be in 1..={MAX_INPUT_DIM_CEILING}"),
             ));
         }
-        if s.max_output_dim < 2 {
+        if self.max_output_dim < 2 {
             return Err(invalid("server.max_output_dim", "must be at least 2"));
         }
-        if s.max_concurrent_batches == 0 {
+        if self.max_concurrent_batches == 0 {
             return Err(invalid(
                 "server.max_concurrent_batches",
                 "must be at least 1",
             ));
         }
-        let w = &self.window;
-        if w.bucket_ms <= 0 || w.length_ms < w.bucket_ms {
+        Ok(())
+    }
+}
+
+impl WindowConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.bucket_ms <= 0 || self.length_ms < self.bucket_ms {
             return Err(invalid("window", "need 0 < bucket_ms <= length_ms"));
         }
-        if w.length_ms / w.bucket_ms > 1024 {
+        if self.length_ms / self.bucket_ms > 1024 {
             return Err(invalid("window", "at most 1024 buckets per window"));
         }
-        if w.max_skew_ms < 0 || w.idle_ttl_ms <= 0 {
+        if self.max_skew_ms < 0 || self.idle_ttl_ms <= 0 {
             return Err(invalid(
                 "window",
                 "max_skew_ms must be >= 0 and idle_ttl_ms > 0",
             ));
         }
-        if w.max_clients == 0 {
+        if self.max_clients == 0 {
             return Err(invalid("window.max_clients", "must be at least 1"));
         }
-        let b = &self.baseline;
-        if b.per_client_cap == 0 || b.reservoir < 16 || b.refresh_every == 0 {
+        Ok(())
+    }
+}
+
+impl BaselineConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.per_client_cap == 0 || self.reservoir < 16 || self.refresh_every == 0 {
             return Err(invalid(
                 "baseline",
                 "need per_client_cap >= 1, reservoir >= 16, refresh_every >= 1",
             ));
         }
-        if b.min_samples > b.reservoir {
+        if self.min_samples > self.reservoir {
             return Err(invalid(
                 "baseline.min_samples",
                 "cannot exceed baseline.reservoir",
             ));
         }
-        let f = &self.detect.fingerprint;
-        if f.window == 0 || f.top_n == 0 || f.top_n > 64 || f.quant_step == 0 || f.quant_step > 255
-        {
-            return Err(invalid(
-                "detect.fingerprint",
-                "need window >= 1, 1 <= top_n <= 64, 1 <= quant_step <= 255",
-            ));
-        }
-        if !(f.match_share > 0.0 && f.match_share < 1.0) {
-            return Err(invalid(
-                "detect.fingerprint.match_share",
-                "must be in (0, 1)",
-            ));
-        }
-        if f.history == 0 || f.history > 4096 || !f.global_slots.is_power_of_two() {
-            return Err(invalid(
-                "detect.fingerprint",
-                "need 1 <= history <= 4096 and global_slots a power of two",
-            ));
-        }
-        let p = &self.detect.prada;
-        if !(p.delta > 0.0 && p.delta < 1.0) {
-            return Err(invalid("detect.prada.delta", "must be in (0, 1)"));
-        }
-        if p.growing_set_cap == 0 || p.test_every == 0 || p.min_distances < 3 {
-            return Err(invalid(
-                "detect.prada",
-                "need growing_set_cap >= 1, test_every >= 1, min_distances >= 3",
-            ));
-        }
-        if p.distances < p.min_distances || p.distances > 5000 {
-            return Err(invalid(
-                "detect.prada.distances",
-                "must be in min_distances..=5000 (Shapiro-Wilk's range)",
-            ));
-        }
-        let m = &self.detect.margin;
+        Ok(())
+    }
+}
+
+impl DetectConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        self.fingerprint.check()?;
+        self.prada.check()?;
+        let m = &self.margin;
         if !(m.low_quantile > 0.0 && m.low_quantile < 0.5) {
             return Err(invalid("detect.margin.low_quantile", "must be in (0, 0.5)"));
         }
-        let c = &self.detect.coverage;
+        let c = &self.coverage;
         if c.projections == 0 || c.projections > 16 || c.cell_bits == 0 || c.cell_bits > 4 {
             return Err(invalid(
                 "detect.coverage",
                 "need 1 <= projections <= 16 and 1 <= cell_bits <= 4",
             ));
         }
-        let d = &self.detect.drift;
+        let d = &self.drift;
         if !(d.iqr_k >= 0.0 && d.min_width >= 0.0) {
             return Err(invalid("detect.drift", "iqr_k and min_width must be >= 0"));
         }
-        if self.detect.sanity.domain_tolerance.is_nan() || self.detect.sanity.domain_tolerance < 0.0
-        {
+        let tol = self.sanity.domain_tolerance;
+        if tol.is_nan() || tol < 0.0 {
             return Err(invalid("detect.sanity.domain_tolerance", "must be >= 0"));
         }
-        let pol = &self.policy;
-        if !(pol.alpha > 0.0 && pol.alpha < 0.5) {
+        Ok(())
+    }
+}
+
+impl FingerprintConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.window == 0
+            || self.top_n == 0
+            || self.top_n > 64
+            || self.quant_step == 0
+            || self.quant_step > 255
+        {
+            return Err(invalid(
+                "detect.fingerprint",
+                "need window >= 1, 1 <= top_n <= 64, 1 <= quant_step <= 255",
+            ));
+        }
+        if !(self.match_share > 0.0 && self.match_share < 1.0) {
+            return Err(invalid(
+                "detect.fingerprint.match_share",
+                "must be in (0, 1)",
+            ));
+        }
+        if self.history == 0 || self.history > 4096 || !self.global_slots.is_power_of_two() {
+            return Err(invalid(
+                "detect.fingerprint",
+                "need 1 <= history <= 4096 and global_slots a power of two",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PradaConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(invalid("detect.prada.delta", "must be in (0, 1)"));
+        }
+        if self.growing_set_cap == 0 || self.test_every == 0 || self.min_distances < 3 {
+            return Err(invalid(
+                "detect.prada",
+                "need growing_set_cap >= 1, test_every >= 1, min_distances >= 3",
+            ));
+        }
+        if self.distances < self.min_distances || self.distances > 5000 {
+            return Err(invalid(
+                "detect.prada.distances",
+                "must be in min_distances..=5000 (Shapiro-Wilk's range)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PolicyConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.alpha > 0.0 && self.alpha < 0.5) {
             return Err(invalid("policy.alpha", "must be in (0, 0.5)"));
         }
-        if pol.quiet_ms <= 0 {
+        if self.quiet_ms <= 0 {
             return Err(invalid("policy.quiet_ms", "must be > 0"));
         }
-        if self.privacy.pseudonymize_clients && self.privacy.key_env.is_empty() {
+        Ok(())
+    }
+}
+
+impl PrivacyConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.pseudonymize_clients && self.key_env.is_empty() {
             return Err(invalid(
                 "privacy.key_env",
                 "must name an environment variable",
             ));
         }
-        for (k, v) in [
-            ("api.listen", &self.api.listen),
-            ("api.metrics_listen", &self.api.metrics_listen),
-        ] {
-            if !v.is_empty() && v.parse::<SocketAddr>().is_err() {
-                return Err(invalid(k, format!("{v:?} is not host:port")));
-            }
-        }
-        if self.alerts.history == 0 {
-            return Err(invalid("alerts.history", "must be at least 1"));
-        }
-        let src = &self.sources;
-        if !src.envoy_listen.is_empty() && src.envoy_listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "sources.envoy_listen",
-                "must be host:port or empty",
-            ));
-        }
-        if !src.kserve_listen.is_empty() && src.kserve_listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "sources.kserve_listen",
-                "must be host:port or empty",
-            ));
-        }
-        if src.pair_ttl_ms == 0 || src.max_pending == 0 {
+        Ok(())
+    }
+}
+
+impl ApiConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        optional_addr("api.listen", &self.listen)?;
+        optional_addr("api.metrics_listen", &self.metrics_listen)
+    }
+}
+
+impl SourcesConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        optional_addr("sources.envoy_listen", &self.envoy_listen)?;
+        optional_addr("sources.kserve_listen", &self.kserve_listen)?;
+        if self.pair_ttl_ms == 0 || self.max_pending == 0 {
             return Err(invalid(
                 "sources",
                 "pair_ttl_ms and max_pending must be at least 1",
             ));
         }
-        if src.max_body_bytes == 0 {
+        if self.max_body_bytes == 0 {
             return Err(invalid("sources.max_body_bytes", "must be at least 1"));
         }
-        for s in &src.identity {
-            let ok = s == "peer"
-                || s.strip_prefix("header:").is_some_and(|h| !h.is_empty())
-                || s.strip_prefix("jwt_sub:").is_some_and(|h| !h.is_empty());
-            if !ok {
-                return Err(invalid(
-                    "sources.identity",
-                    format!("{s:?}: expected header:<name>, jwt_sub:<header> or peer"),
-                ));
-            }
-        }
-        let o = &self.telemetry;
-        let ep = &o.otlp_endpoint;
+        Ok(())
+    }
+}
+
+impl TelemetryConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let ep = &self.otlp_endpoint;
         if !(ep.is_empty() || ep.starts_with("http://") || ep.starts_with("https://")) {
             return Err(invalid("telemetry.otlp_endpoint", "must be an http(s) URL"));
         }
-        if o.export_interval_ms < 100 {
+        if self.export_interval_ms < 100 {
             return Err(invalid("telemetry.export_interval_ms", "at least 100"));
         }
-        let t = &self.tls;
-        if t.cert_file.is_empty() != t.key_file.is_empty() {
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
             return Err(invalid(
                 "tls",
                 "set both cert_file and key_file, or neither",
             ));
         }
-        if !t.client_ca_file.is_empty() && t.cert_file.is_empty() {
+        if !self.client_ca_file.is_empty() && self.cert_file.is_empty() {
             return Err(invalid(
                 "tls.client_ca_file",
                 "mutual TLS needs cert_file and key_file",
             ));
         }
-        let al = &self.alerts;
-        if al.spool_max_bytes < 1 << 20 {
+        Ok(())
+    }
+}
+
+impl AlertsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.history == 0 {
+            return Err(invalid("alerts.history", "must be at least 1"));
+        }
+        if self.spool_max_bytes < 1 << 20 {
             return Err(invalid("alerts.spool_max_bytes", "at least 1 MiB"));
         }
         let mut names = std::collections::HashSet::new();
-        for (i, sink) in al.sinks.iter().enumerate() {
+        for (i, sink) in self.sinks.iter().enumerate() {
             sink.check(i)?;
             if !names.insert(sink.name_at(i)) {
                 return Err(invalid(
@@ -495,9 +604,7 @@ impl Config {
         }
         Ok(())
     }
-}
 
-impl AlertsConfig {
     /// Every sink with its secrets read (from the environment and files).
     pub fn resolve_sinks(&self) -> Result<Vec<ResolvedSink>, ConfigError> {
         self.sinks
@@ -570,6 +677,11 @@ mod tests {
         assert!(err("[tls]\nclient_ca_file = \"ca.pem\"\n").contains("tls.client_ca_file"));
         assert!(err("[api]\nlisten = \"nowhere\"\n").contains("api.listen"));
         assert!(err("[alerts]\nhistory = 0\n").contains("alerts.history"));
+        let e = err("[sources]\nidentity = [\"cookie:session\"]\n");
+        assert!(
+            e.contains("sources.identity") && e.contains("cookie:session"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -578,11 +690,13 @@ mod tests {
             "[[alerts.sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n",
         )
         .unwrap();
-        let mut want = SinkConfig::new(SinkType::Webhook);
-        want.url = Some("http://127.0.0.1:9/x".into());
+        let want = SinkConfig::new(SinkKind::Webhook(WebhookConfig {
+            url: Some("http://127.0.0.1:9/x".into()),
+            ..Default::default()
+        }));
         assert_eq!(c.alerts.sinks, vec![want]);
         assert_eq!(
-            c.alerts.sinks[0].rate_per_sec,
+            c.alerts.sinks[0].delivery.rate_per_sec,
             sink::DEFAULT_SINK_RATE_PER_SEC
         );
     }

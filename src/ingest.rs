@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod identity;
 pub mod kserve;
 pub mod oip_grpc;
+pub mod route;
 pub mod scorer;
 pub mod source;
 

@@ -151,7 +151,8 @@ impl Pipeline {
                 self.stats.timings.record_process(started.elapsed());
                 res
             }
-            Err((e, raw)) => {
+            Err(rejected) => {
+                let (e, raw) = *rejected;
                 if e.reason == RejectReason::NonFinite {
                     alerts.extend(self.note_invalid(&raw.client_id, &raw.model, raw.ts_ms));
                 }

@@ -3,7 +3,7 @@
 //! `GET /api/v2/alerts` with the right labels, and leave it once resolved.
 
 use probewatch::alert::Dispatcher;
-use probewatch::config::{Config, SinkConfig, SinkType};
+use probewatch::config::{AlertmanagerConfig, Config, SinkConfig, SinkKind};
 use probewatch::replay::{replay, ReplayOptions};
 use probewatch::vocab::{Alert, Event};
 use std::collections::BTreeMap;
@@ -110,11 +110,13 @@ async fn replayed_attacks_fire_and_resolve_in_alertmanager() {
 
     let mut cfg = Config::default().alerts;
     cfg.spool_dir.clear();
-    let mut s = SinkConfig::new(SinkType::Alertmanager);
-    s.url = Some(base.clone());
-    s.resend_ms = 1000;
-    s.rate_per_sec = 1000.0;
-    s.burst = 1000;
+    let mut s = SinkConfig::new(SinkKind::Alertmanager(AlertmanagerConfig {
+        url: Some(base.clone()),
+        resend_ms: 1000,
+        ..Default::default()
+    }));
+    s.delivery.rate_per_sec = 1000.0;
+    s.delivery.burst = 1000;
     cfg.sinks = vec![s];
     let d = Dispatcher::start(&cfg, cfg.resolve_sinks().unwrap()).unwrap();
     for a in events.iter().filter(|a| a.event != Event::Resolved) {

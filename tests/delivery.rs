@@ -9,7 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use probewatch::alert::Dispatcher;
-use probewatch::config::{AlertsConfig, Config, SinkConfig, SinkType};
+use probewatch::config::{
+    AlertsConfig, Config, HttpConfig, PagerdutyConfig, SinkConfig, SinkKind, SlackConfig,
+    SyslogConfig, WebhookConfig,
+};
 use probewatch::vocab::Alert;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -99,13 +102,21 @@ fn alerts_cfg() -> AlertsConfig {
 }
 
 fn webhook(url: &str) -> SinkConfig {
-    let mut s = SinkConfig::new(SinkType::Webhook);
-    s.url = Some(url.into());
-    s.timeout_ms = 500;
-    s.backoff_ms = 10;
-    s.max_backoff_ms = 200;
-    s.rate_per_sec = 1000.0;
-    s.burst = 100;
+    webhook_signed(url, vec![])
+}
+
+fn webhook_signed(url: &str, secrets_file: Vec<String>) -> SinkConfig {
+    let mut s = SinkConfig::new(SinkKind::Webhook(WebhookConfig {
+        url: Some(url.into()),
+        secrets_file,
+        ..Default::default()
+    }));
+    let d = &mut s.delivery;
+    d.timeout_ms = 500;
+    d.backoff_ms = 10;
+    d.max_backoff_ms = 200;
+    d.rate_per_sec = 1000.0;
+    d.burst = 100;
     s
 }
 
@@ -219,13 +230,13 @@ async fn signatures_verify_with_an_independent_implementation() {
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
     );
-    let mut s = webhook(&url);
+    let mut secrets = vec![];
     for (i, k) in [new, old].iter().enumerate() {
         let f = dir.path().join(format!("secret{i}"));
         std::fs::write(&f, k).unwrap();
-        s.secrets_file.push(f.to_string_lossy().into());
+        secrets.push(f.to_string_lossy().into());
     }
-    let d = start(vec![s]);
+    let d = start(vec![webhook_signed(&url, secrets)]);
     d.send(Alert::example("pw-sig"));
     d.shutdown(Duration::from_secs(10)).await;
     let log = r.log.lock().unwrap();
@@ -278,8 +289,8 @@ async fn the_rate_limit_spaces_a_storm() {
     let r = Recv::default();
     let url = receiver(r.clone()).await;
     let mut s = webhook(&url);
-    s.rate_per_sec = 5.0;
-    s.burst = 2;
+    s.delivery.rate_per_sec = 5.0;
+    s.delivery.burst = 2;
     let d = start(vec![s]);
     let stats = d.stats()[0].clone();
     for i in 0..7 {
@@ -366,25 +377,36 @@ async fn every_format_reaches_its_receiver() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("pd-key");
     std::fs::write(&key, "R0UTINGKEY0123456789").unwrap();
-    let http = |kind, path: &str| {
-        let mut s = SinkConfig::new(kind);
-        s.url = Some(format!("{base}/{path}"));
-        s
+    let url = |path: &str| Some(format!("{base}/{path}"));
+    let http = |path: &str| HttpConfig {
+        url: url(path),
+        ..Default::default()
     };
-    let mut slack = http(SinkType::Slack, "slack");
-    slack.client_link = Some("https://soc.example/clients/".into());
-    let mut pd = SinkConfig::new(SinkType::Pagerduty);
-    pd.url = Some(format!("{base}/pd"));
-    pd.routing_key_file = Some(key.to_string_lossy().into());
-    let mut sys = SinkConfig::new(SinkType::Syslog);
-    sys.address = Some(format!("tcp://{tcp_addr}"));
-    let d = start(vec![
-        slack,
-        pd,
-        http(SinkType::Cloudevents, "ce"),
-        http(SinkType::Ocsf, "ocsf"),
-        sys,
-    ]);
+    let slack = SinkKind::Slack(SlackConfig {
+        url: url("slack"),
+        client_link: Some("https://soc.example/clients/".into()),
+        ..Default::default()
+    });
+    let pd = SinkKind::Pagerduty(PagerdutyConfig {
+        url: url("pd"),
+        routing_key_file: Some(key.to_string_lossy().into()),
+        ..Default::default()
+    });
+    let sys = SinkKind::Syslog(SyslogConfig {
+        address: format!("tcp://{tcp_addr}"),
+    });
+    let d = start(
+        [
+            slack,
+            pd,
+            SinkKind::Cloudevents(http("ce")),
+            SinkKind::Ocsf(http("ocsf")),
+            sys,
+        ]
+        .into_iter()
+        .map(SinkConfig::new)
+        .collect(),
+    );
     let raised = Alert::example("pw-fmt");
     let mut resolved = raised.clone();
     resolved.event = probewatch::vocab::Event::Resolved;

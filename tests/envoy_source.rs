@@ -165,6 +165,9 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
             &grpc_req,
             &grpc_resp,
         ),
+        // A REST model really named `grpc` is that model (the path once chose the gRPC
+        // decoder by its name, and such exchanges were dropped as undecodable).
+        exchange("/v2/models/grpc/infer", req, resp),
     ] {
         let blocking = !msgs[0].observability_mode;
         let mut replies = client
@@ -181,19 +184,26 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         assert_eq!(n, if blocking { 5 } else { 0 });
     }
     let t0 = std::time::Instant::now();
-    while stats.exchanges.load(Ordering::Relaxed) < 5 {
+    while stats.exchanges.load(Ordering::Relaxed) < 6 {
         assert!(t0.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     scorer.wait_idle();
-    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 4);
-    let clients: Vec<String> = pipeline
+    assert_eq!(pipeline.stats.accepted.load(Ordering::Relaxed), 6);
+    let mut clients: Vec<(String, String)> = pipeline
         .client_summaries(None)
         .into_iter()
-        .map(|c| c.client)
+        .map(|c| (c.model, c.client))
         .collect();
-    assert_eq!(clients.len(), 1);
-    assert_eq!(clients[0], identity.hash("sk-live-42"));
+    clients.sort();
+    let key = identity.hash("sk-live-42");
+    assert_eq!(
+        clients,
+        [
+            ("digits".to_string(), key.clone()),
+            ("grpc".to_string(), key)
+        ]
+    );
     let dropped = stats.dropped();
     assert_eq!(dropped.get("body_too_large"), Some(&1), "{dropped:?}");
     assert_eq!(dropped.get("not_json"), Some(&1), "{dropped:?}");

@@ -10,7 +10,7 @@
 
 use super::delivery::{Outcome, Sink};
 use super::{http, rfc3339, Alert, AlertError, Event};
-use crate::config::ResolvedSink;
+use crate::config::{AlertmanagerConfig, ResolvedSink};
 use crate::vocab::Kind;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub struct AlertmanagerSink {
 
 impl AlertmanagerSink {
     /// Builds the sink; `url` is Alertmanager's base URL (or the full alerts endpoint).
-    pub fn new(s: &ResolvedSink) -> Result<Self, AlertError> {
+    pub fn new(s: &ResolvedSink, cfg: &AlertmanagerConfig) -> Result<Self, AlertError> {
         let base = s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default();
         let url = if base.trim_end_matches('/').ends_with("/api/v2/alerts") {
             base
@@ -35,9 +35,9 @@ impl AlertmanagerSink {
             format!("{}/api/v2/alerts", base.trim_end_matches('/'))
         };
         Ok(Self {
-            client: http::client(s.config.timeout_ms)?,
+            client: http::client(s.config.delivery.timeout_ms)?,
             url,
-            resend: Duration::from_millis(s.config.resend_ms),
+            resend: Duration::from_millis(cfg.resend_ms),
             firing: BTreeMap::new(),
         })
     }

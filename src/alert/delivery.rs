@@ -112,7 +112,7 @@ pub async fn run<S: Sink>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut appended = spool.subscribe();
-    let mut bucket = TokenBucket::new(cfg.rate_per_sec, cfg.burst);
+    let mut bucket = TokenBucket::new(cfg.delivery.rate_per_sec, cfg.delivery.burst);
     let mut rng = crate::hash::mix64(std::process::id() as u64 ^ index as u64);
     let tick = sink.tick_every();
     let mut next_tick = tick.map(|t| Instant::now() + t);
@@ -132,11 +132,11 @@ pub async fn run<S: Sink>(
             }
             continue;
         };
-        if e.alert.severity < cfg.min_severity {
+        if e.alert.severity < cfg.delivery.min_severity {
             stats.filtered.fetch_add(1, Ordering::Relaxed);
         } else {
             // Rate limits protect receivers; a local file needs none.
-            let wait = if cfg.kind == SinkType::Jsonl {
+            let wait = if cfg.sink_type() == SinkType::Jsonl {
                 Duration::ZERO
             } else {
                 bucket.take()
@@ -160,9 +160,9 @@ pub async fn run<S: Sink>(
                     Outcome::Retry { after, reason } => {
                         stats.retried.fetch_add(1, Ordering::Relaxed);
                         attempt = attempt.saturating_add(1);
-                        let cap = Duration::from_millis(cfg.backoff_ms)
+                        let cap = Duration::from_millis(cfg.delivery.backoff_ms)
                             .saturating_mul(1 << attempt.min(20))
-                            .min(Duration::from_millis(cfg.max_backoff_ms));
+                            .min(Duration::from_millis(cfg.delivery.max_backoff_ms));
                         rng = crate::hash::mix64(rng);
                         let jitter = cap.mul_f64((rng >> 11) as f64 / (1u64 << 53) as f64);
                         let wait = after.map_or(jitter, |a| a.min(MAX_RETRY_AFTER));

@@ -21,7 +21,7 @@ impl JsonSink {
     /// Builds the sink.
     pub fn new(s: &ResolvedSink, render: Render) -> Result<Self, AlertError> {
         Ok(Self {
-            client: client(s.config.timeout_ms)?,
+            client: client(s.config.delivery.timeout_ms)?,
             url: s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
             render,
         })

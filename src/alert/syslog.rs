@@ -263,11 +263,11 @@ pub struct SyslogSink {
 
 impl SyslogSink {
     /// Builds the sink; it connects on first use.
-    pub fn new(s: &crate::config::ResolvedSink) -> Self {
+    pub fn new(s: &crate::config::ResolvedSink, cfg: &crate::config::SyslogConfig) -> Self {
         Self {
-            addr: s.config.address.clone().unwrap_or_default(),
+            addr: cfg.address.clone(),
             hostname: std::env::var("HOSTNAME").unwrap_or_else(|_| "-".into()),
-            timeout: Duration::from_millis(s.config.timeout_ms),
+            timeout: Duration::from_millis(s.config.delivery.timeout_ms),
             conn: None,
         }
     }

@@ -28,7 +28,7 @@ impl WebhookSink {
             tracing::warn!(sink = %s.name, "webhook has no signing secret: receivers cannot verify its alerts");
         }
         Ok(Self {
-            client: http::client(s.config.timeout_ms)?,
+            client: http::client(s.config.delivery.timeout_ms)?,
             url: s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
             keys: s.signing_keys.iter().map(|k| k.0.clone()).collect(),
         })

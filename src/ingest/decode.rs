@@ -62,25 +62,6 @@ pub struct Decoded {
     pub label: Option<u32>,
 }
 
-/// The model named by an inference path, if the path is one (OpenAI-style and gRPC paths
-/// name the model in the body: `openai` and `grpc` here).
-pub fn model_from_path(path: &str) -> Option<&str> {
-    let path = path.split('?').next().unwrap_or(path);
-    if path == "/v1/chat/completions" || path == "/v1/completions" {
-        return Some("openai");
-    }
-    if path == super::oip_grpc::MODEL_INFER_PATH {
-        return Some("grpc");
-    }
-    if let Some(rest) = path.strip_prefix("/v2/models/") {
-        return rest.split('/').next().filter(|m| !m.is_empty());
-    }
-    if let Some(rest) = path.strip_prefix("/v1/models/") {
-        return rest.split(':').next().filter(|m| !m.is_empty());
-    }
-    None
-}
-
 fn numbers(v: &Value) -> Result<Vec<f32>, DecodeError> {
     let mut out = Vec::new();
     fn walk(v: &Value, out: &mut Vec<f32>) -> Result<(), DecodeError> {
@@ -273,7 +254,6 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].input, vec![4.0, 5.0, 6.0]);
         assert_eq!(d[1].output, vec![0.8, 0.2]);
-        assert_eq!(model_from_path("/v2/models/digits/infer"), Some("digits"));
     }
 
     #[test]
@@ -291,7 +271,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d[0].output, vec![0.3, 0.7]);
-        assert_eq!(model_from_path("/v1/models/iris:predict"), Some("iris"));
     }
 
     #[test]
@@ -309,7 +288,6 @@ mod tests {
         assert!((d[0].output.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert!(d[0].output[0] > 0.8);
         assert_eq!(model_from_body(req).as_deref(), Some("gpt-x"));
-        assert_eq!(model_from_path("/v1/chat/completions"), Some("openai"));
     }
 
     #[test]

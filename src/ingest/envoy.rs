@@ -10,7 +10,8 @@
 //! a stream silent for `pair_ttl_ms` is given up; an exchange over the cap, undecodable, idle
 //! or cut short is counted by reason and dropped, never fatal.
 
-use super::decode::{decode, model_from_path};
+use super::decode::{decode, model_from_body};
+use super::route::Route;
 use super::source::{SourceCtx, SourceStats};
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
@@ -101,25 +102,27 @@ impl EnvoySource {
         if ex.too_big {
             return self.stats.dropped_one("body_too_large");
         }
-        let path = ex.headers.get(":path").cloned().unwrap_or_default();
-        let Some(model) = model_from_path(&path) else {
+        let path = ex
+            .headers
+            .get(":path")
+            .map(String::as_str)
+            .unwrap_or_default();
+        let Some(route) = Route::of_path(path) else {
             return self.stats.dropped_one("not_inference");
         };
-        // OpenAI-style and gRPC calls name the model in the body.
-        let (model, decoded) = if model == "grpc" {
-            match super::oip_grpc::decode(&ex.request, &ex.response) {
-                Ok((m, d)) => (m, d),
-                Err(e) => return self.stats.dropped_one(e.as_str()),
+        let decoded = match route {
+            Route::OipGrpc => super::oip_grpc::decode(&ex.request, &ex.response),
+            Route::OpenAi => decode(&ex.request, &ex.response).map(|d| {
+                let model = model_from_body(&ex.request).unwrap_or_else(|| "openai".into());
+                (model, d)
+            }),
+            Route::OipRest { model } | Route::KserveV1 { model } => {
+                decode(&ex.request, &ex.response).map(|d| (model.to_string(), d))
             }
-        } else {
-            let body_model = (model == "openai")
-                .then(|| super::decode::model_from_body(&ex.request))
-                .flatten();
-            let model = body_model.unwrap_or_else(|| model.to_string());
-            match decode(&ex.request, &ex.response) {
-                Ok(d) => (model, d),
-                Err(e) => return self.stats.dropped_one(e.as_str()),
-            }
+        };
+        let (model, decoded) = match decoded {
+            Ok(d) => d,
+            Err(e) => return self.stats.dropped_one(e.as_str()),
         };
         let client = self.ctx.identity.client_id(&ex.headers, peer.as_deref());
         let Some(client) = client else {

@@ -13,6 +13,7 @@
 //! it, from `identity.key` in the spool directory (created at first start, mode 0600, so ids
 //! stay stable across restarts); without a spool, a random key per process.
 
+use crate::config::IdentitySource;
 use crate::pseudonym::Pseudonymiser;
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -53,7 +54,7 @@ pub enum KeyOrigin {
 /// The configured identity sources and the key that hashes header values.
 #[derive(Clone)]
 pub struct Identity {
-    sources: Vec<String>,
+    sources: Vec<IdentitySource>,
     /// Header values become `k-` pseudonyms under the identity key.
     keyed: Pseudonymiser,
     /// Where the key came from.
@@ -147,7 +148,7 @@ fn spool_key(dir: &Path) -> Result<String, IdentityError> {
 
 impl Identity {
     /// Identity with an explicit key (tests, tools).
-    pub fn with_key(sources: &[String], key: &[u8]) -> Self {
+    pub fn with_key(sources: &[IdentitySource], key: &[u8]) -> Self {
         Self {
             sources: sources.to_vec(),
             keyed: Pseudonymiser::new("k", key),
@@ -158,7 +159,7 @@ impl Identity {
     /// Identity for `sources`, its key from `$key_env`, else from the spool directory, else
     /// random for this process.
     pub fn resolve(
-        sources: &[String],
+        sources: &[IdentitySource],
         key_env: &str,
         spool_dir: &str,
     ) -> Result<Self, IdentityError> {
@@ -197,22 +198,18 @@ impl Identity {
         headers: &BTreeMap<String, String>,
         peer: Option<&str>,
     ) -> Option<String> {
-        self.sources.iter().find_map(|s| {
-            if let Some(h) = s.strip_prefix("header:") {
-                let v = headers.get(&h.to_ascii_lowercase())?;
-                let v = if h.eq_ignore_ascii_case("x-forwarded-for") {
+        self.sources.iter().find_map(|s| match s {
+            IdentitySource::Header(h) => {
+                let v = headers.get(h)?;
+                let v = if h == "x-forwarded-for" {
                     v.split(',').next().unwrap_or(v).trim()
                 } else {
                     v.trim()
                 };
                 (!v.is_empty()).then(|| self.hash(v))
-            } else if let Some(h) = s.strip_prefix("jwt_sub:") {
-                jwt_sub(headers.get(&h.to_ascii_lowercase())?)
-            } else if s == "peer" {
-                peer.map(|p| format!("ip:{p}"))
-            } else {
-                None
             }
+            IdentitySource::JwtSub(h) => jwt_sub(headers.get(h)?),
+            IdentitySource::Peer => peer.map(|p| format!("ip:{p}")),
         })
     }
 }
@@ -241,10 +238,10 @@ mod tests {
             .collect()
     }
 
-    fn sources() -> Vec<String> {
+    fn sources() -> Vec<IdentitySource> {
         ["header:x-api-key", "jwt_sub:authorization", "peer"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| IdentitySource::try_from(s.to_string()).unwrap())
             .collect()
     }
 

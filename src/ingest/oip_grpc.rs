@@ -10,9 +10,6 @@ use super::decode::{DecodeError, Decoded};
 use crate::proto::inference::{InferTensor, ModelInferRequest, ModelInferResponse};
 use prost::Message;
 
-/// The gRPC method path of Open Inference Protocol inference.
-pub const MODEL_INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
-
 /// The first message of a gRPC body.
 fn first_message(body: &[u8]) -> Result<&[u8], DecodeError> {
     if body.len() < 5 {

@@ -138,7 +138,9 @@ impl ModelState {
     /// scored against.
     pub fn count_record(&self, was_ready: bool, refresh_every: u64) -> bool {
         let n = self.records.fetch_add(1, Ordering::Relaxed) + 1;
-        if !(n % refresh_every == 0 || (!was_ready && n % COLD_REFRESH_EVERY == 0)) {
+        if !(n.is_multiple_of(refresh_every)
+            || (!was_ready && n.is_multiple_of(COLD_REFRESH_EVERY)))
+        {
             return false;
         }
         // Once the reservoir is full a long stream changes it rarely, and refreshing an

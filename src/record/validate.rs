@@ -41,7 +41,7 @@ pub fn validate(
     default_model: &Arc<str>,
     now_ms: i64,
 ) -> Result<Record, Reject> {
-    check(RawRecord::from(rec), limits, default_model, now_ms).map_err(|(r, _)| r)
+    check(RawRecord::from(rec), limits, default_model, now_ms).map_err(|r| r.0)
 }
 
 /// Checks and converts a received record. `default_model` names records with an empty model;
@@ -52,9 +52,9 @@ pub fn check(
     limits: &Limits,
     default_model: &Arc<str>,
     now_ms: i64,
-) -> Result<Record, (Reject, RawRecord)> {
+) -> Result<Record, Box<(Reject, RawRecord)>> {
     if let Some(r) = problem(&rec, limits) {
-        return Err((r, rec));
+        return Err(Box::new((r, rec)));
     }
     let output = if rec.output.is_empty() {
         match rec.label {

@@ -116,7 +116,7 @@ fn bench_exchange(c: &mut Criterion) {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(src.server())
-                .serve_with_incoming(probewatch::server::nodelay(l)),
+                .serve_with_incoming(probewatch::ingest::server::nodelay(l)),
         );
         ExternalProcessorClient::connect(addr).await.unwrap()
     });

@@ -14,6 +14,7 @@ pub mod kserve;
 pub mod oip_grpc;
 pub mod route;
 pub mod scorer;
+pub mod server;
 pub mod source;
 
 use crate::alert::Dispatcher;

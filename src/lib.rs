@@ -42,7 +42,7 @@ pub mod record;
 pub mod replay;
 pub mod schema;
 pub mod send;
-pub mod server;
+pub mod sidecar;
 pub mod sketch;
 pub mod telemetry;
 pub mod trace;

@@ -42,7 +42,7 @@ async fn start(cfg: Config, schema: Option<Schema>) -> Running {
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let served = pipeline.clone();
     let task = tokio::spawn(async move {
-        probewatch::server::run(listener, served, dispatcher.clone(), async {
+        probewatch::ingest::server::run(listener, served, dispatcher.clone(), async {
             let _ = rx.await;
         })
         .await

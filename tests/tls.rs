@@ -63,8 +63,8 @@ async fn ingest_requires_a_client_certificate_and_the_api_speaks_https() {
     ));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let ingest_tls = probewatch::server::ingest_tls(&tls).unwrap();
-    tokio::spawn(probewatch::server::run_with_tls(
+    let ingest_tls = probewatch::ingest::server::ingest_tls(&tls).unwrap();
+    tokio::spawn(probewatch::ingest::server::run_with_tls(
         l,
         pipeline.clone(),
         alerts.clone(),

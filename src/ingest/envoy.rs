@@ -87,6 +87,18 @@ impl EnvoySource {
         ExternalProcessorServer::new(self)
     }
 
+    /// Serves ext_proc on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.server())
+            .serve_with_incoming_shutdown(super::server::nodelay(listener), shutdown)
+            .await
+    }
+
     fn append(&self, buf: &mut Vec<u8>, chunk: &[u8], too_big: &mut bool) {
         if buf.len() + chunk.len() > self.ctx.cfg.max_body_bytes {
             *too_big = true;

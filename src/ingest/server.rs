@@ -1,19 +1,16 @@
-//! `probewatch serve`: the ingest gRPC server with health and reflection, a sweep timer, and
-//! graceful shutdown.
+//! The ingest transport: the `probewatch.v1.Ingest` gRPC server with health and reflection,
+//! plaintext or TLS (mutual TLS with a client CA), until its shutdown signal.
 
+use super::IngestService;
 use crate::alert::Dispatcher;
-use crate::ingest::IngestService;
 use crate::pipeline::Pipeline;
 use crate::proto::v1::ingest_server::IngestServer;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Largest gRPC message accepted (one batch).
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
-/// How often idle clients and quiet alerts are swept.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Server errors.
 #[derive(Debug, thiserror::Error)]
@@ -73,29 +70,6 @@ pub async fn run_with_tls(
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let ingest = IngestServer::new(IngestService::new(pipeline.clone(), alerts.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let sweeper = {
-        let (p, a) = (pipeline.clone(), alerts.clone());
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(SWEEP_INTERVAL);
-            let mut last = u64::MAX;
-            loop {
-                t.tick().await;
-                // Under traffic the pipeline sweeps itself every SWEEP_EVERY records, at the
-                // same records as an offline replay; the timer only covers a quiet stream
-                // (alerts must still resolve when a client stops).
-                let now = p.processed();
-                if now != std::mem::replace(&mut last, now) {
-                    continue;
-                }
-                let p2 = p.clone();
-                if let Ok(out) = tokio::task::spawn_blocking(move || p2.sweep()).await {
-                    for alert in out {
-                        a.send(alert);
-                    }
-                }
-            }
-        })
-    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = tls {
         builder = builder.tls_config(t)?;
@@ -106,7 +80,6 @@ pub async fn run_with_tls(
         .add_service(ingest)
         .serve_with_incoming_shutdown(nodelay(listener), shutdown)
         .await;
-    sweeper.abort();
     tracing::info!(stats = %pipeline.stats.summary(), "ingest stopped");
     res.map_err(ServerError::from)
 }
@@ -116,27 +89,4 @@ pub async fn run_with_tls(
 /// against the peer's delayed ACK (about 40 ms per call; `cargo bench --bench sources`).
 pub fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown requested");
 }

@@ -1,0 +1,393 @@
+//! The composition root of `probewatch serve`: builds every part from resolved settings,
+//! runs them, and drains them in a fixed order on shutdown.
+//!
+//! ```text
+//!  sources ── ingest gRPC ─┐
+//!           ├ Envoy ext_proc ─ scoring thread ─┐
+//!           └ KServe logger ──────────────────┴─ pipeline ─ dispatcher ─ sinks
+//!  API, /metrics, OTLP ─ read the pipeline and the dispatcher
+//! ```
+//!
+//! On shutdown, in order, within one deadline of `server.shutdown_grace_ms`:
+//! 1. the sources and the API stop taking work (in-flight requests finish);
+//! 2. the scoring thread scores what the mirrors queued;
+//! 3. the dispatcher delivers what is spooled (what it cannot is kept for the next start).
+//!
+//! A part that has not finished by the deadline is cut off, so that the process always exits
+//! before Kubernetes' SIGKILL.
+
+use crate::alert::Dispatcher;
+use crate::api::auth::Tokens;
+use crate::config::{Config, ResolvedSink};
+use crate::ingest::identity::{Identity, KeyOrigin};
+use crate::ingest::scorer::Scorer;
+use crate::pipeline::Pipeline;
+use crate::pseudonym::Pseudonymiser;
+use crate::schema::Schema;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often idle clients and quiet alerts are swept while the stream is quiet.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often delivery figures are logged (per sink: sent, failed, retried, dropped, backlog,
+/// oldest undelivered age).
+pub const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the sidecar could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Alerts(#[from] crate::alert::AlertError),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::server::ServerError),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+}
+
+/// Everything `serve` needs that can be wrong in the configuration, read and checked at
+/// start: secrets, certificates and keys ([`Settings::resolve`]).
+pub struct Settings {
+    pub cfg: Config,
+    pub schema: Option<Schema>,
+    pub sinks: Vec<ResolvedSink>,
+    pub tokens: Tokens,
+    pub ingest_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub api_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub identity: Arc<Identity>,
+    pub pseudonym: Option<Pseudonymiser>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("sinks", &self.sinks.len())
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Reads every secret, certificate and key `cfg` names; an error is a configuration error.
+    pub fn resolve(
+        cfg: Config,
+        schema: Option<Schema>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        use crate::config::ConfigError::Parse;
+        let sinks = cfg.alerts.resolve_sinks()?;
+        let tokens = Tokens::load(&cfg.api).map_err(Parse)?;
+        let (ingest_tls, api_tls) = if cfg.tls.cert_file.is_empty() {
+            (None, None)
+        } else {
+            let ingest = crate::ingest::server::ingest_tls(&cfg.tls)
+                .map_err(|e| Parse(format!("tls: {e}")))?;
+            let api =
+                crate::api::tls::acceptor(&cfg.tls.cert_file, &cfg.tls.key_file).map_err(Parse)?;
+            (ingest, Some(api))
+        };
+        let identity = Identity::resolve(
+            &cfg.sources.identity,
+            &cfg.sources.identity_key_env,
+            &cfg.alerts.spool_dir,
+        )
+        .map_err(|e| Parse(e.to_string()))?;
+        let pseudonym =
+            Pseudonymiser::for_alerts(&cfg.privacy).map_err(|e| Parse(e.to_string()))?;
+        Ok(Self {
+            cfg,
+            schema,
+            sinks,
+            tokens,
+            ingest_tls,
+            api_tls,
+            identity: Arc::new(identity),
+            pseudonym,
+        })
+    }
+}
+
+/// The sockets the sidecar serves on, bound before it runs (tests bind `127.0.0.1:0` and
+/// read the addresses back).
+#[derive(Debug)]
+pub struct Listeners {
+    pub ingest: TcpListener,
+    pub api: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+    pub envoy: Option<TcpListener>,
+    pub kserve: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every configured address (an empty one is a disabled part) and logs it.
+    pub async fn bind(cfg: &Config) -> Result<Self, SidecarError> {
+        let ingest = bind(&cfg.server.listen.to_string(), "ingest").await?;
+        Ok(Self {
+            ingest: ingest.ok_or_else(|| std::io::Error::other("no ingest address"))?,
+            api: bind(&cfg.api.listen, "api").await?,
+            metrics: bind(&cfg.api.metrics_listen, "metrics").await?,
+            envoy: bind(&cfg.sources.envoy_listen, "envoy ext_proc").await?,
+            kserve: bind(&cfg.sources.kserve_listen, "kserve logger").await?,
+        })
+    }
+}
+
+async fn bind(addr: &str, what: &'static str) -> Result<Option<TcpListener>, SidecarError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })?;
+    tracing::info!(addr = %l.local_addr()?, "probewatch {what} listening");
+    Ok(Some(l))
+}
+
+/// A group of tasks stopped together: told to stop, then awaited until a deadline, after
+/// which the ones still running are aborted (which drops their connections).
+struct Phase {
+    name: &'static str,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Phase {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// A future that completes when this phase is told to stop.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    fn spawn<E: std::fmt::Display>(
+        &mut self,
+        what: &'static str,
+        f: impl Future<Output = Result<(), E>> + Send + 'static,
+    ) {
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = f.await {
+                tracing::error!(error = %e, "{what} failed");
+            }
+        }));
+    }
+
+    async fn stop_by(self, deadline: Instant) {
+        let _ = self.stop.send(true);
+        for mut t in self.tasks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, &mut t).await.is_err() {
+                tracing::warn!(phase = self.name, "shutdown deadline passed: cut off");
+                t.abort();
+            }
+        }
+    }
+}
+
+/// Runs the sidecar on `listeners` until `shutdown` completes, then drains it.
+pub async fn run(
+    s: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SidecarError> {
+    log_identity(&s);
+    let grace = Duration::from_millis(s.cfg.server.shutdown_grace_ms);
+    let telemetry = s.cfg.telemetry.clone();
+    // The OTLP exporters use a blocking HTTP client: build them off the async threads.
+    let otel = tokio::task::spawn_blocking(move || crate::telemetry::otel::Otel::start(&telemetry))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(SidecarError::Telemetry)?;
+    let sources_cfg = s.cfg.sources.clone();
+    let dispatcher = Arc::new(Dispatcher::start(&s.cfg.alerts, s.sinks)?);
+    let pipeline = Arc::new(
+        Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
+            .with_pseudonym(s.pseudonym),
+    );
+    if let Some(o) = &otel {
+        o.register(pipeline.clone(), dispatcher.clone());
+    }
+    let scorer = Scorer::start_default();
+    let mut front = Phase::new("sources and api");
+    let ctx = crate::ingest::source::SourceCtx::new(
+        pipeline.clone(),
+        dispatcher.clone(),
+        sources_cfg,
+        s.identity,
+        scorer.clone(),
+    );
+    let mut counted = Vec::new();
+    if let Some(l) = listeners.kserve {
+        let src = crate::ingest::kserve::KserveSource::new(ctx.clone());
+        counted.push(("kserve", src.stats.clone()));
+        front.spawn(
+            "kserve logger",
+            crate::api::serve(l, src.router(), front.stopped()),
+        );
+    }
+    if let Some(l) = listeners.envoy {
+        let src = crate::ingest::envoy::EnvoySource::new(ctx);
+        counted.push(("envoy", src.stats.clone()));
+        front.spawn("envoy ext_proc", src.serve(l, front.stopped()));
+    }
+    front.spawn(
+        "ingest",
+        crate::ingest::server::run_with_tls(
+            listeners.ingest,
+            pipeline.clone(),
+            dispatcher.clone(),
+            s.ingest_tls,
+            front.stopped(),
+        ),
+    );
+    if let Some(l) = listeners.api {
+        let state = crate::api::ApiState {
+            pipeline: pipeline.clone(),
+            alerts: dispatcher.clone(),
+        };
+        let app = crate::api::router(state, s.tokens);
+        match s.api_tls {
+            Some(tls) => front.spawn("api", crate::api::tls::serve(l, app, tls, front.stopped())),
+            None => front.spawn("api", crate::api::serve(l, app, front.stopped())),
+        }
+    }
+    if let Some(l) = listeners.metrics {
+        let reg = Arc::new(crate::telemetry::metrics::registry(
+            pipeline.clone(),
+            dispatcher.clone(),
+            counted,
+            Some(scorer.clone()),
+        ));
+        front.spawn(
+            "metrics",
+            crate::telemetry::metrics::serve(l, reg, front.stopped()),
+        );
+    }
+    let timers = [
+        tokio::spawn(sweep_when_quiet(pipeline.clone(), dispatcher.clone())),
+        tokio::spawn(report_sinks(dispatcher.clone())),
+    ];
+    shutdown.await;
+    let deadline = Instant::now() + grace;
+    front.stop_by(deadline).await;
+    tracing::info!(stats = %pipeline.stats.summary(), "sources stopped");
+    // The sources have stopped: score what they queued before alerts are flushed.
+    let drained = tokio::task::spawn_blocking(move || scorer.drain());
+    let left = deadline.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(left, drained).await.is_err() {
+        tracing::warn!("shutdown deadline passed while scoring queued exchanges");
+    }
+    for t in timers {
+        t.abort();
+    }
+    // Let the sinks deliver what is spooled, in the time left; the rest stays spooled.
+    dispatcher
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
+        .await;
+    log_sinks(&dispatcher);
+    if let Some(o) = otel {
+        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+    }
+    Ok(())
+}
+
+fn log_identity(s: &Settings) {
+    match s.identity.origin {
+        KeyOrigin::Env => tracing::info!("client identity key from the environment"),
+        KeyOrigin::SpoolFile => tracing::info!("client identity key from the spool directory"),
+        KeyOrigin::Ephemeral => tracing::warn!(
+            "no identity key and no spool: header client ids change at every restart (set ${})",
+            s.cfg.sources.identity_key_env
+        ),
+    }
+}
+
+/// Sweeps idle clients and quiet alerts while no record arrives: under traffic the pipeline
+/// sweeps itself every `SWEEP_EVERY` records, at the same records as an offline replay, but
+/// alerts must still resolve when every client has stopped.
+async fn sweep_when_quiet(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>) {
+    let mut t = tokio::time::interval(SWEEP_INTERVAL);
+    let mut last = u64::MAX;
+    loop {
+        t.tick().await;
+        let now = pipeline.processed();
+        if now != std::mem::replace(&mut last, now) {
+            continue;
+        }
+        let p = pipeline.clone();
+        if let Ok(out) = tokio::task::spawn_blocking(move || p.sweep()).await {
+            for alert in out {
+                alerts.send(alert);
+            }
+        }
+    }
+}
+
+async fn report_sinks(d: Arc<Dispatcher>) {
+    let mut t = tokio::time::interval(SINK_REPORT_INTERVAL);
+    t.tick().await;
+    loop {
+        t.tick().await;
+        log_sinks(&d);
+    }
+}
+
+fn log_sinks(d: &Dispatcher) {
+    let now = crate::clock::system().now_ms();
+    for r in d.report(now) {
+        tracing::info!(
+            sink = %r.name, sent = r.sent, failed = r.failed, retried = r.retried,
+            dropped = r.dropped, backlog = r.backlog, oldest_undelivered_age_ms = ?r.oldest_undelivered_age_ms,
+            "alert delivery"
+        );
+    }
+    let lost = d.lost.load(std::sync::atomic::Ordering::Relaxed);
+    if lost > 0 {
+        tracing::warn!(lost, "alerts the spool refused");
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

@@ -86,7 +86,7 @@ pub struct Signals {
 /// A detector: what it keeps per client and per model, and what it finds in one query.
 ///
 /// Adding a detector is one file (a type implementing this trait) and one line in
-/// [`detector_set!`]'s invocation below; the pipeline, the client state and the model state
+/// `detector_set!`'s invocation below; the pipeline, the client state and the model state
 /// pick it up from there.
 pub trait Detector: Send + Sync + Sized {
     /// Per-client state, created on the client's first query.

@@ -5,26 +5,27 @@
 //!
 //! # Layout
 //!
-//! The modules follow one record from the wire to an alert (see `ARCHITECTURE.md`):
+//! Modules are layered; each uses only the layers below it (`ARCHITECTURE.md` has the rule,
+//! and `tests/layers.rs` enforces it). From the bottom:
 //!
-//! - [`ingest`]: the gRPC ingest service (`probewatch.v1.Ingest`), batch acks, backpressure;
-//!   [`record::validate`] checks each record; mirrors from Envoy ext_proc
-//!   ([`ingest::envoy`]) and the KServe logger ([`ingest::kserve`]) decode inference
-//!   payloads ([`ingest::decode`]), identify clients ([`ingest::identity`]) and hand each
-//!   exchange ([`ingest::source`]) to the scoring thread ([`ingest::scorer`]).
-//! - [`pipeline`]: the per-record pipeline shared by the server and offline replay.
-//! - [`window`]: per-client sliding-window sketches in a dashmap ([`window::store`]) and
-//!   the model's learned normal traffic ([`window::baseline`]).
-//! - [`detect`]: one module per detector, and the [`detect::policy`] that turns their
-//!   signals into alerts.
-//! - [`alert`]: the alert model, the durable [`alert::spool`], the per-sink
-//!   [`alert::delivery`] loop and one file per sink format.
-//! - [`api`]: the SOC query API (HTTP/JSON, bearer tokens, live SSE stream);
-//!   [`telemetry::metrics`] serves Prometheus `/metrics`.
-//! - [`server`]: `serve`: the gRPC server with health and reflection, graceful shutdown.
-//! - [`replay`]: offline replay of a recorded trace, with scoring against labels;
-//!   [`trace`] reads the trace format; [`send`] streams a trace to a running sidecar.
-//! - [`config`], [`schema`], [`record`], [`clock`], [`telemetry`]: the supporting cast.
+//! 0. **Vocabulary.** [`proto`] (wire types), [`vocab`] (an alert, its kind, severity and
+//!    ATLAS technique), [`clock`], [`hash`], [`pseudonym`] (keyed client pseudonyms).
+//! 1. **Inputs.** [`config`], [`schema`] (what a model owner knows of inputs), [`record`]
+//!    (a query and its [`record::validate`]ion), [`sketch`] (the vector detectors compare),
+//!    [`trace`] (the recorded-traffic format).
+//! 2. **State.** [`window`]: per-client sliding-window sketches in a bounded dashmap;
+//!    [`normal`]: the model's learned normal traffic (reservoir, baseline, joint fit).
+//! 3. **Detectors.** [`detect`]: one module per detector behind the [`detect::Detector`]
+//!    trait, and the [`detect::policy`] that turns their signals into decisions.
+//! 4. **Pipeline.** [`pipeline`]: a record's steps from admission to alert events, shared
+//!    by the sidecar and offline replay.
+//! 5. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format.
+//! 6. **Edges.** [`ingest`]: the gRPC ingest API and the Envoy ext_proc and KServe logger
+//!    mirrors; [`api`]: the SOC query API and dashboard; [`replay`]: offline replay.
+//! 7. **Observers.** [`telemetry`]: logs, Prometheus `/metrics`, OTLP; [`send`]: streams
+//!    a trace to a running sidecar.
+//! 8. **Composition.** [`sidecar`]: builds and runs everything and drains it on SIGTERM.
+//! 9. **Entry.** [`cli`]: arguments and exit codes (`main.rs` only calls it).
 #![forbid(unsafe_code)]
 
 pub mod alert;

@@ -12,7 +12,7 @@
 //! 6. **record** the signals in the client's current window bucket;
 //! 7. **sample** the query for the model's baseline (queries 1, 2, 4, ... of a client);
 //! 8. run the **policy**'s sequential tests ([`crate::detect::policy`]);
-//! 9. raise, update or resolve **alerts** ([`alerts`]), and purge a newly alerted client
+//! 9. raise, update or resolve **alerts** (`alerts.rs`), and purge a newly alerted client
 //!    from the baseline;
 //! 10. **refresh** the baseline when due, and **sweep** idle clients every [`SWEEP_EVERY`]
 //!     records.
@@ -401,6 +401,9 @@ impl Pipeline {
                 self.apply(st, &[], now, &base, &Signals::default(), &mut out);
             }
         }
+        // The map's iteration order is random per process: sorted, a replay writes the same
+        // alert file every time.
+        out.sort_by(|a, b| a.id.cmp(&b.id).then(a.event_id.cmp(&b.event_id)));
         out
     }
 }

@@ -45,14 +45,14 @@ impl Pseudonymiser {
         }
     }
 
-    /// The alert pseudonymiser of `privacy.pseudonymize_clients`: `None` when off, its key
-    /// read from `$key_env` now.
-    pub fn for_alerts(cfg: &crate::config::PrivacyConfig) -> Result<Option<Self>, PseudonymError> {
-        if !cfg.pseudonymize_clients {
+    /// The alert pseudonymiser (`privacy.pseudonymize_clients`): `None` when off, its key
+    /// read from the environment variable `key_env` now.
+    pub fn for_alerts(on: bool, key_env: &str) -> Result<Option<Self>, PseudonymError> {
+        if !on {
             return Ok(None);
         }
-        let key = std::env::var(&cfg.key_env)
-            .map_err(|_| PseudonymError::MissingKey(cfg.key_env.clone()))?;
+        let key =
+            std::env::var(key_env).map_err(|_| PseudonymError::MissingKey(key_env.to_string()))?;
         Ok(Some(Self::new("p", key.as_bytes())))
     }
 

@@ -114,7 +114,10 @@ pub fn replay(
 ) -> Result<ReplayReport, ReplayError> {
     let labels = opts.labels.map(load_labels).transpose()?;
     let clock = Arc::new(ManualClock::new(0));
-    let pseudonym = crate::pseudonym::Pseudonymiser::for_alerts(&cfg.privacy)?;
+    let pseudonym = crate::pseudonym::Pseudonymiser::for_alerts(
+        cfg.privacy.pseudonymize_clients,
+        &cfg.privacy.key_env,
+    )?;
     let pipeline = Pipeline::new(cfg, schema, clock.clone()).with_pseudonym(pseudonym);
     let mut out: Option<Box<dyn Write>> = match opts.alerts_out {
         Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout().lock())),

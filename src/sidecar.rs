@@ -103,7 +103,8 @@ impl Settings {
         )
         .map_err(|e| Parse(e.to_string()))?;
         let pseudonym =
-            Pseudonymiser::for_alerts(&cfg.privacy).map_err(|e| Parse(e.to_string()))?;
+            Pseudonymiser::for_alerts(cfg.privacy.pseudonymize_clients, &cfg.privacy.key_env)
+                .map_err(|e| Parse(e.to_string()))?;
         Ok(Self {
             cfg,
             schema,
@@ -214,103 +215,133 @@ pub async fn run(
 ) -> Result<(), SidecarError> {
     log_identity(&s);
     let grace = Duration::from_millis(s.cfg.server.shutdown_grace_ms);
-    let telemetry = s.cfg.telemetry.clone();
-    // The OTLP exporters use a blocking HTTP client: build them off the async threads.
-    let otel = tokio::task::spawn_blocking(move || crate::telemetry::otel::Otel::start(&telemetry))
-        .await
-        .map_err(std::io::Error::other)?
-        .map_err(SidecarError::Telemetry)?;
-    let sources_cfg = s.cfg.sources.clone();
-    let dispatcher = Arc::new(Dispatcher::start(&s.cfg.alerts, s.sinks)?);
-    let pipeline = Arc::new(
-        Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
-            .with_pseudonym(s.pseudonym),
-    );
-    if let Some(o) = &otel {
-        o.register(pipeline.clone(), dispatcher.clone());
-    }
-    let scorer = Scorer::start_default();
-    let mut front = Phase::new("sources and api");
-    let ctx = crate::ingest::source::SourceCtx::new(
-        pipeline.clone(),
-        dispatcher.clone(),
-        sources_cfg,
-        s.identity,
-        scorer.clone(),
-    );
-    let mut counted = Vec::new();
-    if let Some(l) = listeners.kserve {
-        let src = crate::ingest::kserve::KserveSource::new(ctx.clone());
-        counted.push(("kserve", src.stats.clone()));
-        front.spawn(
-            "kserve logger",
-            crate::api::serve(l, src.router(), front.stopped()),
+    let running = Running::start(s, listeners).await?;
+    shutdown.await;
+    running.drain(Instant::now() + grace).await;
+    Ok(())
+}
+
+/// The parts of a running sidecar, in the order they are drained.
+struct Running {
+    pipeline: Arc<Pipeline>,
+    front: Phase,
+    scorer: Arc<Scorer>,
+    timers: [JoinHandle<()>; 2],
+    dispatcher: Arc<Dispatcher>,
+    otel: Option<crate::telemetry::otel::Otel>,
+}
+
+impl Running {
+    async fn start(s: Settings, listeners: Listeners) -> Result<Self, SidecarError> {
+        let telemetry = s.cfg.telemetry.clone();
+        // The OTLP exporters use a blocking HTTP client: build them off the async threads.
+        let otel =
+            tokio::task::spawn_blocking(move || crate::telemetry::otel::Otel::start(&telemetry))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(SidecarError::Telemetry)?;
+        let sources_cfg = s.cfg.sources.clone();
+        let dispatcher = Arc::new(Dispatcher::start(&s.cfg.alerts, s.sinks)?);
+        let pipeline = Arc::new(
+            Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
+                .with_pseudonym(s.pseudonym),
         );
-    }
-    if let Some(l) = listeners.envoy {
-        let src = crate::ingest::envoy::EnvoySource::new(ctx);
-        counted.push(("envoy", src.stats.clone()));
-        front.spawn("envoy ext_proc", src.serve(l, front.stopped()));
-    }
-    front.spawn(
-        "ingest",
-        crate::ingest::server::run_with_tls(
+        if let Some(o) = &otel {
+            o.register(pipeline.clone(), dispatcher.clone());
+        }
+        let scorer = Scorer::start_default();
+        let ctx = crate::ingest::source::SourceCtx::new(
+            pipeline.clone(),
+            dispatcher.clone(),
+            sources_cfg,
+            s.identity,
+            scorer.clone(),
+        );
+        let mut front = Phase::new("sources and api");
+        let mut counted = Vec::new();
+        if let Some(l) = listeners.kserve {
+            let src = crate::ingest::kserve::KserveSource::new(ctx.clone());
+            counted.push(("kserve", src.stats.clone()));
+            front.spawn(
+                "kserve logger",
+                crate::api::serve(l, src.router(), front.stopped()),
+            );
+        }
+        if let Some(l) = listeners.envoy {
+            let src = crate::ingest::envoy::EnvoySource::new(ctx);
+            counted.push(("envoy", src.stats.clone()));
+            front.spawn("envoy ext_proc", src.serve(l, front.stopped()));
+        }
+        let ingest = crate::ingest::server::run_with_tls(
             listeners.ingest,
             pipeline.clone(),
             dispatcher.clone(),
             s.ingest_tls,
             front.stopped(),
-        ),
-    );
-    if let Some(l) = listeners.api {
-        let state = crate::api::ApiState {
-            pipeline: pipeline.clone(),
-            alerts: dispatcher.clone(),
-        };
-        let app = crate::api::router(state, s.tokens);
-        match s.api_tls {
-            Some(tls) => front.spawn("api", crate::api::tls::serve(l, app, tls, front.stopped())),
-            None => front.spawn("api", crate::api::serve(l, app, front.stopped())),
+        );
+        front.spawn("ingest", ingest);
+        if let Some(l) = listeners.api {
+            let state = crate::api::ApiState {
+                pipeline: pipeline.clone(),
+                alerts: dispatcher.clone(),
+            };
+            let app = crate::api::router(state, s.tokens);
+            match s.api_tls {
+                Some(tls) => {
+                    front.spawn("api", crate::api::tls::serve(l, app, tls, front.stopped()))
+                }
+                None => front.spawn("api", crate::api::serve(l, app, front.stopped())),
+            }
+        }
+        if let Some(l) = listeners.metrics {
+            let reg = Arc::new(crate::telemetry::metrics::registry(
+                pipeline.clone(),
+                dispatcher.clone(),
+                counted,
+                Some(scorer.clone()),
+            ));
+            front.spawn(
+                "metrics",
+                crate::telemetry::metrics::serve(l, reg, front.stopped()),
+            );
+        }
+        let timers = [
+            tokio::spawn(sweep_when_quiet(pipeline.clone(), dispatcher.clone())),
+            tokio::spawn(report_sinks(dispatcher.clone())),
+        ];
+        Ok(Self {
+            pipeline,
+            front,
+            scorer,
+            timers,
+            dispatcher,
+            otel,
+        })
+    }
+
+    /// Stops every part in order, each within what is left of `deadline`.
+    async fn drain(self, deadline: Instant) {
+        self.front.stop_by(deadline).await;
+        tracing::info!(stats = %self.pipeline.stats.summary(), "sources stopped");
+        // The sources have stopped: score what they queued before alerts are flushed.
+        let scorer = self.scorer;
+        let drained = tokio::task::spawn_blocking(move || scorer.drain());
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, drained).await.is_err() {
+            tracing::warn!("shutdown deadline passed while scoring queued exchanges");
+        }
+        for t in self.timers {
+            t.abort();
+        }
+        // Let the sinks deliver what is spooled, in the time left; the rest stays spooled.
+        self.dispatcher
+            .shutdown(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        log_sinks(&self.dispatcher);
+        if let Some(o) = self.otel {
+            let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
         }
     }
-    if let Some(l) = listeners.metrics {
-        let reg = Arc::new(crate::telemetry::metrics::registry(
-            pipeline.clone(),
-            dispatcher.clone(),
-            counted,
-            Some(scorer.clone()),
-        ));
-        front.spawn(
-            "metrics",
-            crate::telemetry::metrics::serve(l, reg, front.stopped()),
-        );
-    }
-    let timers = [
-        tokio::spawn(sweep_when_quiet(pipeline.clone(), dispatcher.clone())),
-        tokio::spawn(report_sinks(dispatcher.clone())),
-    ];
-    shutdown.await;
-    let deadline = Instant::now() + grace;
-    front.stop_by(deadline).await;
-    tracing::info!(stats = %pipeline.stats.summary(), "sources stopped");
-    // The sources have stopped: score what they queued before alerts are flushed.
-    let drained = tokio::task::spawn_blocking(move || scorer.drain());
-    let left = deadline.saturating_duration_since(Instant::now());
-    if tokio::time::timeout(left, drained).await.is_err() {
-        tracing::warn!("shutdown deadline passed while scoring queued exchanges");
-    }
-    for t in timers {
-        t.abort();
-    }
-    // Let the sinks deliver what is spooled, in the time left; the rest stays spooled.
-    dispatcher
-        .shutdown(deadline.saturating_duration_since(Instant::now()))
-        .await;
-    log_sinks(&dispatcher);
-    if let Some(o) = otel {
-        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
-    }
-    Ok(())
 }
 
 fn log_identity(s: &Settings) {

@@ -55,6 +55,50 @@ struct Exchange {
     done: bool,
 }
 
+impl Exchange {
+    /// Adds one message of the exchange; returns its request part (for the reply), `None`
+    /// for an empty message.
+    fn take(
+        &mut self,
+        msg: ProcessingRequest,
+        max_body: usize,
+    ) -> Option<processing_request::Request> {
+        use processing_request::Request as Rq;
+        if self.source.is_none() {
+            self.source = source_address(&msg);
+        }
+        let req = msg.request?;
+        match &req {
+            Rq::RequestHeaders(h) | Rq::ResponseHeaders(h) => {
+                self.headers.extend(headers(&h.headers));
+                if h.end_of_stream && matches!(req, Rq::ResponseHeaders(_)) {
+                    self.done = true;
+                }
+            }
+            Rq::RequestBody(b) => append(&mut self.request, &b.body, max_body, &mut self.too_big),
+            Rq::ResponseBody(b) => {
+                append(&mut self.response, &b.body, max_body, &mut self.too_big);
+                // A unary gRPC answer ends in trailers, which Envoy sends only with
+                // `response_trailer_mode: SEND`: its first whole message is enough.
+                self.done |= b.end_of_stream
+                    || (is_grpc(&self.headers) && first_grpc_frame_complete(&self.response));
+            }
+            Rq::RequestTrailers(_) => {}
+            Rq::ResponseTrailers(_) => self.done = true,
+        }
+        Some(req)
+    }
+}
+
+/// Appends a body chunk, unless the body would pass `max` bytes (then only marks it).
+fn append(buf: &mut Vec<u8>, chunk: &[u8], max: usize, too_big: &mut bool) {
+    if buf.len() + chunk.len() > max {
+        *too_big = true;
+        return;
+    }
+    buf.extend_from_slice(chunk);
+}
+
 fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_ {
     h.iter().flat_map(|m| m.headers.iter()).map(|kv| {
         let v = if kv.raw_value.is_empty() {
@@ -97,14 +141,6 @@ impl EnvoySource {
             .add_service(self.server())
             .serve_with_incoming_shutdown(super::server::nodelay(listener), shutdown)
             .await
-    }
-
-    fn append(&self, buf: &mut Vec<u8>, chunk: &[u8], too_big: &mut bool) {
-        if buf.len() + chunk.len() > self.ctx.cfg.max_body_bytes {
-            *too_big = true;
-            return;
-        }
-        buf.extend_from_slice(chunk);
     }
 
     /// Decodes a finished exchange into records and processes them.
@@ -208,7 +244,6 @@ impl ExternalProcessor for EnvoySource {
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
         let this = self.clone();
         tokio::spawn(async move {
-            use processing_request::Request as Rq;
             let mut ex = Exchange::default();
             let idle = std::time::Duration::from_millis(this.ctx.cfg.pair_ttl_ms);
             loop {
@@ -229,31 +264,10 @@ impl ExternalProcessor for EnvoySource {
                         break;
                     }
                 };
-                if ex.source.is_none() {
-                    ex.source = source_address(&msg);
-                }
                 let observing = msg.observability_mode;
-                let Some(req) = msg.request else { continue };
-                match &req {
-                    Rq::RequestHeaders(h) | Rq::ResponseHeaders(h) => {
-                        ex.headers.extend(headers(&h.headers));
-                        if h.end_of_stream && matches!(req, Rq::ResponseHeaders(_)) {
-                            ex.done = true;
-                        }
-                    }
-                    Rq::RequestBody(b) => {
-                        this.append(&mut ex.request, &b.body, &mut ex.too_big);
-                    }
-                    Rq::ResponseBody(b) => {
-                        this.append(&mut ex.response, &b.body, &mut ex.too_big);
-                        // A unary gRPC answer ends in trailers, which Envoy sends only with
-                        // `response_trailer_mode: SEND`: its first whole message is enough.
-                        ex.done |= b.end_of_stream
-                            || (is_grpc(&ex.headers) && first_grpc_frame_complete(&ex.response));
-                    }
-                    Rq::RequestTrailers(_) => {}
-                    Rq::ResponseTrailers(_) => ex.done = true,
-                }
+                let Some(req) = ex.take(msg, this.ctx.cfg.max_body_bytes) else {
+                    continue;
+                };
                 // In observability mode Envoy ignores replies, and sending them cost it CPU
                 // (tools/envoy_latency.py); a filter in blocking mode gets "continue" to every
                 // message, so a misconfigured filter still passes traffic. Never block on a

@@ -149,11 +149,10 @@ impl Baseline {
         tags.dedup();
         let clients = tags.len();
         let schema = schema.filter(|s| s.n_features == dims);
-        let learned_ready = clients >= cfg.min_clients && n >= cfg.min_samples;
         let mut b = prev.clone();
         b.samples = n;
         b.clients = clients;
-        if !learned_ready {
+        if !(clients >= cfg.min_clients && n >= cfg.min_samples) {
             // Rates and thresholds from a handful of samples would be noise; a schema only
             // improves the fences once there is a sample to calibrate against.
             b.ready = false;
@@ -166,39 +165,30 @@ impl Baseline {
             }
             return b;
         }
-        // Per-dimension robust statistics.
-        let mut col = Vec::with_capacity(n);
-        let (mut q01, mut q25, mut q50, mut q75, mut q99) = (
-            vec![0f32; dims],
-            vec![0f32; dims],
-            vec![0f32; dims],
-            vec![0f32; dims],
-            vec![0f32; dims],
-        );
-        if n > 0 {
-            for j in 0..dims {
-                col.clear();
-                col.extend(res.samples.iter().map(|s| s.sketch[j]));
-                col.sort_unstable_by(f32::total_cmp);
-                q01[j] = quantile_sorted(&col, 0.01);
-                q25[j] = quantile_sorted(&col, 0.25);
-                q50[j] = quantile_sorted(&col, 0.5);
-                q75[j] = quantile_sorted(&col, 0.75);
-                q99[j] = quantile_sorted(&col, 0.99);
-            }
+        let q = Quartiles::of(res, dims);
+        let spreads = q.floored_spreads();
+        b.set_fences(&q, &spreads, schema, drift);
+        if !prev.ready {
+            b.freeze_normalisation(&q, &spreads, schema);
         }
-        let mut spreads: Vec<f32> = (0..dims).map(|j| q99[j] - q01[j]).collect();
-        let mut sorted_spreads = spreads.clone();
-        sorted_spreads.sort_unstable_by(f32::total_cmp);
-        let typical = quantile_sorted(&sorted_spreads, 0.5).max(f32::EPSILON);
-        // A constant feature (an image border) still needs a scale: 5 % of a typical one.
-        let floor = 0.05 * typical;
-        for s in spreads.iter_mut() {
-            *s = s.max(floor);
-        }
+        b.refit_manifold(res, prev);
+        b.learn_events(res, margin);
+        b.ready = true;
+        b
+    }
+
+    /// Drift fences, scales and centres per dimension: the schema's training range widened
+    /// by `min_width` of its domain, or Tukey fences on the sample.
+    fn set_fences(
+        &mut self,
+        q: &Quartiles,
+        spreads: &[f32],
+        schema: Option<&Schema>,
+        drift: &DriftConfig,
+    ) {
         let k = drift.iqr_k as f32;
         let w = drift.min_width as f32;
-        for j in 0..dims {
+        for (j, &spread) in spreads.iter().enumerate() {
             let (lo, hi, scale) = match schema.and_then(|s| s.training_range(j)) {
                 Some((a, b)) => {
                     let width = schema
@@ -209,38 +199,48 @@ impl Baseline {
                     (a as f32 - w * width, b as f32 + w * width, width)
                 }
                 None => {
-                    let iqr = q75[j] - q25[j];
+                    let iqr = q.q75[j] - q.q25[j];
                     (
-                        q25[j] - k * iqr - w * spreads[j],
-                        q75[j] + k * iqr + w * spreads[j],
-                        spreads[j],
+                        q.q25[j] - k * iqr - w * spread,
+                        q.q75[j] + k * iqr + w * spread,
+                        spread,
                     )
                 }
             };
-            b.fence_lo[j] = lo;
-            b.fence_hi[j] = hi;
-            b.scale[j] = scale;
-            b.center[j] = if n > 0 { q50[j] } else { (lo + hi) / 2.0 };
+            self.fence_lo[j] = lo;
+            self.fence_hi[j] = hi;
+            self.scale[j] = scale;
+            self.center[j] = if q.n > 0 { q.q50[j] } else { (lo + hi) / 2.0 };
         }
-        if !prev.ready {
-            // Freeze the quantisation grid.
-            for j in 0..dims {
-                let (lo, scale) = schema
-                    .and_then(|s| domain_range(s, j))
-                    .unwrap_or((q01[j], spreads[j]));
-                b.norm_lo[j] = lo;
-                b.norm_scale[j] = scale;
-            }
-            b.grid = Some(Arc::new(floored_grid(
-                b.norm_lo.iter().copied().zip(b.norm_scale.iter().copied()),
-            )));
+    }
+
+    /// Freezes the quantisation grid (the schema's domain, else the sample's 1st-99th
+    /// percentile range).
+    fn freeze_normalisation(&mut self, q: &Quartiles, spreads: &[f32], schema: Option<&Schema>) {
+        for (j, &spread) in spreads.iter().enumerate() {
+            let (lo, scale) = schema
+                .and_then(|s| domain_range(s, j))
+                .unwrap_or((q.q01[j], spread));
+            self.norm_lo[j] = lo;
+            self.norm_scale[j] = scale;
         }
-        // The joint fit costs O(n·d²): refit it every MANIFOLD_EVERY refreshes, on at most
-        // MANIFOLD_SAMPLES samples (evenly strided), to keep its share of per-record cost small.
-        b.refreshes = prev.refreshes + 1;
-        let grown = n * 4 >= b.manifold_samples * 5;
-        if b.manifold.is_none() || grown || b.refreshes.is_multiple_of(MANIFOLD_EVERY) {
-            b.manifold_samples = n;
+        self.grid = Some(Arc::new(floored_grid(
+            self.norm_lo
+                .iter()
+                .copied()
+                .zip(self.norm_scale.iter().copied()),
+        )));
+    }
+
+    /// The joint fit costs O(n·d²): it is refit every [`MANIFOLD_EVERY`] refreshes or when
+    /// the sample grew by a quarter, on at most [`MANIFOLD_SAMPLES`] samples (evenly
+    /// strided), to keep its share of per-record cost small.
+    fn refit_manifold(&mut self, res: &Reservoir, prev: &Baseline) {
+        let n = res.samples.len();
+        self.refreshes = prev.refreshes + 1;
+        let grown = n * 4 >= self.manifold_samples * 5;
+        if self.manifold.is_none() || grown || self.refreshes.is_multiple_of(MANIFOLD_EVERY) {
+            self.manifold_samples = n;
             let stride = n.div_ceil(MANIFOLD_SAMPLES).max(1);
             let sketches: Vec<&[f32]> = res
                 .samples
@@ -248,19 +248,27 @@ impl Baseline {
                 .step_by(stride)
                 .map(|s| &s.sketch[..])
                 .collect();
-            b.manifold = Manifold::fit(&sketches, &b.scale).map(Arc::new);
+            self.manifold = Manifold::fit(&sketches, &self.scale).map(Arc::new);
         }
-        // Event thresholds and base rates among the samples.
-        let mut outs: Vec<u32> = res.samples.iter().map(|s| b.out_count(&s.sketch)).collect();
+    }
+
+    /// Event thresholds and base rates among the samples.
+    fn learn_events(&mut self, res: &Reservoir, margin: &MarginConfig) {
+        let n = res.samples.len();
+        let mut outs: Vec<u32> = res
+            .samples
+            .iter()
+            .map(|s| self.out_count(&s.sketch))
+            .collect();
         outs.sort_unstable();
-        b.out_threshold = if outs.is_empty() {
+        self.out_threshold = if outs.is_empty() {
             2
         } else {
             outs[((outs.len() - 1) as f64 * 0.99) as usize].max(1)
         };
         let mut margins: Vec<f32> = res.samples.iter().filter_map(|s| s.margin).collect();
         margins.sort_unstable_by(f32::total_cmp);
-        b.margin_low =
+        self.margin_low =
             (margins.len() >= 32).then(|| quantile_sorted(&margins, margin.low_quantile));
         let mut dists: Vec<f32> = res
             .samples
@@ -269,11 +277,11 @@ impl Baseline {
             .filter(|d| *d > 0.0)
             .collect();
         dists.sort_unstable_by(f32::total_cmp);
-        b.near_radius = (dists.len() >= 16).then(|| 0.25 * quantile_sorted(&dists, 0.5));
-        b.lattice = lattice(res);
+        self.near_radius = (dists.len() >= 16).then(|| 0.25 * quantile_sorted(&dists, 0.5));
+        self.lattice = lattice(res);
         let nf = n.max(1) as f64;
-        b.rates = Rates {
-            low_margin: match b.margin_low {
+        self.rates = Rates {
+            low_margin: match self.margin_low {
                 Some(t) => {
                     margins.iter().filter(|&&m| m < t).count() as f64 / margins.len().max(1) as f64
                 }
@@ -282,13 +290,11 @@ impl Baseline {
             out_of_range: res
                 .samples
                 .iter()
-                .filter(|s| b.is_out_of_range(&s.sketch).0)
+                .filter(|s| self.is_out_of_range(&s.sketch).0)
                 .count() as f64
                 / nf,
             structured: res.samples.iter().filter(|s| s.structured).count() as f64 / nf,
         };
-        b.ready = true;
-        b
     }
 
     /// True when every value of `sketch` sits on the normal inputs' lattice.
@@ -312,6 +318,58 @@ impl Baseline {
             .zip(self.fence_lo.iter().zip(self.fence_hi.iter()))
             .filter(|(x, (lo, hi))| **x < **lo || **x > **hi)
             .count() as u32
+    }
+}
+
+/// Per-dimension quantiles of the sample.
+struct Quartiles {
+    n: usize,
+    q01: Vec<f32>,
+    q25: Vec<f32>,
+    q50: Vec<f32>,
+    q75: Vec<f32>,
+    q99: Vec<f32>,
+}
+
+impl Quartiles {
+    fn of(res: &Reservoir, dims: usize) -> Self {
+        let n = res.samples.len();
+        let mut q = Self {
+            n,
+            q01: vec![0f32; dims],
+            q25: vec![0f32; dims],
+            q50: vec![0f32; dims],
+            q75: vec![0f32; dims],
+            q99: vec![0f32; dims],
+        };
+        if n == 0 {
+            return q;
+        }
+        let mut col = Vec::with_capacity(n);
+        for j in 0..dims {
+            col.clear();
+            col.extend(res.samples.iter().map(|s| s.sketch[j]));
+            col.sort_unstable_by(f32::total_cmp);
+            q.q01[j] = quantile_sorted(&col, 0.01);
+            q.q25[j] = quantile_sorted(&col, 0.25);
+            q.q50[j] = quantile_sorted(&col, 0.5);
+            q.q75[j] = quantile_sorted(&col, 0.75);
+            q.q99[j] = quantile_sorted(&col, 0.99);
+        }
+        q
+    }
+
+    /// Each dimension's 1st-99th percentile spread, floored at 5 % of a typical one: a
+    /// constant feature (an image border) still needs a scale.
+    fn floored_spreads(&self) -> Vec<f32> {
+        let mut spreads: Vec<f32> = self.q99.iter().zip(&self.q01).map(|(h, l)| h - l).collect();
+        let mut sorted = spreads.clone();
+        sorted.sort_unstable_by(f32::total_cmp);
+        let floor = 0.05 * quantile_sorted(&sorted, 0.5).max(f32::EPSILON);
+        for s in spreads.iter_mut() {
+            *s = s.max(floor);
+        }
+        spreads
     }
 }
 

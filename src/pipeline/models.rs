@@ -197,7 +197,7 @@ impl Models {
     }
 
     /// The model of a record, given a slot on first sight, after the record passed the
-    /// model's checks ([`ModelState::admit`]).
+    /// model's checks (its dimension and watermark).
     pub fn admit(
         &self,
         rec: &Record,

@@ -28,22 +28,36 @@ struct Figures {
     scorer: Option<Arc<Scorer>>,
 }
 
+/// A series' labels (bounded sets only: never a client id).
+type Labels = Vec<(String, String)>;
+/// The rows of one metric family.
+type Rows<T> = Vec<(Labels, T)>;
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// One unlabelled series.
+fn one<T>(v: T) -> Rows<T> {
+    vec![(Vec::new(), v)]
+}
+
 fn counter(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    labelled: &[(&[(&str, &str)], u64)],
+    rows: &Rows<u64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    if let [(&[], v)] = labelled {
-        return ConstCounter::new(*v).encode(m);
+    if let [(l, v)] = &rows[..] {
+        if l.is_empty() {
+            return ConstCounter::new(*v).encode(m);
+        }
     }
-    for (labels, v) in labelled {
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+    for (l, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(l)?)?;
     }
     Ok(())
 }
@@ -53,98 +67,114 @@ fn gauge(
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    labelled: &[(&[(&str, &str)], f64)],
+    rows: &Rows<f64>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, unit, ConstGauge::new(0f64).metric_type())?;
-    if let [(&[], v)] = labelled {
-        return ConstGauge::new(*v).encode(m);
+    if let [(l, v)] = &rows[..] {
+        if l.is_empty() {
+            return ConstGauge::new(*v).encode(m);
+        }
     }
-    for (labels, v) in labelled {
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        ConstGauge::new(*v).encode(m.encode_family(&labels)?)?;
+    for (l, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(l)?)?;
     }
     Ok(())
 }
 
+/// One figure of a sink's delivery report.
+type SinkFigure = fn(&crate::alert::SinkReport) -> u64;
+
+fn get(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
 impl Collector for Figures {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.records(&mut e)?;
+        self.sources(&mut e)?;
+        self.alerts(&mut e)?;
+        self.sinks(&mut e)
+    }
+}
+
+impl Figures {
+    /// Records, batches and client states.
+    fn records(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.pipeline.stats;
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         counter(
-            &mut e,
+            e,
             "records_accepted",
             "Records accepted into the pipeline.",
-            &[(&[], get(&s.accepted))],
+            &one(get(&s.accepted)),
         )?;
-        let rejected: Vec<(String, u64)> = s
+        let rejected: Rows<u64> = s
             .rejected_by_reason()
             .into_iter()
-            .map(|(r, n)| (r.to_ascii_lowercase(), n))
+            .map(|(r, n)| (labels(&[("reason", &r.to_ascii_lowercase())]), n))
             .collect();
-        let rej: Vec<([(&str, &str); 1], u64)> = rejected
-            .iter()
-            .map(|(r, n)| ([("reason", r.as_str())], *n))
-            .collect();
-        let rej: Vec<(&[(&str, &str)], u64)> = rej.iter().map(|(l, n)| (&l[..], *n)).collect();
         counter(
-            &mut e,
+            e,
             "records_rejected",
             "Records rejected, by reason.",
-            &rej,
+            &rejected,
         )?;
         counter(
-            &mut e,
+            e,
             "records_late",
             "Records older than the client's window, counted but not windowed.",
-            &[(&[], get(&s.expired_late))],
+            &one(get(&s.expired_late)),
         )?;
         counter(
-            &mut e,
+            e,
             "batches",
             "Record batches received.",
-            &[(&[], get(&s.batches))],
+            &one(get(&s.batches)),
         )?;
         counter(
-            &mut e,
+            e,
             "clients_evicted",
             "Tracked (model, client) states dropped, by cause.",
-            &[
-                (&[("cause", "capacity")], get(&s.evicted_capacity)),
-                (&[("cause", "idle")], get(&s.evicted_idle)),
+            &vec![
+                (labels(&[("cause", "capacity")]), get(&s.evicted_capacity)),
+                (labels(&[("cause", "idle")]), get(&s.evicted_idle)),
             ],
         )?;
-        let exchanges: Vec<([(&str, &str); 1], u64)> = self
+        gauge(
+            e,
+            "clients_active",
+            "Tracked (model, client) states.",
+            None,
+            &one(self.pipeline.clients() as f64),
+        )
+    }
+
+    /// The mirroring sources and the scoring queue they feed.
+    fn sources(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let exchanges: Rows<u64> = self
             .sources
             .iter()
-            .map(|(name, st)| ([("source", *name)], get(&st.exchanges)))
+            .map(|(name, st)| (labels(&[("source", name)]), get(&st.exchanges)))
             .collect();
-        let exchanges: Vec<(&[(&str, &str)], u64)> =
-            exchanges.iter().map(|(l, n)| (&l[..], *n)).collect();
         if !exchanges.is_empty() {
             counter(
-                &mut e,
+                e,
                 "source_exchanges",
                 "Mirrored exchanges a source received whole (both request and response).",
                 &exchanges,
             )?;
         }
-        let dropped: Vec<([(&str, &str); 2], u64)> = self
+        let dropped: Rows<u64> = self
             .sources
             .iter()
             .flat_map(|(name, st)| {
                 st.dropped()
                     .into_iter()
-                    .map(move |(reason, n)| ([("source", *name), ("reason", reason)], n))
+                    .map(move |(reason, n)| (labels(&[("source", name), ("reason", reason)]), n))
             })
             .collect();
-        let dropped: Vec<(&[(&str, &str)], u64)> =
-            dropped.iter().map(|(l, n)| (&l[..], *n)).collect();
         if !dropped.is_empty() {
             counter(
-                &mut e,
+                e,
                 "source_dropped",
                 "Mirrored exchanges or events a source could not use, by source and reason.",
                 &dropped,
@@ -152,20 +182,19 @@ impl Collector for Figures {
         }
         if let Some(s) = &self.scorer {
             gauge(
-                &mut e,
+                e,
                 "scoring_queue_exchanges",
                 "Mirrored exchanges waiting for (or in) the scoring thread.",
                 None,
-                &[(&[], s.pending() as f64)],
+                &one(s.pending() as f64),
             )?;
         }
-        gauge(
-            &mut e,
-            "clients_active",
-            "Tracked (model, client) states.",
-            None,
-            &[(&[], self.pipeline.clients() as f64)],
-        )?;
+        Ok(())
+    }
+
+    /// Alerts raised and their lifecycle events, and the spool.
+    fn alerts(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.pipeline.stats;
         let mut raised = Vec::new();
         for k in Kind::ALL {
             for sev in [
@@ -174,110 +203,101 @@ impl Collector for Figures {
                 Severity::High,
                 Severity::Critical,
             ] {
-                let n = s.raised(k, sev);
-                raised.push(([("kind", k.as_str()), ("severity", severity(sev))], n));
+                let l = labels(&[("kind", k.as_str()), ("severity", severity(sev))]);
+                raised.push((l, s.raised(k, sev)));
             }
         }
-        let raised: Vec<(&[(&str, &str)], u64)> =
-            raised.iter().map(|(l, n)| (&l[..], *n)).collect();
         counter(
-            &mut e,
+            e,
             "alerts_raised",
             "Alerts raised, by kind and severity.",
             &raised,
         )?;
         counter(
-            &mut e,
+            e,
             "alert_events",
             "Alert events produced, by lifecycle event.",
-            &[
-                (&[("event", "raised")], get(&s.alerts_raised)),
-                (&[("event", "updated")], get(&s.alerts_updated)),
-                (&[("event", "resolved")], get(&s.alerts_resolved)),
+            &vec![
+                (labels(&[("event", "raised")]), get(&s.alerts_raised)),
+                (labels(&[("event", "updated")]), get(&s.alerts_updated)),
+                (labels(&[("event", "resolved")]), get(&s.alerts_resolved)),
             ],
         )?;
         counter(
-            &mut e,
+            e,
             "alerts_refused",
             "Alert events the spool could not take (full, or a disk error).",
-            &[(&[], self.alerts.lost.load(Ordering::Relaxed))],
+            &one(get(&self.alerts.lost)),
         )?;
-        let sp = self.alerts.spool().stats();
         gauge(
-            &mut e,
+            e,
             "alert_spool",
             "Bytes of undelivered alert events in the spool.",
             Some(&Unit::Bytes),
-            &[(&[], sp.bytes as f64)],
-        )?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let rep = self.alerts.report(now);
-        type Row<'a> = ([(&'a str, &'a str); 1], u64);
-        let per = |f: &dyn Fn(&crate::alert::SinkReport) -> u64| -> Vec<Row<'_>> {
+            &one(self.alerts.spool().stats().bytes as f64),
+        )
+    }
+
+    /// Per-sink delivery.
+    fn sinks(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rep = self.alerts.report(crate::clock::system().now_ms());
+        let per = |f: SinkFigure| -> Rows<u64> {
             rep.iter()
-                .map(|r| ([("sink", r.name.as_str())], f(r)))
+                .map(|r| (labels(&[("sink", &r.name)]), f(r)))
                 .collect()
         };
-        for (name, help, f) in [
+        let families: [(&str, &str, SinkFigure); 4] = [
             (
                 "alert_sink_sent",
                 "Alert events delivered, per sink.",
-                &(|r: &crate::alert::SinkReport| r.sent)
-                    as &dyn Fn(&crate::alert::SinkReport) -> u64,
+                |r| r.sent,
             ),
             (
                 "alert_sink_failed",
                 "Alert events the receiver rejected for good, per sink.",
-                &|r| r.failed,
+                |r| r.failed,
             ),
             (
                 "alert_sink_retried",
                 "Delivery attempts to be retried, per sink.",
-                &|r| r.retried,
+                |r| r.retried,
             ),
             (
                 "alert_sink_dropped",
                 "Alert events lost to spool overflow before delivery, per sink.",
-                &|r| r.dropped,
+                |r| r.dropped,
             ),
-        ] {
-            let rows = per(f);
-            let rows: Vec<(&[(&str, &str)], u64)> =
-                rows.iter().map(|(l, n)| (&l[..], *n)).collect();
-            counter(&mut e, name, help, &rows)?;
+        ];
+        for (name, help, f) in families {
+            counter(e, name, help, &per(f))?;
         }
-        let backlog: Vec<([(&str, &str); 1], f64)> = rep
+        let backlog: Rows<f64> = rep
             .iter()
-            .map(|r| ([("sink", r.name.as_str())], r.backlog as f64))
+            .map(|r| (labels(&[("sink", &r.name)]), r.backlog as f64))
             .collect();
-        let rows: Vec<(&[(&str, &str)], f64)> = backlog.iter().map(|(l, n)| (&l[..], *n)).collect();
         gauge(
-            &mut e,
+            e,
             "alert_sink_backlog",
             "Spooled alert events not yet delivered, per sink.",
             None,
-            &rows,
+            &backlog,
         )?;
-        let age: Vec<([(&str, &str); 1], f64)> = rep
+        let age: Rows<f64> = rep
             .iter()
             .map(|r| {
                 let secs = r
                     .oldest_undelivered_age_ms
                     .map_or(0.0, |ms| ms as f64 / 1000.0);
-                ([("sink", r.name.as_str())], secs)
+                (labels(&[("sink", &r.name)]), secs)
             })
             .collect();
-        let rows: Vec<(&[(&str, &str)], f64)> = age.iter().map(|(l, n)| (&l[..], *n)).collect();
         gauge(
-            &mut e,
+            e,
             "alert_sink_oldest_undelivered",
             "Age of the oldest undelivered alert event, per sink (0 when none).",
             Some(&Unit::Seconds),
-            &rows,
-        )?;
-        Ok(())
+            &age,
+        )
     }
 }
 

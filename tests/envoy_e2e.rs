@@ -177,11 +177,7 @@ impl Stack {
 
     /// Rows probewatch has accepted.
     fn accepted(&self) -> u64 {
-        self.c
-            .get(format!("http://{}/metrics", self.metrics))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default()
+        self.metrics_text()
             .lines()
             .find(|l| l.starts_with("probewatch_records_accepted_total "))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -199,13 +195,8 @@ impl Stack {
 
     /// The ext_proc source's drops, by reason, from `/metrics`.
     fn dropped(&self) -> Vec<(String, u64)> {
-        let text = self
-            .c
-            .get(format!("http://{}/metrics", self.metrics))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        text.lines()
+        self.metrics_text()
+            .lines()
             .filter_map(|l| l.strip_prefix("probewatch_source_dropped_total{"))
             .filter_map(|l| {
                 let (labels, v) = l.split_once("} ")?;

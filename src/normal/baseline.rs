@@ -439,13 +439,7 @@ mod tests {
     use crate::normal::reservoir::Sample;
 
     fn sample(tag: u64, x: Vec<f32>, margin: f32) -> Sample {
-        Sample {
-            tag,
-            sketch: x.into_boxed_slice(),
-            margin: Some(margin),
-            prada_distance: Some(10.0),
-            structured: false,
-        }
+        Sample::of(tag, x, margin)
     }
 
     fn compute(res: &Reservoir, dims: usize) -> Baseline {

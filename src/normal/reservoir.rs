@@ -80,10 +80,9 @@ impl Reservoir {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(tag: u64, x: Vec<f32>, margin: f32) -> Sample {
+impl Sample {
+    /// A plain sample of client `tag` (tests).
+    pub(crate) fn of(tag: u64, x: Vec<f32>, margin: f32) -> Self {
         Sample {
             tag,
             sketch: x.into_boxed_slice(),
@@ -91,6 +90,15 @@ mod tests {
             prada_distance: Some(10.0),
             structured: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(tag: u64, x: Vec<f32>, margin: f32) -> Sample {
+        Sample::of(tag, x, margin)
     }
 
     #[test]

@@ -49,11 +49,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_record");
     g.throughput(Throughput::Elements(recs.len() as u64));
     g.sample_size(10);
-    let limits = Limits {
-        max_input_dim: 65536,
-        max_output_dim: 4096,
-        max_id_len: 256,
-    };
+    let limits = Limits::of(&Config::default());
     let model: Arc<str> = Arc::from("bench");
     g.bench_function(BenchmarkId::new("validate_only", DIM), |b| {
         b.iter_batched(

@@ -186,6 +186,9 @@ pub struct WindowConfig {
     pub length_ms: i64,
     pub bucket_ms: i64,
     pub max_skew_ms: i64,
+    /// Records stamped further ahead of the sidecar's clock than this are rejected as
+    /// `FROM_THE_FUTURE` (clock skew between hosts stays well under it).
+    pub max_future_ms: i64,
     pub max_clients: usize,
     pub idle_ttl_ms: i64,
 }

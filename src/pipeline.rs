@@ -37,7 +37,7 @@ use crate::normal::baseline::Baseline;
 use crate::normal::reservoir::Sample;
 use crate::proto::v1::{QueryRecord, RejectReason};
 use crate::pseudonym::Pseudonymiser;
-use crate::record::validate::{check, Limits, Reject, DEFAULT_MAX_ID_LEN};
+use crate::record::validate::{check, Limits, Reject};
 use crate::record::{Answer, RawRecord, Record};
 use crate::schema::Schema;
 use crate::vocab::Alert;
@@ -87,11 +87,7 @@ impl Pipeline {
                 .as_str(),
         );
         Self {
-            limits: Limits {
-                max_input_dim: cfg.server.max_input_dim,
-                max_output_dim: cfg.server.max_output_dim,
-                max_id_len: DEFAULT_MAX_ID_LEN,
-            },
+            limits: Limits::of(&cfg),
             detectors: Detectors::new(&cfg.detect),
             policy: Policy::new(cfg.policy.clone()),
             store: ClientStore::new(cfg.window.max_clients),
@@ -119,6 +115,11 @@ impl Pipeline {
     /// Clients tracked.
     pub fn clients(&self) -> usize {
         self.store.len()
+    }
+
+    /// Models tracked.
+    pub fn models(&self) -> usize {
+        self.models.len()
     }
 
     /// Bytes held by every tracked client's state (approximate: struct and heap).
@@ -185,7 +186,14 @@ impl Pipeline {
 
     /// Steps 2–10 for one validated record.
     fn process(&self, rec: Record, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
-        let model = self.models.admit(&rec, &self.cfg, &self.detectors)?;
+        let tag = crate::hash::client_tag(&rec.model, &rec.client);
+        let now = self.clock.now_ms();
+        let (model, evicted) = self
+            .models
+            .admit(&rec, tag, now, &self.cfg, &self.detectors)?;
+        if evicted {
+            self.stats.models_evicted.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let sketch = model.sketch(&rec.input);
         let base = model.baseline();
@@ -204,7 +212,7 @@ impl Pipeline {
                 .store
                 .map()
                 .entry(key)
-                .or_insert_with(|| self.new_client(&rec));
+                .or_insert_with(|| self.new_client(&rec, tag));
             let st = entry.value_mut();
             st.note_query(rec.ts_ms);
             let sig = self.detect(&rec, &sketch, answer, &view, &model, st);
@@ -247,9 +255,9 @@ impl Pipeline {
         }
     }
 
-    fn new_client(&self, rec: &Record) -> ClientState {
+    fn new_client(&self, rec: &Record, tag: u64) -> ClientState {
         let window = SlidingWindow::new(self.cfg.window.buckets(), self.cfg.window.bucket_ms);
-        ClientState::new(rec, window, &self.detectors)
+        ClientState::new(rec, tag, window, &self.detectors)
     }
 
     /// Step 5: every detector on one query.
@@ -373,21 +381,38 @@ impl Pipeline {
         self.processed.load(Ordering::Relaxed)
     }
 
-    /// Drops idle clients and resolves alerts that went quiet. Called every
-    /// [`SWEEP_EVERY`] records and by the sidecar's timer when the stream is quiet.
+    /// Drops idle clients and models and resolves alerts that went quiet. Called every
+    /// [`SWEEP_EVERY`] records and by the sidecar's timer when the stream is quiet. Each
+    /// client is judged on its own model's event-time frontier, so one model's clock never
+    /// evicts another's clients.
     pub fn sweep(&self) -> Vec<Alert> {
         let mut out = Vec::new();
-        let now = self.models.newest_watermark();
-        if now == i64::MIN {
-            return out;
-        }
-        for gone in self.store.sweep_idle(now - self.cfg.window.idle_ttl_ms) {
+        let idle_ms = self.cfg.window.idle_ttl_ms;
+        let dropped = self
+            .models
+            .expire(self.clock.now_ms().saturating_sub(idle_ms));
+        self.stats
+            .models_expired
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        let frontiers = self.models.frontiers();
+        // A client of a model no longer tracked is judged on the newest frontier.
+        let newest = frontiers.values().copied().max().unwrap_or(i64::MIN);
+        let now_of = |model: &str| frontiers.get(model).copied().unwrap_or(newest);
+        let gone = self.store.sweep_idle_by(|key| {
+            let now = now_of(&key.model);
+            (now != i64::MIN).then(|| now.saturating_sub(idle_ms))
+        });
+        for gone in gone {
             self.stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
-            out.extend(self.resolve_all(&gone, now));
+            out.extend(self.resolve_all(&gone, now_of(&gone.model)));
         }
         let quiet = self.policy.config().quiet_ms;
         for mut e in self.store.map().iter_mut() {
             let st = e.value_mut();
+            let now = now_of(&st.model);
+            if now == i64::MIN {
+                continue;
+            }
             if st
                 .policy
                 .open

@@ -30,11 +30,18 @@ pub struct RawRecord {
     pub output: Vec<f32>,
     pub output_kind: crate::proto::v1::OutputKind,
     pub label: Option<u32>,
+    /// How many free-form attributes the record carried, and their bytes (keys and values):
+    /// they are never kept, only bounded.
+    pub attributes: usize,
+    pub attribute_bytes: usize,
 }
 
 impl From<crate::proto::v1::QueryRecord> for RawRecord {
     fn from(r: crate::proto::v1::QueryRecord) -> Self {
+        let attribute_bytes = r.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
         Self {
+            attributes: r.attributes.len(),
+            attribute_bytes,
             output_kind: crate::proto::v1::OutputKind::try_from(r.output_kind)
                 .unwrap_or(crate::proto::v1::OutputKind::Unspecified),
             client_id: r.client_id,

@@ -6,6 +6,7 @@
 //! client) in a dashmap with a global cap. What a client's detectors keep besides its window
 //! is theirs (`crate::detect`); the pipeline puts the two together.
 
+pub mod frontier;
 pub mod store;
 
 /// Upper edges of the margin histogram's bins (the last bin ends at 1).

@@ -44,6 +44,9 @@ impl WindowConfig {
         if self.length_ms / self.bucket_ms > 1024 {
             return Err(invalid("window", "at most 1024 buckets per window"));
         }
+        if self.max_future_ms < 0 {
+            return Err(invalid("window.max_future_ms", "must be >= 0"));
+        }
         if self.max_skew_ms < 0 || self.idle_ttl_ms <= 0 {
             return Err(invalid(
                 "window",

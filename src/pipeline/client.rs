@@ -29,11 +29,12 @@ pub struct ClientState {
 
 impl ClientState {
     /// The state of a client first seen with `rec`.
-    pub fn new(rec: &Record, window: SlidingWindow, detectors: &Detectors) -> Self {
+    /// `tag` is [`crate::hash::client_tag`] of its model and id.
+    pub fn new(rec: &Record, tag: u64, window: SlidingWindow, detectors: &Detectors) -> Self {
         Self {
             model: rec.model.clone(),
             client: rec.client.clone(),
-            tag: crate::hash::client_tag(&rec.model, &rec.client),
+            tag,
             first_seen_ms: rec.ts_ms,
             last_seen_ms: rec.ts_ms,
             total: 0,

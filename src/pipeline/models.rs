@@ -5,7 +5,13 @@
 //! Admission is the first step of every record: the model gets a slot (at most
 //! [`MAX_MODELS`]), the record's dimension must be the model's (fixed by the schema or by
 //! its first record), and its event time must not be older than `max_skew_ms` behind the
-//! model's watermark.
+//! model's event-time frontier ([`crate::window::frontier`], which no single client moves).
+//!
+//! The table forgets: a model idle (by the sidecar's clock) for `idle_ttl_ms` is dropped at
+//! the next sweep, and when every slot is taken a new name takes the slot of the model used
+//! least recently. The schema's model is never dropped. A flood of names therefore churns
+//! through the slots of the flood, and a model in use keeps its own; the cap bounds names at
+//! once, not names ever seen.
 
 use crate::config::Config;
 use crate::detect::{Detectors, ModelDetectors};
@@ -16,6 +22,7 @@ use crate::record::validate::Reject;
 use crate::record::Record;
 use crate::schema::Schema;
 use crate::sketch::{Projection, SKETCH_DIM};
+use crate::window::frontier::Frontier;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
@@ -41,13 +48,17 @@ pub struct ModelState {
     /// The detectors' model-wide state.
     pub detectors: ModelDetectors,
     records: AtomicU64,
-    watermark: AtomicI64,
+    frontier: Frontier,
+    /// The sidecar's clock at the model's latest record.
+    last_used_ms: AtomicI64,
+    /// The schema's model: never dropped from the table.
+    pinned: bool,
     /// Reservoir change count at the last refresh.
     refreshed_at: AtomicU64,
 }
 
 impl ModelState {
-    fn new(name: Arc<str>, dims: usize, cfg: &Config, detectors: &Detectors) -> Self {
+    fn new(name: Arc<str>, dims: usize, pinned: bool, cfg: &Config, detectors: &Detectors) -> Self {
         Self {
             name,
             dims: AtomicUsize::new(dims),
@@ -56,7 +67,9 @@ impl ModelState {
             reservoir: Mutex::new(Reservoir::new(cfg.baseline.reservoir)),
             detectors: detectors.new_model(),
             records: AtomicU64::new(0),
-            watermark: AtomicI64::new(i64::MIN),
+            frontier: Frontier::default(),
+            last_used_ms: AtomicI64::new(i64::MIN),
+            pinned,
             refreshed_at: AtomicU64::new(0),
         }
     }
@@ -66,9 +79,9 @@ impl ModelState {
         self.baseline.read().clone()
     }
 
-    /// Newest event time seen.
-    pub fn watermark(&self) -> i64 {
-        self.watermark.load(Ordering::Relaxed)
+    /// The model's event-time frontier ("now" for its windows and sweeps).
+    pub fn now(&self) -> i64 {
+        self.frontier.now()
     }
 
     /// Input dimension (0 until the first record or a schema fixes it).
@@ -91,7 +104,7 @@ impl ModelState {
 
     /// Checks `rec` against the model: its dimension (the first record fixes it when no
     /// schema did) and its event time against the watermark, which it advances.
-    fn admit(&self, rec: &Record, max_skew_ms: i64) -> Result<(), Reject> {
+    fn admit(&self, rec: &Record, tag: u64, max_skew_ms: i64) -> Result<(), Reject> {
         let d = rec.input.len();
         let expected = match self
             .dims
@@ -112,7 +125,7 @@ impl ModelState {
                 ),
             ));
         }
-        let wm = self.watermark.fetch_max(rec.ts_ms, Ordering::AcqRel);
+        let wm = self.frontier.observe(tag, rec.ts_ms);
         if wm != i64::MIN && rec.ts_ms < wm.saturating_sub(max_skew_ms) {
             return Err(Reject::new(
                 RejectReason::TooLate,
@@ -196,17 +209,21 @@ impl Models {
         }
     }
 
-    /// The model of a record, given a slot on first sight, after the record passed the
-    /// model's checks (its dimension and watermark).
+    /// The model of a record from client `tag`, given a slot on first sight, after the
+    /// record passed the model's checks (its dimension and event time); `now_ms` is the
+    /// sidecar's clock. Returns the model and whether another model was dropped for it.
     pub fn admit(
         &self,
         rec: &Record,
+        tag: u64,
+        now_ms: i64,
         cfg: &Config,
         detectors: &Detectors,
-    ) -> Result<Arc<ModelState>, Reject> {
-        let model = self.slot(&rec.model, cfg, detectors)?;
-        model.admit(rec, cfg.window.max_skew_ms)?;
-        Ok(model)
+    ) -> Result<(Arc<ModelState>, bool), Reject> {
+        let (model, evicted) = self.slot(&rec.model, cfg, detectors)?;
+        model.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+        model.admit(rec, tag, cfg.window.max_skew_ms)?;
+        Ok((model, evicted))
     }
 
     fn slot(
@@ -214,23 +231,71 @@ impl Models {
         name: &Arc<str>,
         cfg: &Config,
         detectors: &Detectors,
-    ) -> Result<Arc<ModelState>, Reject> {
+    ) -> Result<(Arc<ModelState>, bool), Reject> {
         if let Some(m) = self.map.get(name) {
-            return Ok(m.clone());
+            return Ok((m.clone(), false));
         }
+        let mut evicted = false;
         if self.map.len() >= MAX_MODELS {
-            return Err(Reject::new(
-                RejectReason::BadField,
-                format!("more than {MAX_MODELS} models"),
-            ));
+            evicted = self.evict_least_recent();
+            if !evicted {
+                return Err(Reject::new(
+                    RejectReason::TooManyModels,
+                    format!("{MAX_MODELS} models in use, none can be dropped"),
+                ));
+            }
         }
-        let dims = self.schema_for(name).map(|s| s.n_features).unwrap_or(0);
+        let schema = self.schema_for(name);
+        let dims = schema.map(|s| s.n_features).unwrap_or(0);
+        let pinned = self.pins(name);
         let m = self
             .map
             .entry(name.clone())
-            .or_insert_with(|| Arc::new(ModelState::new(name.clone(), dims, cfg, detectors)))
+            .or_insert_with(|| {
+                Arc::new(ModelState::new(name.clone(), dims, pinned, cfg, detectors))
+            })
             .clone();
-        Ok(m)
+        Ok((m, evicted))
+    }
+
+    /// Whether the schema names this model.
+    fn pins(&self, name: &str) -> bool {
+        self.schema
+            .as_deref()
+            .is_some_and(|s| s.model.as_deref() == Some(name))
+    }
+
+    /// Drops the model used least recently, unless pinned; false when every model is.
+    fn evict_least_recent(&self) -> bool {
+        let victim = self
+            .map
+            .iter()
+            .filter(|m| !m.pinned)
+            .min_by_key(|m| m.last_used_ms.load(Ordering::Relaxed))
+            .map(|m| m.key().clone());
+        victim.is_some_and(|k| self.map.remove(&k).is_some())
+    }
+
+    /// Drops models unused since `before_ms` (the sidecar's clock), unless pinned; returns
+    /// how many.
+    pub fn expire(&self, before_ms: i64) -> usize {
+        let old: Vec<Arc<str>> = self
+            .map
+            .iter()
+            .filter(|m| !m.pinned && m.last_used_ms.load(Ordering::Relaxed) < before_ms)
+            .map(|m| m.key().clone())
+            .collect();
+        old.iter().filter(|k| self.map.remove(*k).is_some()).count()
+    }
+
+    /// Models tracked.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True before any model.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// A model's state, if seen.
@@ -246,12 +311,11 @@ impl Models {
             .filter(|s| s.model.as_deref().is_none_or(|m| m == model) || self.map.len() <= 1)
     }
 
-    /// The newest event time over every model (`i64::MIN` before any record).
-    pub fn newest_watermark(&self) -> i64 {
+    /// Each model's event-time frontier, by name.
+    pub fn frontiers(&self) -> std::collections::HashMap<Arc<str>, i64> {
         self.map
             .iter()
-            .map(|m| m.watermark())
-            .max()
-            .unwrap_or(i64::MIN)
+            .map(|m| (m.key().clone(), m.now()))
+            .collect()
     }
 }

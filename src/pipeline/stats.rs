@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Number of reject reasons (wire enum values 0..REASONS).
-pub const REASONS: usize = 10;
+pub const REASONS: usize = 12;
 
 /// Seconds-bucket bounds of the per-record processing histogram (1 µs to ~16 ms).
 pub fn process_buckets() -> impl Iterator<Item = f64> {
@@ -101,6 +101,10 @@ pub struct Stats {
     rejected: [AtomicU64; REASONS],
     pub evicted_capacity: AtomicU64,
     pub evicted_idle: AtomicU64,
+    /// Models dropped from the table to make room for a new name.
+    pub models_evicted: AtomicU64,
+    /// Models dropped from the table after `idle_ttl_ms` without a record.
+    pub models_expired: AtomicU64,
     pub expired_late: AtomicU64,
     pub alerts_raised: AtomicU64,
     pub alerts_updated: AtomicU64,

@@ -23,13 +23,36 @@ impl Reject {
     }
 }
 
-/// Size limits applied before anything is allocated per record.
+/// Size and time limits of one record.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_input_dim: usize,
     pub max_output_dim: usize,
     pub max_id_len: usize,
+    /// How far ahead of the sidecar's clock a record's event time may be.
+    pub max_future_ms: i64,
+    pub max_attributes: usize,
+    pub max_attribute_bytes: usize,
 }
+
+impl Limits {
+    /// The limits of `cfg`.
+    pub fn of(cfg: &crate::config::Config) -> Self {
+        Self {
+            max_input_dim: cfg.server.max_input_dim,
+            max_output_dim: cfg.server.max_output_dim,
+            max_id_len: DEFAULT_MAX_ID_LEN,
+            max_future_ms: cfg.window.max_future_ms,
+            max_attributes: DEFAULT_MAX_ATTRIBUTES,
+            max_attribute_bytes: DEFAULT_MAX_ATTRIBUTE_BYTES,
+        }
+    }
+}
+
+/// Most free-form attributes one record may carry.
+pub const DEFAULT_MAX_ATTRIBUTES: usize = 64;
+/// Most bytes of attribute keys and values one record may carry.
+pub const DEFAULT_MAX_ATTRIBUTE_BYTES: usize = 8 << 10;
 
 /// Longest client id, model name or request id accepted.
 pub const DEFAULT_MAX_ID_LEN: usize = 256;
@@ -53,7 +76,7 @@ pub fn check(
     default_model: &Arc<str>,
     now_ms: i64,
 ) -> Result<Record, Box<(Reject, RawRecord)>> {
-    if let Some(r) = problem(&rec, limits) {
+    if let Some(r) = problem(&rec, limits, now_ms) {
         return Err(Box::new((r, rec)));
     }
     let output = if rec.output.is_empty() {
@@ -84,7 +107,7 @@ pub fn check(
 }
 
 /// The first thing wrong with `rec`, in a fixed order of checks.
-fn problem(rec: &RawRecord, limits: &Limits) -> Option<Reject> {
+fn problem(rec: &RawRecord, limits: &Limits, now_ms: i64) -> Option<Reject> {
     use RejectReason as R;
     let bad = |reason, detail: String| Some(Reject::new(reason, detail));
     if rec.client_id.trim().is_empty() {
@@ -128,6 +151,28 @@ fn problem(rec: &RawRecord, limits: &Limits) -> Option<Reject> {
     if rec.ts_ms < 0 {
         return bad(R::BadField, "ts_ms is negative".into());
     }
+    if rec.ts_ms > now_ms.saturating_add(limits.max_future_ms) {
+        return bad(
+            R::FromTheFuture,
+            format!(
+                "ts_ms is {} ms ahead of the sidecar's clock (limit {})",
+                rec.ts_ms - now_ms,
+                limits.max_future_ms
+            ),
+        );
+    }
+    if rec.attributes > limits.max_attributes || rec.attribute_bytes > limits.max_attribute_bytes {
+        return bad(
+            R::BadField,
+            format!(
+                "{} attributes of {} bytes (limits {} and {})",
+                rec.attributes,
+                rec.attribute_bytes,
+                limits.max_attributes,
+                limits.max_attribute_bytes
+            ),
+        );
+    }
     if rec.output.len() == 1 {
         return bad(
             R::BadOutput,
@@ -155,6 +200,9 @@ mod tests {
             max_input_dim: 8,
             max_output_dim: 4,
             max_id_len: 16,
+            max_future_ms: 1_000,
+            max_attributes: 2,
+            max_attribute_bytes: 20,
         }
     }
 
@@ -243,6 +291,30 @@ mod tests {
             (
                 QueryRecord {
                     ts_ms: -1,
+                    ..good()
+                },
+                R::BadField,
+            ),
+            (
+                // The clock reads 99: a second ahead is allowed, more is not.
+                QueryRecord {
+                    ts_ms: 99 + 1_001,
+                    ..good()
+                },
+                R::FromTheFuture,
+            ),
+            (
+                QueryRecord {
+                    attributes: [("a", "1"), ("b", "2"), ("c", "3")]
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .into(),
+                    ..good()
+                },
+                R::BadField,
+            ),
+            (
+                QueryRecord {
+                    attributes: [("route".to_string(), "x".repeat(20))].into(),
                     ..good()
                 },
                 R::BadField,

@@ -139,6 +139,22 @@ impl Figures {
                 (labels(&[("cause", "idle")]), get(&s.evicted_idle)),
             ],
         )?;
+        counter(
+            e,
+            "models_evicted",
+            "Models dropped from the model table, by cause (capacity: for a new name; idle).",
+            &vec![
+                (labels(&[("cause", "capacity")]), get(&s.models_evicted)),
+                (labels(&[("cause", "idle")]), get(&s.models_expired)),
+            ],
+        )?;
+        gauge(
+            e,
+            "models_active",
+            "Models in the model table.",
+            None,
+            &one(self.pipeline.models() as f64),
+        )?;
         gauge(
             e,
             "clients_active",

@@ -77,18 +77,21 @@ impl<V: LastSeen> ClientStore<V> {
 
     /// Removes clients whose last query is older than `before_ms`.
     pub fn sweep_idle(&self, before_ms: i64) -> Vec<V> {
+        self.sweep_idle_by(|_| Some(before_ms))
+    }
+
+    /// Removes clients whose last query is older than the cut-off `before(key)` gives
+    /// (`None`: keep).
+    pub fn sweep_idle_by(&self, before: impl Fn(&ClientKey) -> Option<i64>) -> Vec<V> {
+        let idle = |k: &ClientKey, v: &V| before(k).is_some_and(|b| v.last_seen_ms() < b);
         let keys: Vec<ClientKey> = self
             .map
             .iter()
-            .filter(|e| e.value().last_seen_ms() < before_ms)
+            .filter(|e| idle(e.key(), e.value()))
             .map(|e| e.key().clone())
             .collect();
         keys.into_iter()
-            .filter_map(|k| {
-                self.map
-                    .remove_if(&k, |_, v| v.last_seen_ms() < before_ms)
-                    .map(|(_, v)| v)
-            })
+            .filter_map(|k| self.map.remove_if(&k, |k, v| idle(k, v)).map(|(_, v)| v))
             .collect()
     }
 }

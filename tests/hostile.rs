@@ -1,0 +1,119 @@
+//! Hostile input against the pipeline: records that try to move time or flood the model
+//! table. Each test reproduces a finding of the hostile-input review (it failed on 5e07834).
+
+use probewatch::clock::ManualClock;
+use probewatch::config::Config;
+use probewatch::pipeline::{Pipeline, MAX_MODELS};
+use probewatch::proto::v1::{QueryRecord, RejectReason};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const T0: i64 = 1_700_000_000_000;
+const YEAR_MS: i64 = 365 * 24 * 3_600_000;
+
+fn rec(client: &str, model: &str, ts_ms: i64) -> QueryRecord {
+    QueryRecord {
+        client_id: client.into(),
+        model: model.into(),
+        ts_ms,
+        input: vec![1.0, 2.0, 3.0],
+        output: vec![0.1, 0.9],
+        ..Default::default()
+    }
+}
+
+fn pipeline(clock: Arc<ManualClock>) -> Pipeline {
+    Pipeline::new(Arc::new(Config::default()), None, clock)
+}
+
+fn send(p: &Pipeline, r: QueryRecord) -> Result<(), RejectReason> {
+    p.process_wire(r, &mut Vec::new()).map_err(|e| e.reason)
+}
+
+/// Finding 1, with the sidecar's clock: a record stamped a year ahead is refused.
+#[test]
+fn a_record_from_the_future_is_refused() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = pipeline(clock.clone());
+    assert_eq!(send(&p, rec("a", "m", T0)), Ok(()));
+    assert_eq!(
+        send(&p, rec("evil", "m", T0 + YEAR_MS)),
+        Err(RejectReason::FromTheFuture)
+    );
+    assert_eq!(p.stats.rejected(RejectReason::FromTheFuture), 1);
+    // Within the configured skew of the clock is fine.
+    assert_eq!(send(&p, rec("a", "m", T0 + 60_000)), Ok(()));
+}
+
+/// Finding 1, where the clock cannot bound it (a replayed capture follows the trace's own
+/// time): one client's year-ahead record neither makes the others late nor evicts them.
+#[test]
+fn one_client_cannot_move_a_models_clock() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = pipeline(clock.clone());
+    let clients: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    for (i, c) in clients.iter().enumerate() {
+        for m in ["m", "other"] {
+            assert_eq!(send(&p, rec(c, m, T0 + i as i64)), Ok(()));
+        }
+    }
+    clock.set(T0 + YEAR_MS);
+    assert_eq!(send(&p, rec("evil", "m", T0 + YEAR_MS)), Ok(()));
+    clock.set(T0 + 1_000);
+    for (i, c) in clients.iter().enumerate() {
+        for m in ["m", "other"] {
+            assert_eq!(
+                send(&p, rec(c, m, T0 + 1_000 + i as i64)),
+                Ok(()),
+                "{c} on {m}"
+            );
+        }
+    }
+    assert_eq!(p.stats.rejected(RejectReason::TooLate), 0);
+    // A sweep judges each client on its own model's frontier: nobody is idle.
+    p.sweep();
+    assert_eq!(p.stats.evicted_idle.load(Ordering::Relaxed), 0);
+    assert_eq!(p.clients(), 2 * clients.len() + 1);
+}
+
+/// Finding 2: after a flood of model names, a real model that arrives later still gets a
+/// slot, and the flood's names are dropped as they are needed.
+#[test]
+fn a_flood_of_model_names_does_not_lock_the_table() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = pipeline(clock.clone());
+    for i in 0..10_000 {
+        clock.set(T0 + i);
+        assert_eq!(
+            send(&p, rec("flooder", &format!("junk-{i}"), T0 + i)),
+            Ok(())
+        );
+    }
+    assert!(p.models() <= MAX_MODELS);
+    clock.set(T0 + 20_000);
+    for c in 0..5 {
+        assert_eq!(
+            send(&p, rec(&format!("real-{c}"), "fraud-v3", T0 + 20_000)),
+            Ok(())
+        );
+    }
+    assert!(p.model("fraud-v3").is_some());
+    assert!(p.stats.models_evicted.load(Ordering::Relaxed) >= 10_000 - MAX_MODELS as u64);
+    // A model in use keeps its slot while the flood goes on.
+    for i in 0..1_000 {
+        clock.set(T0 + 30_000 + 2 * i);
+        send(
+            &p,
+            rec("flooder", &format!("junk2-{i}"), T0 + 30_000 + 2 * i),
+        )
+        .unwrap();
+        clock.set(T0 + 30_001 + 2 * i);
+        send(&p, rec("real-0", "fraud-v3", T0 + 30_001 + 2 * i)).unwrap();
+    }
+    assert!(p.model("fraud-v3").is_some());
+    // Idle models are dropped by the sweep.
+    clock.set(T0 + 30_000 + Config::default().window.idle_ttl_ms + 10_000);
+    p.sweep();
+    assert_eq!(p.models(), 0);
+    assert!(p.stats.models_expired.load(Ordering::Relaxed) > 0);
+}

@@ -9,7 +9,7 @@ use probewatch::clock::ManualClock;
 use probewatch::config::Config;
 use probewatch::pipeline::Pipeline;
 use probewatch::proto::v1::QueryRecord;
-use probewatch::record::validate::{validate, Limits};
+use probewatch::record::validate::validate;
 use std::sync::Arc;
 
 const DIM: usize = 64;
@@ -49,7 +49,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_record");
     g.throughput(Throughput::Elements(recs.len() as u64));
     g.sample_size(10);
-    let limits = Limits::of(&Config::default());
+    let limits = probewatch::pipeline::limits(&Config::default());
     let model: Arc<str> = Arc::from("bench");
     g.bench_function(BenchmarkId::new("validate_only", DIM), |b| {
         b.iter_batched(

@@ -108,16 +108,21 @@ fn bench_exchange(c: &mut Criterion) {
     ));
     let identity = Arc::new(Identity::with_key(&sources.identity, b"bench-identity-key"));
     let scorer = probewatch::ingest::scorer::Scorer::start_default();
-    let ctx = SourceCtx::new(pipeline.clone(), alerts, sources, identity.clone(), scorer);
+    let budget = probewatch::budget::MemoryBudget::unlimited();
+    let ctx = SourceCtx::new(
+        pipeline.clone(),
+        alerts,
+        sources,
+        identity.clone(),
+        scorer,
+        budget,
+    );
     let src = EnvoySource::new(ctx.clone());
     let mut client = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", l.local_addr().unwrap());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(src.server())
-                .serve_with_incoming(probewatch::ingest::server::nodelay(l)),
-        );
+        let acceptor = probewatch::conn::Acceptor::new(l, Default::default(), Default::default());
+        tokio::spawn(src.clone().serve(acceptor, std::future::pending()));
         ExternalProcessorClient::connect(addr).await.unwrap()
     });
     let exchanges: Vec<Vec<ProcessingRequest>> = (0..1000).map(exchange).collect();

@@ -99,17 +99,6 @@ pub fn router(state: ApiState, tokens: auth::Tokens) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
 }
 
-/// Serves the API on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 async fn overview(State(s): State<ApiState>) -> Json<view::Overview> {
     Json(view::overview(&s.pipeline))
 }

@@ -22,6 +22,8 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("default_config.toml");
 pub const EXIT_BAD_CONFIG: i32 = 64;
 /// Hard ceiling on one feature vector, whatever the config says.
 pub const MAX_INPUT_DIM_CEILING: usize = 1 << 20;
+/// Hard ceiling on one ingest message, whatever the config says.
+pub const MAX_BATCH_BYTES_CEILING: usize = 32 << 20;
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,9 @@ pub struct SourcesConfig {
     pub kserve_listen: String,
     /// Largest request or response body buffered per exchange; larger ones are dropped.
     pub max_body_bytes: usize,
+    /// Most headers, and most header bytes, one exchange may carry (ext_proc).
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
     /// KServe: how long half of an exchange waits for its other half.
     pub pair_ttl_ms: u64,
     /// KServe: most halves waiting at once (the oldest is dropped first).
@@ -177,6 +182,27 @@ pub struct ServerConfig {
     pub max_concurrent_batches: usize,
     pub shed_after_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Largest ingest message on the wire.
+    pub max_batch_bytes: usize,
+    /// Bytes in flight across the sidecar ([`crate::budget`]).
+    pub memory_budget_bytes: usize,
+    /// Per listener ([`crate::conn`]).
+    pub max_connections: usize,
+    pub connection_idle_ms: u64,
+    pub header_read_ms: u64,
+    /// An ingest or ext_proc stream without a message this long is ended.
+    pub stream_idle_ms: u64,
+}
+
+impl ServerConfig {
+    /// The connection limits of every listener.
+    pub fn conn_limits(&self) -> crate::conn::Limits {
+        crate::conn::Limits {
+            max_connections: self.max_connections,
+            idle: std::time::Duration::from_millis(self.connection_idle_ms),
+            header_read: std::time::Duration::from_millis(self.header_read_ms),
+        }
+    }
 }
 
 /// Sliding windows and client bookkeeping.

@@ -2,11 +2,14 @@
 //! per batch out.
 //!
 //! Backpressure, in order: HTTP/2 flow control (a stream is read only as fast as its batches
-//! are processed); a bounded queue of acknowledgements (a sender that does not read its acks
-//! stops being read); and a global limit of batches in processing — a batch that waits more
-//! than `shed_after_ms` for a slot is shed whole, each record rejected as `OVERLOADED` and
-//! counted.
+//! are processed); admission before decoding ([`admit`]: a batch over the limits, or one the
+//! memory budget cannot hold, is refused whole, every record rejected with the reason); a
+//! bounded queue of acknowledgements (a sender that does not read its acks stops being
+//! read); and a global limit of batches in processing — a batch that waits more than
+//! `shed_after_ms` for a slot is shed whole, each record rejected as `OVERLOADED`. Every
+//! refusal is counted. A stream silent for `stream_idle_ms` is ended.
 
+pub mod admit;
 pub mod decode;
 pub mod envoy;
 pub mod identity;
@@ -18,39 +21,69 @@ pub mod server;
 pub mod source;
 
 use crate::alert::Dispatcher;
+use crate::budget::MemoryBudget;
 use crate::pipeline::Pipeline;
-use crate::proto::v1::ingest_server::Ingest;
 use crate::proto::v1::{BatchAck, RecordBatch, RejectReason, Rejection};
+use admit::{BatchCodec, BatchLimits, Inbound};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Acknowledgements buffered per stream before the stream stops being read.
 pub const ACK_QUEUE: usize = 16;
+/// The one method of `probewatch.v1.Ingest`.
+pub const STREAM_PATH: &str = "/probewatch.v1.Ingest/Stream";
 
 /// The `probewatch.v1.Ingest` service.
 #[derive(Debug, Clone)]
 pub struct IngestService {
     pipeline: Arc<Pipeline>,
     alerts: Arc<Dispatcher>,
+    codec: BatchCodec,
     permits: Arc<Semaphore>,
     shed_after: Duration,
-    max_batch: usize,
+    stream_idle: Duration,
+    max_batch_bytes: usize,
+}
+
+impl tonic::server::NamedService for IngestService {
+    const NAME: &'static str = "probewatch.v1.Ingest";
 }
 
 impl IngestService {
-    /// A service feeding `pipeline` and sending alerts to `alerts`.
-    pub fn new(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>) -> Self {
+    /// A service feeding `pipeline` and sending alerts to `alerts`; decoded batches are paid
+    /// for out of `budget`.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        alerts: Arc<Dispatcher>,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
         let s = &pipeline.config().server;
         Self {
             permits: Arc::new(Semaphore::new(s.max_concurrent_batches)),
             shed_after: Duration::from_millis(s.shed_after_ms),
-            max_batch: s.max_batch_records,
+            stream_idle: Duration::from_millis(s.stream_idle_ms),
+            max_batch_bytes: s.max_batch_bytes,
+            codec: BatchCodec {
+                budget,
+                limits: BatchLimits {
+                    max_records: s.max_batch_records,
+                    max_attributes: crate::record::validate::DEFAULT_MAX_ATTRIBUTES,
+                    max_attribute_bytes_per_batch:
+                        crate::record::validate::DEFAULT_MAX_ATTRIBUTE_BYTES_PER_BATCH,
+                },
+            },
             pipeline,
             alerts,
         }
+    }
+
+    /// The pipeline it feeds.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
     }
 
     /// Processes one batch and returns its acknowledgement.
@@ -73,15 +106,16 @@ impl IngestService {
             {
                 Ok(Ok(p)) => p,
                 _ => {
+                    let n = batch.records.len();
                     return self.reject_all(
-                        batch,
+                        batch_id,
+                        n,
                         RejectReason::Overloaded,
                         "sidecar overloaded; batch shed",
-                    )
+                    );
                 }
             };
         let pipeline = self.pipeline.clone();
-        let max = self.max_batch;
         let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut ack = BatchAck {
@@ -90,16 +124,7 @@ impl IngestService {
             };
             let mut alerts = Vec::new();
             for (i, rec) in batch.records.into_iter().enumerate() {
-                let res = if i >= max {
-                    pipeline.refuse(RejectReason::BadField, 1);
-                    Err(crate::record::validate::Reject::new(
-                        RejectReason::BadField,
-                        format!("batch exceeds {max} records"),
-                    ))
-                } else {
-                    pipeline.process_wire(rec, &mut alerts)
-                };
-                match res {
+                match pipeline.process_wire(rec, &mut alerts) {
                     Ok(()) => ack.accepted += 1,
                     Err(r) => {
                         ack.rejected += 1;
@@ -134,11 +159,11 @@ impl IngestService {
         }
     }
 
-    fn reject_all(&self, batch: RecordBatch, reason: RejectReason, detail: &str) -> BatchAck {
-        let n = batch.records.len();
+    /// Rejects every record of a batch that was not processed (counted).
+    fn reject_all(&self, batch_id: u64, n: usize, reason: RejectReason, detail: &str) -> BatchAck {
         self.pipeline.refuse(reason, n);
         BatchAck {
-            batch_id: batch.batch_id,
+            batch_id,
             accepted: 0,
             rejected: n as u32,
             rejections: (0..n)
@@ -151,37 +176,93 @@ impl IngestService {
             alerts: 0,
         }
     }
+
+    /// One stream: batches in, acknowledgements out, until the sender ends it, an error, or
+    /// `stream_idle_ms` without a batch.
+    async fn run_stream(
+        self,
+        mut inbound: Streaming<Inbound>,
+        tx: mpsc::Sender<Result<BatchAck, Status>>,
+    ) {
+        loop {
+            let next = tokio::time::timeout(self.stream_idle, inbound.message()).await;
+            let ack = match next {
+                Ok(Ok(Some(Inbound::Batch { batch, grant }))) => {
+                    let ack = self.handle(batch).await;
+                    drop(grant);
+                    ack
+                }
+                Ok(Ok(Some(Inbound::Refused {
+                    batch_id,
+                    records,
+                    reason,
+                    detail,
+                }))) => {
+                    self.pipeline.note_batch();
+                    self.reject_all(batch_id, records, reason, &detail)
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => {
+                    tracing::warn!(code = ?status.code(), message = %status.message(), "ingest stream error");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                Err(_) => {
+                    let _ = tx
+                        .send(Err(Status::deadline_exceeded("ingest stream idle; ended")))
+                        .await;
+                    break;
+                }
+            };
+            if tx.send(Ok(ack)).await.is_err() {
+                break;
+            }
+        }
+    }
 }
 
-#[tonic::async_trait]
-impl Ingest for IngestService {
-    type StreamStream = ReceiverStream<Result<BatchAck, Status>>;
+/// The service's one streaming method, for tonic's server machinery.
+struct StreamMethod(IngestService);
 
-    async fn stream(
-        &self,
-        request: Request<Streaming<RecordBatch>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(ACK_QUEUE);
+impl tonic::server::StreamingService<Inbound> for StreamMethod {
+    type Response = BatchAck;
+    type ResponseStream = ReceiverStream<Result<BatchAck, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<Inbound>>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(ACK_QUEUE);
+            tokio::spawn(svc.run_stream(request.into_inner(), tx));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for IngestService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let svc = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(batch)) => {
-                        let ack = svc.handle(batch).await;
-                        if tx.send(Ok(ack)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::warn!(code = ?status.code(), message = %status.message(), "ingest stream error");
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        if req.uri().path() != STREAM_PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("no such method").into_http()) },
+            );
+        }
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(svc.codec.clone())
+                .apply_max_message_size_config(Some(svc.max_batch_bytes), None);
+            Ok(grpc.streaming(StreamMethod(svc), req).await)
+        })
     }
 }

@@ -9,7 +9,9 @@
 //! and `tests/layers.rs` enforces it). From the bottom:
 //!
 //! 0. **Vocabulary.** [`proto`] (wire types), [`vocab`] (an alert, its kind, severity and
-//!    ATLAS technique), [`clock`], [`hash`], [`pseudonym`] (keyed client pseudonyms).
+//!    ATLAS technique), [`clock`], [`hash`], [`pseudonym`] (keyed client pseudonyms),
+//!    [`budget`] (one memory budget for data in flight), [`conn`] (connections bounded in
+//!    number and idle time).
 //! 1. **Inputs.** [`config`], [`schema`] (what a model owner knows of inputs), [`record`]
 //!    (a query and its [`record::validate`]ion), [`sketch`] (the vector detectors compare),
 //!    [`trace`] (the recorded-traffic format).
@@ -30,9 +32,11 @@
 
 pub mod alert;
 pub mod api;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod detect;
 pub mod hash;
 pub mod ingest;

@@ -87,7 +87,7 @@ impl Pipeline {
                 .as_str(),
         );
         Self {
-            limits: Limits::of(&cfg),
+            limits: limits(&cfg),
             detectors: Detectors::new(&cfg.detect),
             policy: Policy::new(cfg.policy.clone()),
             store: ClientStore::new(cfg.window.max_clients),
@@ -430,6 +430,21 @@ impl Pipeline {
         // alert file every time.
         out.sort_by(|a, b| a.id.cmp(&b.id).then(a.event_id.cmp(&b.event_id)));
         out
+    }
+}
+
+/// The record limits of `cfg`.
+pub fn limits(cfg: &Config) -> Limits {
+    use crate::record::validate::{
+        DEFAULT_MAX_ATTRIBUTES, DEFAULT_MAX_ATTRIBUTE_BYTES, DEFAULT_MAX_ID_LEN,
+    };
+    Limits {
+        max_input_dim: cfg.server.max_input_dim,
+        max_output_dim: cfg.server.max_output_dim,
+        max_id_len: DEFAULT_MAX_ID_LEN,
+        max_future_ms: cfg.window.max_future_ms,
+        max_attributes: DEFAULT_MAX_ATTRIBUTES,
+        max_attribute_bytes: DEFAULT_MAX_ATTRIBUTE_BYTES,
     }
 }
 

@@ -47,8 +47,8 @@ pub async fn send(
     let mut client = IngestClient::connect(addr.clone())
         .await
         .map_err(|source| SendError::Connect { addr, source })?
-        .max_decoding_message_size(crate::ingest::server::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::ingest::server::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(crate::config::MAX_BATCH_BYTES_CEILING)
+        .max_encoding_message_size(crate::config::MAX_BATCH_BYTES_CEILING);
     let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
     let path = trace.to_owned();
     let batch = batch.max(1);

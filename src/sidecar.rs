@@ -18,7 +18,9 @@
 
 use crate::alert::Dispatcher;
 use crate::api::auth::Tokens;
+use crate::budget::MemoryBudget;
 use crate::config::{Config, ResolvedSink};
+use crate::conn::{Acceptor, ConnStats};
 use crate::ingest::identity::{Identity, KeyOrigin};
 use crate::ingest::scorer::Scorer;
 use crate::pipeline::Pipeline;
@@ -250,12 +252,21 @@ impl Running {
             o.register(pipeline.clone(), dispatcher.clone());
         }
         let scorer = Scorer::start_default();
+        let budget = MemoryBudget::new(pipeline.config().server.memory_budget_bytes);
+        let limits = pipeline.config().server.conn_limits();
+        let mut conns: Vec<(&'static str, Arc<ConnStats>)> = Vec::new();
+        let mut accept = |l: TcpListener, name: &'static str| {
+            let stats = Arc::new(ConnStats::default());
+            conns.push((name, stats.clone()));
+            Acceptor::new(l, limits, stats)
+        };
         let ctx = crate::ingest::source::SourceCtx::new(
             pipeline.clone(),
             dispatcher.clone(),
             sources_cfg,
             s.identity,
             scorer.clone(),
+            budget.clone(),
         );
         let mut front = Phase::new("sources and api");
         let mut counted = Vec::new();
@@ -264,18 +275,22 @@ impl Running {
             counted.push(("kserve", src.stats.clone()));
             front.spawn(
                 "kserve logger",
-                crate::api::serve(l, src.router(), front.stopped()),
+                src.serve(accept(l, "kserve"), front.stopped()),
             );
         }
         if let Some(l) = listeners.envoy {
             let src = crate::ingest::envoy::EnvoySource::new(ctx);
             counted.push(("envoy", src.stats.clone()));
-            front.spawn("envoy ext_proc", src.serve(l, front.stopped()));
+            front.spawn(
+                "envoy ext_proc",
+                src.serve(accept(l, "envoy"), front.stopped()),
+            );
         }
-        let ingest = crate::ingest::server::run_with_tls(
-            listeners.ingest,
-            pipeline.clone(),
-            dispatcher.clone(),
+        let svc =
+            crate::ingest::IngestService::new(pipeline.clone(), dispatcher.clone(), budget.clone());
+        let ingest = crate::ingest::server::serve(
+            accept(listeners.ingest, "ingest"),
+            svc,
             s.ingest_tls,
             front.stopped(),
         );
@@ -286,23 +301,24 @@ impl Running {
                 alerts: dispatcher.clone(),
             };
             let app = crate::api::router(state, s.tokens);
-            match s.api_tls {
-                Some(tls) => {
-                    front.spawn("api", crate::api::tls::serve(l, app, tls, front.stopped()))
-                }
-                None => front.spawn("api", crate::api::serve(l, app, front.stopped())),
-            }
+            let api = crate::conn::http::serve(accept(l, "api"), app, s.api_tls, front.stopped());
+            front.spawn("api", api);
         }
         if let Some(l) = listeners.metrics {
+            let metrics = accept(l, "metrics");
             let reg = Arc::new(crate::telemetry::metrics::registry(
-                pipeline.clone(),
-                dispatcher.clone(),
-                counted,
-                Some(scorer.clone()),
+                crate::telemetry::metrics::Figures {
+                    pipeline: pipeline.clone(),
+                    alerts: dispatcher.clone(),
+                    sources: counted,
+                    scorer: Some(scorer.clone()),
+                    budget: Some(budget.clone()),
+                    listeners: conns,
+                },
             ));
             front.spawn(
                 "metrics",
-                crate::telemetry::metrics::serve(l, reg, front.stopped()),
+                crate::telemetry::metrics::serve(metrics, reg, front.stopped()),
             );
         }
         let timers = [

@@ -92,6 +92,7 @@ async fn exchanges_become_records_and_bad_ones_are_counted() {
         sources,
         identity.clone(),
         scorer.clone(),
+        probewatch::budget::MemoryBudget::unlimited(),
     ));
     let stats = src.stats.clone();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -41,6 +41,7 @@ impl Logger {
             sources,
             identity.clone(),
             scorer.clone(),
+            probewatch::budget::MemoryBudget::unlimited(),
         );
         let src = KserveSource::new(ctx);
         let stats = src.stats.clone();

@@ -136,11 +136,12 @@ async fn ingest_requires_a_client_certificate_and_the_api_speaks_https() {
         alerts: alerts.clone(),
     };
     let app = probewatch::api::router(state, probewatch::api::auth::Tokens::from_list(&["t0k"]));
-    tokio::spawn(probewatch::api::tls::serve(
-        l,
+    let listener = probewatch::conn::Acceptor::new(l, Default::default(), Default::default());
+    tokio::spawn(probewatch::conn::http::serve(
+        listener,
         app,
-        acceptor,
-        std::future::pending(),
+        Some(acceptor),
+        std::future::pending::<()>(),
     ));
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap())

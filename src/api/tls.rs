@@ -1,14 +1,10 @@
-//! The query API over TLS: a rustls acceptor in front of the same axum router.
-//!
-//! axum's own `serve` speaks plaintext only; each accepted connection is handshaken here and
-//! handed to hyper's HTTP/1 + HTTP/2 server (gRPC needs HTTP/2, negotiated by ALPN).
+//! The query API over TLS: a rustls acceptor for the same axum router, offering HTTP/2 (the
+//! API's gRPC service needs it, negotiated by ALPN) and HTTP/1.1; `crate::conn::http`
+//! serves it.
 
-use axum::Router;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
@@ -28,39 +24,4 @@ pub fn acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, String> 
         .map_err(|e| format!("tls: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
-/// Serves `app` over TLS on `listener` until `shutdown`; a failed handshake drops only that
-/// connection.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    tls: TlsAcceptor,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => r?,
-            _ = &mut shutdown => return Ok(()),
-        };
-        let (tls, app) = (tls.clone(), app.clone());
-        tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "api TLS handshake failed");
-                    return;
-                }
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            if let Err(e) = conn {
-                tracing::debug!(%peer, error = %e, "api connection ended with an error");
-            }
-        });
-    }
 }

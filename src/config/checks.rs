@@ -32,6 +32,31 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
+        if self.max_batch_bytes < 1024 || self.max_batch_bytes > MAX_BATCH_BYTES_CEILING {
+            return Err(invalid(
+                "server.max_batch_bytes",
+                format!("must be in 1024..={MAX_BATCH_BYTES_CEILING}"),
+            ));
+        }
+        if self.memory_budget_bytes < self.max_batch_bytes {
+            return Err(invalid(
+                "server.memory_budget_bytes",
+                "must hold at least one batch (server.max_batch_bytes)",
+            ));
+        }
+        if self.max_connections == 0
+            || self.connection_idle_ms == 0
+            || self.header_read_ms == 0
+            || self.stream_idle_ms == 0
+        {
+            return Err(invalid(
+                "server",
+                "max_connections, connection_idle_ms, header_read_ms and stream_idle_ms must be at least 1",
+            ));
+        }
+        if self.shutdown_grace_ms == 0 {
+            return Err(invalid("server.shutdown_grace_ms", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -196,8 +221,11 @@ impl SourcesConfig {
                 "pair_ttl_ms and max_pending must be at least 1",
             ));
         }
-        if self.max_body_bytes == 0 {
-            return Err(invalid("sources.max_body_bytes", "must be at least 1"));
+        if self.max_body_bytes == 0 || self.max_headers == 0 || self.max_header_bytes == 0 {
+            return Err(invalid(
+                "sources",
+                "max_body_bytes, max_headers and max_header_bytes must be at least 1",
+            ));
         }
         Ok(())
     }

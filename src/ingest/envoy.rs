@@ -6,13 +6,15 @@
 //! sent. A filter in blocking mode (each message says which mode sent it) gets an empty
 //! "continue" to every message, so a misconfigured filter still passes traffic unchanged.
 //!
-//! One gRPC stream carries one exchange. Bodies are buffered up to `max_body_bytes` each, and
-//! a stream silent for `pair_ttl_ms` is given up; an exchange over the cap, undecodable, idle
-//! or cut short is counted by reason and dropped, never fatal.
+//! One gRPC stream carries one exchange. Bodies are buffered up to `max_body_bytes` each and
+//! headers up to `max_headers` and `max_header_bytes`, every byte paid for out of the memory
+//! budget, and a stream silent for `pair_ttl_ms` is given up; an exchange over a cap or the
+//! budget, undecodable, idle or cut short is counted by reason and dropped, never fatal.
 
 use super::decode::{decode, model_from_body};
 use super::route::Route;
 use super::source::{SourceCtx, SourceStats};
+use crate::budget::{Grant, MemoryBudget};
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -47,12 +49,26 @@ impl std::fmt::Debug for EnvoySource {
 #[derive(Default)]
 struct Exchange {
     headers: BTreeMap<String, String>,
+    header_bytes: usize,
     /// The downstream client's address (Envoy's `source.address` attribute), when sent.
     source: Option<String>,
     request: Vec<u8>,
     response: Vec<u8>,
-    too_big: bool,
+    /// The bytes buffered, paid for out of the memory budget; travels with the exchange into
+    /// the scoring queue.
+    grant: Option<Grant>,
+    /// Why the exchange will not be scored, once that is known (its messages are still read
+    /// to the end, but nothing more is kept).
+    refused: Option<&'static str>,
     done: bool,
+}
+
+/// What one exchange may hold.
+#[derive(Debug, Clone, Copy)]
+struct ExchangeLimits {
+    max_body: usize,
+    max_headers: usize,
+    max_header_bytes: usize,
 }
 
 impl Exchange {
@@ -61,7 +77,8 @@ impl Exchange {
     fn take(
         &mut self,
         msg: ProcessingRequest,
-        max_body: usize,
+        l: ExchangeLimits,
+        budget: &Arc<MemoryBudget>,
     ) -> Option<processing_request::Request> {
         use processing_request::Request as Rq;
         if self.source.is_none() {
@@ -70,14 +87,14 @@ impl Exchange {
         let req = msg.request?;
         match &req {
             Rq::RequestHeaders(h) | Rq::ResponseHeaders(h) => {
-                self.headers.extend(headers(&h.headers));
+                self.add_headers(&h.headers, l, budget);
                 if h.end_of_stream && matches!(req, Rq::ResponseHeaders(_)) {
                     self.done = true;
                 }
             }
-            Rq::RequestBody(b) => append(&mut self.request, &b.body, max_body, &mut self.too_big),
+            Rq::RequestBody(b) => self.add_body(true, &b.body, l.max_body, budget),
             Rq::ResponseBody(b) => {
-                append(&mut self.response, &b.body, max_body, &mut self.too_big);
+                self.add_body(false, &b.body, l.max_body, budget);
                 // A unary gRPC answer ends in trailers, which Envoy sends only with
                 // `response_trailer_mode: SEND`: its first whole message is enough.
                 self.done |= b.end_of_stream
@@ -88,15 +105,70 @@ impl Exchange {
         }
         Some(req)
     }
-}
 
-/// Appends a body chunk, unless the body would pass `max` bytes (then only marks it).
-fn append(buf: &mut Vec<u8>, chunk: &[u8], max: usize, too_big: &mut bool) {
-    if buf.len() + chunk.len() > max {
-        *too_big = true;
-        return;
+    /// Pays for `n` more bytes, or marks the exchange refused.
+    fn pay(&mut self, n: usize, budget: &Arc<MemoryBudget>) -> bool {
+        let paid = match &mut self.grant {
+            Some(g) => g.try_grow(n),
+            None => budget.try_take(n).map(|g| self.grant = Some(g)).is_some(),
+        };
+        if !paid {
+            self.refuse("memory_budget");
+        }
+        paid
     }
-    buf.extend_from_slice(chunk);
+
+    /// Drops what was buffered: the exchange will be counted as `reason`, not scored.
+    fn refuse(&mut self, reason: &'static str) {
+        self.refused.get_or_insert(reason);
+        self.request = Vec::new();
+        self.response = Vec::new();
+        self.grant = None;
+    }
+
+    fn add_headers(
+        &mut self,
+        h: &Option<HeaderMap>,
+        l: ExchangeLimits,
+        budget: &Arc<MemoryBudget>,
+    ) {
+        for (k, v) in headers(h) {
+            if self.refused.is_some() {
+                return;
+            }
+            let n = k.len() + v.len();
+            if self.headers.len() >= l.max_headers || self.header_bytes + n > l.max_header_bytes {
+                self.headers.clear();
+                return self.refuse("headers_too_large");
+            }
+            if self.pay(n, budget) {
+                self.header_bytes += n;
+                self.headers.insert(k, v);
+            }
+        }
+    }
+
+    fn add_body(&mut self, request: bool, chunk: &[u8], max: usize, budget: &Arc<MemoryBudget>) {
+        if self.refused.is_some() {
+            return;
+        }
+        let len = if request {
+            self.request.len()
+        } else {
+            self.response.len()
+        };
+        if len + chunk.len() > max {
+            return self.refuse("body_too_large");
+        }
+        if self.pay(chunk.len(), budget) {
+            let buf = if request {
+                &mut self.request
+            } else {
+                &mut self.response
+            };
+            buf.extend_from_slice(chunk);
+        }
+    }
 }
 
 fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_ {
@@ -117,6 +189,8 @@ impl EnvoySource {
             ctx,
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
+                "headers_too_large",
+                "memory_budget",
                 "not_inference",
                 "no_client_identity",
                 "stream_idle",
@@ -131,15 +205,19 @@ impl EnvoySource {
         ExternalProcessorServer::new(self)
     }
 
-    /// Serves ext_proc on `listener` until `shutdown` completes.
+    /// Serves ext_proc on `acceptor`'s connections until `shutdown` completes, with HTTP/2
+    /// keep-alive pings to find dead peers.
     pub async fn serve(
         self,
-        listener: tokio::net::TcpListener,
+        acceptor: crate::conn::Acceptor,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        let ping = acceptor.limits().idle / 2;
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(ping))
+            .http2_keepalive_timeout(Some(ping))
             .add_service(self.server())
-            .serve_with_incoming_shutdown(super::server::nodelay(listener), shutdown)
+            .serve_with_incoming_shutdown(acceptor.into_stream(), shutdown)
             .await
     }
 
@@ -147,8 +225,8 @@ impl EnvoySource {
     fn finish(&self, ex: Exchange, peer: Option<String>) {
         use std::sync::atomic::Ordering;
         self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
-        if ex.too_big {
-            return self.stats.dropped_one("body_too_large");
+        if let Some(reason) = ex.refused {
+            return self.stats.dropped_one(reason);
         }
         let path = ex
             .headers
@@ -246,6 +324,11 @@ impl ExternalProcessor for EnvoySource {
         tokio::spawn(async move {
             let mut ex = Exchange::default();
             let idle = std::time::Duration::from_millis(this.ctx.cfg.pair_ttl_ms);
+            let limits = ExchangeLimits {
+                max_body: this.ctx.cfg.max_body_bytes,
+                max_headers: this.ctx.cfg.max_headers,
+                max_header_bytes: this.ctx.cfg.max_header_bytes,
+            };
             loop {
                 // A half-finished exchange waits at most `pair_ttl_ms` for its next message.
                 let msg = match tokio::time::timeout(idle, inbound.message()).await {
@@ -265,7 +348,7 @@ impl ExternalProcessor for EnvoySource {
                     }
                 };
                 let observing = msg.observability_mode;
-                let Some(req) = ex.take(msg, this.ctx.cfg.max_body_bytes) else {
+                let Some(req) = ex.take(msg, limits, &this.ctx.budget) else {
                     continue;
                 };
                 // In observability mode Envoy ignores replies, and sending them cost it CPU
@@ -284,7 +367,7 @@ impl ExternalProcessor for EnvoySource {
                     // Scoring can recompute a baseline or fsync an alert to the spool: it
                     // runs on the scoring thread, and this task does not wait for it.
                     let bytes = ex.request.len() + ex.response.len();
-                    if ex.too_big {
+                    if ex.refused.is_some() {
                         // Nothing to score: count it here rather than queue partial bodies.
                         src.finish(ex, peer);
                     } else if !this.ctx.scorer.submit(bytes, move || src.finish(ex, peer)) {
@@ -296,8 +379,12 @@ impl ExternalProcessor for EnvoySource {
                     break;
                 }
             }
-            if !ex.request.is_empty() && !ex.done {
-                this.stats.dropped_one("incomplete_exchange");
+            if !ex.done {
+                match ex.refused {
+                    Some(reason) => this.stats.dropped_one(reason),
+                    None if !ex.request.is_empty() => this.stats.dropped_one("incomplete_exchange"),
+                    None => {}
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -20,7 +20,8 @@
 
 use super::decode::decode;
 use super::source::{SourceCtx, SourceStats};
-use axum::body::Bytes;
+use crate::budget::Grant;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
@@ -33,11 +34,14 @@ const RESPONSE: &str = "org.kubeflow.serving.inference.response";
 
 struct Half {
     is_request: bool,
-    /// The body was over `max_body_bytes` and was not kept.
-    too_big: bool,
+    /// Why the half was not kept (its body over `max_body_bytes`, or the memory budget
+    /// spent): its pair is then counted once, by this reason.
+    refused: Option<&'static str>,
     body: Bytes,
     headers: BTreeMap<String, String>,
     at: Instant,
+    /// The half's bytes, paid for out of the memory budget while it waits and is scored.
+    _grant: Option<Grant>,
 }
 
 #[derive(Default)]
@@ -69,6 +73,7 @@ impl KserveSource {
             pending: Arc::default(),
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
+                "memory_budget",
                 "duplicate_half",
                 "missing_ce_id",
                 "no_client_identity",
@@ -80,20 +85,53 @@ impl KserveSource {
         }
     }
 
-    /// The HTTP router (`POST /` and `POST /events`).
+    /// The HTTP router (`POST /` and `POST /events`). Bodies are read here, up to
+    /// `max_body_bytes`, not by the framework: an oversized event gets 200 and a count, as
+    /// every other event the source cannot use.
     pub fn router(self) -> axum::Router {
         axum::Router::new()
             .route("/", axum::routing::post(event))
             .route("/events", axum::routing::post(event))
+            .layer(axum::extract::DefaultBodyLimit::disable())
             .with_state(self)
     }
 
-    /// Stores one half; returns the pair when the other half was waiting.
-    fn pair(&self, id: String, half: Half) -> Option<(Half, Half)> {
-        let ttl = Duration::from_millis(self.ctx.cfg.pair_ttl_ms);
+    /// Serves the logger endpoint on `acceptor` until `shutdown`; unpaired halves expire on a
+    /// timer, not only when the next event arrives.
+    pub async fn serve(
+        self,
+        acceptor: crate::conn::Acceptor,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let every = Duration::from_millis(self.ctx.cfg.pair_ttl_ms / 2 + 1);
+        let sweeper = {
+            let s = self.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(every);
+                loop {
+                    t.tick().await;
+                    s.expire(Instant::now());
+                }
+            })
+        };
+        let res = crate::conn::http::serve(acceptor, self.router(), None, shutdown).await;
+        sweeper.abort();
+        res
+    }
+
+    /// Drops halves past their TTL, and the oldest while over the cap (counted).
+    fn expire(&self, now: Instant) {
         let mut p = self.pending.lock();
-        let now = half.at;
-        // Expire halves past their TTL (oldest first), then make room under the cap.
+        self.expire_locked(&mut p, now);
+    }
+
+    /// Halves waiting for their pair.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().halves.len()
+    }
+
+    fn expire_locked(&self, p: &mut Pending, now: Instant) {
+        let ttl = Duration::from_millis(self.ctx.cfg.pair_ttl_ms);
         while let Some((t, _)) = p.order.front() {
             let old = now.duration_since(*t) > ttl;
             // `order` also holds ids already paired; bound it too.
@@ -113,6 +151,12 @@ impl KserveSource {
                 });
             }
         }
+    }
+
+    /// Stores one half; returns the pair when the other half was waiting.
+    fn pair(&self, id: String, half: Half) -> Option<(Half, Half)> {
+        let mut p = self.pending.lock();
+        self.expire_locked(&mut p, half.at);
         match p.halves.remove(&id) {
             Some(other) if other.is_request != half.is_request => Some(if half.is_request {
                 (half, other)
@@ -124,7 +168,7 @@ impl KserveSource {
                 None
             }
             None => {
-                p.order.push_back((now, id.clone()));
+                p.order.push_back((half.at, id.clone()));
                 p.halves.insert(id, half);
                 None
             }
@@ -134,8 +178,8 @@ impl KserveSource {
     fn finish(&self, req: Half, resp: Half) {
         use std::sync::atomic::Ordering;
         self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
-        if req.too_big || resp.too_big {
-            return self.stats.dropped_one("body_too_large");
+        if let Some(reason) = req.refused.or(resp.refused) {
+            return self.stats.dropped_one(reason);
         }
         let model = req
             .headers
@@ -156,7 +200,7 @@ impl KserveSource {
     }
 }
 
-async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Body) -> StatusCode {
     let mut h: BTreeMap<String, String> = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
@@ -176,13 +220,27 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Bytes) -
         s.stats.dropped_one("missing_ce_id");
         return StatusCode::BAD_REQUEST;
     };
-    let too_big = body.len() > s.ctx.cfg.max_body_bytes;
+    let header_bytes: usize = h.iter().map(|(k, v)| k.len() + v.len()).sum();
+    // The body is read only up to the cap: a larger one is not kept, and not waited for.
+    let (body, mut refused) = match axum::body::to_bytes(body, s.ctx.cfg.max_body_bytes).await {
+        Ok(b) => (b, None),
+        Err(_) => (Bytes::new(), Some("body_too_large")),
+    };
+    let grant = s.ctx.budget.try_take(body.len() + header_bytes);
+    if grant.is_none() {
+        refused.get_or_insert("memory_budget");
+    }
     let half = Half {
         is_request,
-        too_big,
-        body: if too_big { Bytes::new() } else { body },
+        body: if refused.is_some() {
+            Bytes::new()
+        } else {
+            body
+        },
+        refused,
         headers: h,
         at: Instant::now(),
+        _grant: grant,
     };
     if let Some((req, resp)) = s.pair(id, half) {
         // Scoring can recompute a baseline or fsync an alert to the spool: it runs on the

@@ -3,14 +3,12 @@
 
 use super::IngestService;
 use crate::alert::Dispatcher;
+use crate::budget::MemoryBudget;
+use crate::conn::Acceptor;
 use crate::pipeline::Pipeline;
-use crate::proto::v1::ingest_server::IngestServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// Largest gRPC message accepted (one batch).
-pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Server errors.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +19,8 @@ pub enum ServerError {
     Reflection(String),
 }
 
-/// Serves ingest (plaintext) on `listener` until `shutdown` completes, then stops accepting
-/// and lets in-flight streams finish.
+/// Serves ingest (plaintext) on `listener` until `shutdown` completes, with the config's
+/// connection limits and memory budget (tests and tools; the sidecar calls [`serve`]).
 pub async fn run(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
@@ -30,6 +28,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     run_with_tls(listener, pipeline, alerts, None, shutdown).await
+}
+
+/// As [`run`], over TLS when `tls` is given.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    alerts: Arc<Dispatcher>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let s = &pipeline.config().server;
+    let acceptor = Acceptor::new(listener, s.conn_limits(), Arc::default());
+    let budget = MemoryBudget::new(s.memory_budget_bytes);
+    let svc = IngestService::new(pipeline.clone(), alerts, budget);
+    serve(acceptor, svc, tls, shutdown).await
 }
 
 /// The ingest TLS settings of `cfg`: the server identity, and a client CA for mutual TLS.
@@ -51,42 +64,36 @@ pub fn ingest_tls(
     Ok(Some(tls))
 }
 
-/// As [`run`], over TLS when `tls` is given.
-pub async fn run_with_tls(
-    listener: TcpListener,
-    pipeline: Arc<Pipeline>,
-    alerts: Arc<Dispatcher>,
+/// Serves `svc` with gRPC health and reflection on `acceptor`'s connections until
+/// `shutdown`: HTTP/2 keep-alive pings find dead peers, and the acceptor closes connections
+/// that go silent.
+pub async fn serve(
+    acceptor: Acceptor,
+    svc: IngestService,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<IngestServer<IngestService>>()
-        .await;
+    health_reporter.set_serving::<IngestService>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let ingest = IngestServer::new(IngestService::new(pipeline.clone(), alerts.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let mut builder = tonic::transport::Server::builder();
+    let ping = acceptor.limits().idle / 2;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ping));
     if let Some(t) = tls {
         builder = builder.tls_config(t)?;
     }
+    let pipeline = svc.pipeline().clone();
     let res = builder
         .add_service(health)
         .add_service(reflection)
-        .add_service(ingest)
-        .serve_with_incoming_shutdown(nodelay(listener), shutdown)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(acceptor.into_stream(), shutdown)
         .await;
     tracing::info!(stats = %pipeline.stats.summary(), "ingest stopped");
     res.map_err(ServerError::from)
-}
-
-/// Accepted connections with `TCP_NODELAY`: tonic sets it only on listeners it binds itself,
-/// and without it HTTP/2's small control and trailer frames wait out Nagle's algorithm
-/// against the peer's delayed ACK (about 40 ms per call; `cargo bench --bench sources`).
-pub fn nodelay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -6,6 +6,7 @@ use super::decode::{DecodeError, Decoded};
 use super::identity::Identity;
 use super::scorer::Scorer;
 use crate::alert::Dispatcher;
+use crate::budget::MemoryBudget;
 use crate::config::SourcesConfig;
 use crate::pipeline::Pipeline;
 use parking_lot::Mutex;
@@ -57,6 +58,8 @@ pub struct SourceCtx {
     pub cfg: Arc<SourcesConfig>,
     pub identity: Arc<Identity>,
     pub scorer: Arc<Scorer>,
+    /// What buffered exchanges and waiting halves are paid for from.
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl std::fmt::Debug for SourceCtx {
@@ -76,6 +79,7 @@ impl SourceCtx {
         cfg: SourcesConfig,
         identity: Arc<Identity>,
         scorer: Arc<Scorer>,
+        budget: Arc<MemoryBudget>,
     ) -> Self {
         Self {
             pipeline,
@@ -83,6 +87,7 @@ impl SourceCtx {
             cfg: Arc::new(cfg),
             identity,
             scorer,
+            budget,
         }
     }
 

@@ -35,24 +35,12 @@ pub struct Limits {
     pub max_attribute_bytes: usize,
 }
 
-impl Limits {
-    /// The limits of `cfg`.
-    pub fn of(cfg: &crate::config::Config) -> Self {
-        Self {
-            max_input_dim: cfg.server.max_input_dim,
-            max_output_dim: cfg.server.max_output_dim,
-            max_id_len: DEFAULT_MAX_ID_LEN,
-            max_future_ms: cfg.window.max_future_ms,
-            max_attributes: DEFAULT_MAX_ATTRIBUTES,
-            max_attribute_bytes: DEFAULT_MAX_ATTRIBUTE_BYTES,
-        }
-    }
-}
-
 /// Most free-form attributes one record may carry.
 pub const DEFAULT_MAX_ATTRIBUTES: usize = 64;
 /// Most bytes of attribute keys and values one record may carry.
 pub const DEFAULT_MAX_ATTRIBUTE_BYTES: usize = 8 << 10;
+/// Most bytes of attribute keys and values one batch may carry.
+pub const DEFAULT_MAX_ATTRIBUTE_BYTES_PER_BATCH: usize = 512 << 10;
 
 /// Longest client id, model name or request id accepted.
 pub const DEFAULT_MAX_ID_LEN: usize = 256;

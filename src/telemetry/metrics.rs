@@ -7,6 +7,8 @@
 //! whose detail belongs to the query API.
 
 use crate::alert::Dispatcher;
+use crate::budget::MemoryBudget;
+use crate::conn::ConnStats;
 use crate::ingest::scorer::Scorer;
 use crate::ingest::source::SourceStats;
 use crate::pipeline::Pipeline;
@@ -21,11 +23,17 @@ use std::sync::Arc;
 
 /// Reads the sidecar's figures at scrape time.
 #[derive(Debug)]
-struct Figures {
-    pipeline: Arc<Pipeline>,
-    alerts: Arc<Dispatcher>,
-    sources: Vec<(&'static str, Arc<SourceStats>)>,
-    scorer: Option<Arc<Scorer>>,
+pub struct Figures {
+    pub pipeline: Arc<Pipeline>,
+    pub alerts: Arc<Dispatcher>,
+    /// The enabled mirroring sources (`envoy`, `kserve`) and their counters.
+    pub sources: Vec<(&'static str, Arc<SourceStats>)>,
+    /// The scoring queue the mirrors feed.
+    pub scorer: Option<Arc<Scorer>>,
+    /// The memory budget of data in flight.
+    pub budget: Option<Arc<MemoryBudget>>,
+    /// Each listener's connection counters.
+    pub listeners: Vec<(&'static str, Arc<ConnStats>)>,
 }
 
 /// A series' labels (bounded sets only: never a client id).
@@ -205,7 +213,50 @@ impl Figures {
                 &one(s.pending() as f64),
             )?;
         }
-        Ok(())
+        self.resources(e)
+    }
+
+    /// The memory budget and each listener's connections.
+    fn resources(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(b) = &self.budget {
+            gauge(
+                e,
+                "memory_budget",
+                "Bytes of data in flight held against the memory budget, and the budget.",
+                Some(&Unit::Bytes),
+                &vec![
+                    (labels(&[("state", "used")]), b.used() as f64),
+                    (labels(&[("state", "limit")]), b.limit() as f64),
+                ],
+            )?;
+            counter(
+                e,
+                "memory_budget_refused",
+                "Requests for memory the budget refused (the work was refused and counted).",
+                &one(b.refused()),
+            )?;
+        }
+        if self.listeners.is_empty() {
+            return Ok(());
+        }
+        let rows = |f: fn(&ConnStats) -> u64| -> Rows<u64> {
+            self.listeners
+                .iter()
+                .map(|(name, st)| (labels(&[("listener", name)]), f(st)))
+                .collect()
+        };
+        counter(
+            e,
+            "connections_refused",
+            "Connections closed at accept because the listener was full, per listener.",
+            &rows(|s| get(&s.refused)),
+        )?;
+        counter(
+            e,
+            "connections_idle_closed",
+            "Connections closed after going silent past the idle limit, per listener.",
+            &rows(|s| get(&s.idle_closed)),
+        )
     }
 
     /// Alerts raised and their lifecycle events, and the spool.
@@ -329,25 +380,15 @@ fn severity(s: Severity) -> &'static str {
 /// The registry behind `/metrics`, all names prefixed `probewatch_`.
 /// The registry of the sidecar's figures; `sources` are the enabled mirroring sources
 /// (`envoy`, `kserve`) and their counters, `scorer` the queue they feed.
-pub fn registry(
-    pipeline: Arc<Pipeline>,
-    alerts: Arc<Dispatcher>,
-    sources: Vec<(&'static str, Arc<SourceStats>)>,
-    scorer: Option<Arc<Scorer>>,
-) -> Registry {
+pub fn registry(figures: Figures) -> Registry {
     let mut r = Registry::with_prefix("probewatch");
     r.register_with_unit(
         "record_processing",
         "Time to validate a record and run every detector on it",
         Unit::Seconds,
-        pipeline.stats.timings.process.clone(),
+        figures.pipeline.stats.timings.process.clone(),
     );
-    r.register_collector(Box::new(Figures {
-        pipeline,
-        alerts,
-        sources,
-        scorer,
-    }));
+    r.register_collector(Box::new(figures));
     r
 }
 
@@ -399,7 +440,7 @@ pub fn to_classic(openmetrics: &str) -> String {
 /// Serves `GET /metrics` on `listener` until `shutdown`: OpenMetrics when the scraper asks
 /// for it (Prometheus does), the classic text format otherwise.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    acceptor: crate::conn::Acceptor,
     registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -430,7 +471,5 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::conn::http::serve(acceptor, app, None, shutdown).await
 }

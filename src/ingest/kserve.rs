@@ -73,6 +73,7 @@ impl KserveSource {
             pending: Arc::default(),
             stats: Arc::new(SourceStats::with_reasons(&[
                 "body_too_large",
+                "body_broken",
                 "memory_budget",
                 "duplicate_half",
                 "missing_ce_id",
@@ -221,12 +222,13 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Body) ->
         return StatusCode::BAD_REQUEST;
     };
     let header_bytes: usize = h.iter().map(|(k, v)| k.len() + v.len()).sum();
-    // The body is read only up to the cap: a larger one is not kept, and not waited for.
-    let (body, mut refused) = match axum::body::to_bytes(body, s.ctx.cfg.max_body_bytes).await {
+    // The body is kept only up to the cap and while the budget pays for it; past either it
+    // is read on (not kept) for a while so that the agent gets its 200.
+    let mut grant = s.ctx.budget.try_take(header_bytes);
+    let (body, mut refused) = match read_capped(body, s.ctx.cfg.max_body_bytes, &mut grant).await {
         Ok(b) => (b, None),
-        Err(_) => (Bytes::new(), Some("body_too_large")),
+        Err(reason) => (Bytes::new(), Some(reason)),
     };
-    let grant = s.ctx.budget.try_take(body.len() + header_bytes);
     if grant.is_none() {
         refused.get_or_insert("memory_budget");
     }
@@ -252,6 +254,46 @@ async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Body) ->
         }
     }
     StatusCode::OK
+}
+
+/// Bodies past the cap are read on, and thrown away, up to this many times the cap.
+pub const OVERSIZED_DRAIN_FACTOR: usize = 4;
+
+/// The body when it is at most `max` bytes and `grant` can grow to hold it; otherwise why
+/// not (the rest is read on, discarded, up to [`OVERSIZED_DRAIN_FACTOR`]` × max`).
+async fn read_capped(
+    body: Body,
+    max: usize,
+    grant: &mut Option<Grant>,
+) -> Result<Bytes, &'static str> {
+    use futures::StreamExt;
+    let mut data = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let mut refused = None;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| "body_broken")?;
+        total += chunk.len();
+        if refused.is_none() && total > max {
+            refused = Some("body_too_large");
+        }
+        if refused.is_none() && !grant.as_mut().is_some_and(|g| g.try_grow(chunk.len())) {
+            refused = Some("memory_budget");
+        }
+        if refused.is_none() {
+            kept.extend_from_slice(&chunk);
+        } else {
+            kept = Vec::new();
+            *grant = None;
+            if total > max.saturating_mul(OVERSIZED_DRAIN_FACTOR + 1) {
+                break;
+            }
+        }
+    }
+    match refused {
+        None => Ok(Bytes::from(kept)),
+        Some(r) => Err(r),
+    }
 }
 
 /// Adds the request headers KServe forwarded in `Ce-Metadata` (a JSON object of header name

@@ -52,6 +52,11 @@ impl TraceLine {
     }
 }
 
+/// Parses one trace line (fuzzed: never panics on input).
+pub fn parse_line(text: &[u8]) -> Result<TraceLine, String> {
+    serde_json::from_slice(text).map_err(|e| e.to_string())
+}
+
 /// Iterates a trace's lines.
 pub struct TraceReader {
     lines: std::io::Lines<Box<dyn BufRead + Send>>,
@@ -106,10 +111,12 @@ impl Iterator for TraceReader {
             if text.trim().is_empty() {
                 continue;
             }
-            return Some(serde_json::from_str(&text).map_err(|e| TraceError::Line {
-                line: self.line,
-                reason: e.to_string(),
-            }));
+            return Some(
+                parse_line(text.as_bytes()).map_err(|reason| TraceError::Line {
+                    line: self.line,
+                    reason,
+                }),
+            );
         }
     }
 }

@@ -73,12 +73,11 @@ fn shipped_configs_fit_their_memory_limit_and_reserve_their_ports() {
         let (at, _) = first_after(&lines, 0, "- name: probewatch");
         let (at, _) = first_after(&lines, at, "limits:");
         let (_, limit) = first_after(&lines, at, "memory:");
-        let mut need = cfg.window.max_clients as u64 * BYTES_PER_CLIENT
-            + probewatch::ingest::scorer::DEFAULT_QUEUE_BYTES as u64
+        // Everything in flight (decoded batches, buffered exchanges, KServe halves, the
+        // scoring queue) is held against the one memory budget.
+        let need = cfg.window.max_clients as u64 * BYTES_PER_CLIENT
+            + cfg.server.memory_budget_bytes as u64
             + FIXED_OVERHEAD;
-        if !cfg.sources.kserve_listen.is_empty() {
-            need += cfg.sources.max_pending as u64 * cfg.sources.max_body_bytes as u64;
-        }
         assert!(
             need <= quantity(limit),
             "{base}: config can hold {} MiB, limit {limit}",

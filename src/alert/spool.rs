@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -324,6 +324,49 @@ impl Inner {
     }
 }
 
+/// What a segment file held.
+#[derive(Debug, Default)]
+pub struct SegmentRead {
+    /// Whole records with a sequence number from `next_seq` on, in order.
+    pub entries: Vec<Entry>,
+    /// Bytes of the file up to the end of the last whole record.
+    pub good_bytes: u64,
+    /// A record after them was partial or unreadable (a crash mid-append): the file is cut
+    /// at `good_bytes`.
+    pub torn: bool,
+}
+
+/// Parses one segment's bytes, keeping records numbered `next_seq` or later; stops at the
+/// first line that is not a whole record. Never panics on input (fuzzed).
+pub fn read_segment(bytes: &[u8], mut next_seq: u64) -> SegmentRead {
+    let mut out = SegmentRead::default();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (line, after) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        match serde_json::from_slice::<Line<Alert>>(line) {
+            Ok(l) if l.seq >= next_seq => {
+                let n = line.len() as u64 + 1;
+                out.good_bytes += n;
+                next_seq = l.seq + 1;
+                out.entries.push(Entry {
+                    seq: l.seq,
+                    alert: Arc::new(l.alert),
+                    bytes: n,
+                });
+            }
+            _ => {
+                out.torn = true;
+                break;
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
 /// Reads segments and cursors back after a restart.
 fn recover(dir: &Path, inner: &mut Inner, names: &[String]) -> Result<(), SpoolError> {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -344,34 +387,23 @@ fn recover(dir: &Path, inner: &mut Inner, names: &[String]) -> Result<(), SpoolE
             bytes: 0,
             path: Some(path.clone()),
         };
-        let mut good = 0u64;
-        let mut torn = false;
-        for line in BufReader::new(f).split(b'\n') {
-            let line = line.map_err(io(path))?;
-            match serde_json::from_slice::<Line<Alert>>(&line) {
-                Ok(l) if l.seq >= inner.next_seq => {
-                    let n = line.len() as u64 + 1;
-                    if seg.first_seq == 0 {
-                        seg.first_seq = l.seq;
-                    }
-                    seg.last_seq = l.seq;
-                    seg.bytes += n;
-                    good += n;
-                    inner.next_seq = l.seq + 1;
-                    inner.bytes += n;
-                    inner.entries.push_back(Entry {
-                        seq: l.seq,
-                        alert: Arc::new(l.alert),
-                        bytes: n,
-                    });
-                }
-                _ => {
-                    torn = true;
-                    break;
-                }
+        let mut bytes = Vec::new();
+        BufReader::new(f)
+            .read_to_end(&mut bytes)
+            .map_err(io(path))?;
+        let read = read_segment(&bytes, inner.next_seq);
+        for e in read.entries {
+            if seg.first_seq == 0 {
+                seg.first_seq = e.seq;
             }
+            seg.last_seq = e.seq;
+            seg.bytes += e.bytes;
+            inner.next_seq = e.seq + 1;
+            inner.bytes += e.bytes;
+            inner.entries.push_back(e);
         }
-        if torn {
+        let good = read.good_bytes;
+        if read.torn {
             // A crash mid-append leaves a partial last line: cut it so appends stay parseable.
             tracing::warn!(path = %path.display(), "spool: discarding a torn record after a crash");
             let f = OpenOptions::new()

@@ -201,16 +201,24 @@ impl Decoder for BatchDecoder {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Inbound>, Status> {
         let wire = buf.copy_to_bytes(buf.remaining());
+        admit(wire, &self.0).map(Some)
+    }
+}
+
+/// Admits one batch's wire bytes: refused whole over the limits or the budget, else decoded
+/// with its memory paid for (fuzzed: never panics on input).
+pub fn admit(wire: prost::bytes::Bytes, codec: &BatchCodec) -> Result<Inbound, Status> {
+    {
         let scan = scan(&wire).map_err(|_| Status::invalid_argument("malformed RecordBatch"))?;
         let batch_id = scan.batch_id;
-        let l = &self.0.limits;
+        let l = &codec.limits;
         let refuse = |reason, detail: String| {
-            Ok(Some(Inbound::Refused {
+            Ok(Inbound::Refused {
                 batch_id,
                 records: scan.records,
                 reason,
                 detail,
-            }))
+            })
         };
         if scan.records > l.max_records {
             let d = format!(
@@ -231,7 +239,7 @@ impl Decoder for BatchDecoder {
             );
             return refuse(RejectReason::BadField, d);
         }
-        let Some(grant) = self.0.budget.try_take(scan.decoded_bytes) else {
+        let Some(grant) = codec.budget.try_take(scan.decoded_bytes) else {
             let d = format!(
                 "sidecar memory budget full ({} bytes needed); batch shed",
                 scan.decoded_bytes
@@ -240,7 +248,7 @@ impl Decoder for BatchDecoder {
         };
         let batch = RecordBatch::decode(wire)
             .map_err(|e| Status::invalid_argument(format!("malformed RecordBatch: {e}")))?;
-        Ok(Some(Inbound::Batch { batch, grant }))
+        Ok(Inbound::Batch { batch, grant })
     }
 }
 

@@ -201,14 +201,29 @@ impl KserveSource {
     }
 }
 
-async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Body) -> StatusCode {
-    let mut h: BTreeMap<String, String> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+/// An event's headers as the source reads them: its own (names lower case, values that are
+/// not text skipped) and the request headers KServe forwarded in `Ce-Metadata` (fuzzed:
+/// never panics on input).
+pub fn event_headers<'a>(
+    raw: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> BTreeMap<String, String> {
+    let mut h: BTreeMap<String, String> = raw
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.to_ascii_lowercase(),
+                std::str::from_utf8(v).ok()?.to_string(),
+            ))
+        })
         .collect();
     if let Some(meta) = h.get("ce-metadata").cloned() {
         forwarded_headers(&meta, &mut h);
     }
+    h
+}
+
+async fn event(State(s): State<KserveSource>, headers: HeaderMap, body: Body) -> StatusCode {
+    let h = event_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
     let is_request = match h.get("ce-type").map(String::as_str) {
         Some(REQUEST) => true,
         Some(RESPONSE) => false,

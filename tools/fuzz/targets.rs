@@ -86,8 +86,11 @@ pub fn ingest_batch(data: &[u8]) {
     let _ = probewatch::ingest::admit::admit(prost::bytes::Bytes::copy_from_slice(data), &codec);
 }
 
+/// A target: its name and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, as the corpus directories are named.
-pub const TARGETS: [(&str, fn(&[u8])); 10] = [
+pub const TARGETS: [Target; 10] = [
     ("oip_v2_json", json_exchange),
     ("kserve_v1_json", json_exchange),
     ("openai_json", json_exchange),

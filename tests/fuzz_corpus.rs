@@ -127,7 +127,6 @@ fn write_binary_seeds() {
             fp32_contents: data,
             ..Default::default()
         }),
-        parameters: Default::default(),
     };
     let dir = root.join("oip_grpc");
     std::fs::create_dir_all(&dir).unwrap();

@@ -50,6 +50,9 @@ pub enum Command {
         alerts: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Each client's closest approach to each alert threshold, as JSON Lines.
+        #[arg(long)]
+        diagnostics: Option<PathBuf>,
     },
     /// Stream a trace into a running sidecar.
     Send {
@@ -103,7 +106,8 @@ pub fn main() -> ExitCode {
             schema,
             alerts,
             config,
-        } => replay(&trace, labels, schema, alerts, config),
+            diagnostics,
+        } => replay(&trace, labels, schema, alerts, config, diagnostics),
         Command::Send {
             trace,
             to,
@@ -166,6 +170,7 @@ fn replay(
     schema: Option<PathBuf>,
     alerts: Option<PathBuf>,
     config: Option<PathBuf>,
+    diagnostics: Option<PathBuf>,
 ) -> ExitCode {
     let cfg = match load_config(config.as_ref()) {
         Ok(c) => c,
@@ -178,6 +183,7 @@ fn replay(
     let opts = crate::replay::ReplayOptions {
         labels: labels.as_deref(),
         alerts_out: alerts.as_deref(),
+        diagnostics: diagnostics.as_deref(),
         progress: true,
     };
     match crate::replay::replay(Arc::new(cfg), schema, trace, &opts) {

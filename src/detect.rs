@@ -20,7 +20,6 @@ pub mod margin;
 pub mod policy;
 pub mod prada;
 pub mod sanity;
-pub mod shapiro;
 
 use crate::config::DetectConfig;
 use crate::normal::baseline::Baseline;
@@ -65,6 +64,9 @@ pub struct Signals {
     pub best_match: u32,
     /// PRADA: minimum L2 distance to the growing set of the predicted class.
     pub prada_distance: Option<f32>,
+    /// Within the normal near-neighbour radius of one of the client's own earlier queries
+    /// (consecutive frames, small edits): not a new observation of where it queries.
+    pub near_own: bool,
     /// PRADA: Shapiro–Wilk W when a test ran on this query.
     pub prada_w: Option<f64>,
     /// PRADA: the client's current alarm (last W below delta).
@@ -73,11 +75,20 @@ pub struct Signals {
     pub structured: bool,
     /// The answer's top-1/top-2 margin is in the normal traffic's low tail.
     pub low_margin: bool,
-    /// Features outside normal traffic's range.
+    /// Features outside normal traffic's range (evidence only).
     pub out_count: u32,
-    /// `out_count` beyond what normal queries show.
+    /// Off the region where normal inputs live (past normal's 99th percentile).
     pub out_of_range: bool,
-    /// Features outside the schema's valid domain.
+    /// In the region's tail (past normal's 90th percentile).
+    pub off_tail: bool,
+    /// The query's distance to the region relative to its off threshold.
+    pub off_score: f32,
+    /// Past the excursions from the schema's bounds that normal queries make.
+    pub excursion: bool,
+    /// How far the input left the schema's bounds, in widths (`None` without a schema).
+    pub excursion_value: Option<f32>,
+    /// Invalid on its own: past a hard bound, or grossly past an observed one (or, counted
+    /// by the pipeline, not finite). Counted as the number of such features.
     pub domain_violations: u32,
     /// Feature-space cell of the query.
     pub cell: Option<u64>,

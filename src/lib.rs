@@ -9,7 +9,7 @@
 //! and `tests/layers.rs` enforces it). From the bottom:
 //!
 //! 0. **Vocabulary.** [`proto`] (wire types), [`vocab`] (an alert, its kind, severity and
-//!    ATLAS technique), [`clock`], [`hash`], [`pseudonym`] (keyed client pseudonyms),
+//!    ATLAS technique), [`clock`], [`hash`], [`stats`], [`pseudonym`] (keyed client pseudonyms),
 //!    [`budget`] (one memory budget for data in flight), [`conn`] (connections bounded in
 //!    number and idle time).
 //! 1. **Inputs.** [`config`], [`schema`] (what a model owner knows of inputs), [`record`]
@@ -49,6 +49,7 @@ pub mod schema;
 pub mod send;
 pub mod sidecar;
 pub mod sketch;
+pub mod stats;
 pub mod telemetry;
 pub mod trace;
 pub mod vocab;

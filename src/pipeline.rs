@@ -300,8 +300,10 @@ impl Pipeline {
             tag: st.tag,
             sketch: sketch.to_vec().into_boxed_slice(),
             margin: answer.margin,
+            class: answer.class,
             prada_distance: sig.prada_distance,
             structured: sig.structured,
+            excursion: sig.excursion_value,
         });
     }
 
@@ -326,9 +328,15 @@ impl Pipeline {
         );
         if let Slot::At(pos) = st.window.slot(ts) {
             let c = st.policy.cusum;
+            let h2 = self.policy.threshold2();
             st.window.bucket_mut(pos).note_scores(
-                [c.low_margin, c.out_of_range, c.structured, c.invalid],
-                self.policy.threshold(),
+                [
+                    c.low_margin / h2,
+                    c.out_of_range.max(c.tail) / h2,
+                    c.structured / h2,
+                    c.invalid / self.policy.threshold(),
+                ],
+                1.0,
             );
         }
         decisions
@@ -468,7 +476,12 @@ fn record_window(
             c.global_near_dups += u32::from(sig.global_near_dup);
             c.flips += u32::from(sig.flip);
             c.low_margin += u32::from(sig.low_margin);
-            c.out_of_range += u32::from(sig.out_of_range);
+            // As in the policy's tests: a near-duplicate of the client's own recent queries
+            // is not a new observation of where its queries live, so a noisy stream of a
+            // few off-normal inputs counts as few events, not as many.
+            let novel = !sig.near_dup && !sig.near_own;
+            c.out_of_range += u32::from(novel && (sig.out_of_range || sig.excursion));
+            c.tail += u32::from(novel && sig.off_tail);
             c.structured += u32::from(sig.structured);
             c.invalid += u32::from(sig.domain_violations > 0);
             b.add_answer(answer.margin, answer.class);

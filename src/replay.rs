@@ -102,6 +102,8 @@ pub struct Score {
 pub struct ReplayOptions<'a> {
     pub labels: Option<&'a Path>,
     pub alerts_out: Option<&'a Path>,
+    /// Writes each client's closest approach to each alert threshold here (JSON Lines).
+    pub diagnostics: Option<&'a Path>,
     pub progress: bool,
 }
 
@@ -167,6 +169,9 @@ pub fn replay(
             bar.set_message(format!("{} alerts", rep.raised.len()));
         }
     }
+    if let Some(p) = opts.diagnostics {
+        write_peaks(&pipeline, p)?;
+    }
     for a in pipeline.sweep() {
         emit(&mut rep, &mut out, &a)?;
     }
@@ -179,6 +184,18 @@ pub fn replay(
     }
     tracing::info!(stats = %pipeline.stats.summary(), "replay done");
     Ok(rep)
+}
+
+/// Each client's closest approach to each alert threshold, one JSON object per line.
+fn write_peaks(pipeline: &Pipeline, path: &Path) -> Result<(), ReplayError> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (model, client, queries, peak) in pipeline.peaks() {
+        let line =
+            serde_json::json!({"model": model, "client": client, "queries": queries, "peak": peak});
+        writeln!(f, "{line}")?;
+    }
+    f.flush()?;
+    Ok(())
 }
 
 fn emit(

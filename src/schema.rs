@@ -37,6 +37,14 @@ pub struct Schema {
     /// Per-feature upper bound of valid inputs.
     #[serde(default)]
     pub input_domain_max: Option<Vec<f64>>,
+    /// The `input_domain` bounds are physical (pixels 0–16, a non-negative amount): a value
+    /// past one is invalid on its own. By default they are observed (the training data's
+    /// range), and leaving them is judged against how often normal traffic does.
+    #[serde(default)]
+    pub hard_bounds: bool,
+    /// Features whose `input_domain` bounds are physical, when only some are.
+    #[serde(default)]
+    pub hard_features: Vec<usize>,
 }
 
 impl Schema {
@@ -60,6 +68,17 @@ impl Schema {
     fn check(&self) -> Result<(), SchemaError> {
         if self.n_features == 0 {
             return Err(SchemaError::Invalid("n_features must be at least 1".into()));
+        }
+        if let Some(j) = self.hard_features.iter().find(|&&j| j >= self.n_features) {
+            return Err(SchemaError::Invalid(format!(
+                "hard_features: feature {j} past n_features ({})",
+                self.n_features
+            )));
+        }
+        if (self.hard_bounds || !self.hard_features.is_empty()) && self.input_domain_min.is_none() {
+            return Err(SchemaError::Invalid(
+                "hard_bounds and hard_features need input_domain_min/max".into(),
+            ));
         }
         let pairs = [
             ("feature", &self.feature_min, &self.feature_max),
@@ -105,6 +124,11 @@ impl Schema {
             *self.input_domain_min.as_ref()?.get(j)?,
             *self.input_domain_max.as_ref()?.get(j)?,
         ))
+    }
+
+    /// Whether feature `j`'s domain bounds are physical.
+    pub fn is_hard(&self, j: usize) -> bool {
+        self.hard_bounds || self.hard_features.contains(&j)
     }
 
     /// Training-data range of feature `j`, if known.

@@ -31,6 +31,8 @@ pub struct Counts {
     pub flips: u32,
     pub low_margin: u32,
     pub out_of_range: u32,
+    /// In the normal region's tail.
+    pub tail: u32,
     pub structured: u32,
     pub invalid: u32,
 }
@@ -46,6 +48,7 @@ impl Counts {
         self.flips += o.flips;
         self.low_margin += o.low_margin;
         self.out_of_range += o.out_of_range;
+        self.tail += o.tail;
         self.structured += o.structured;
         self.invalid += o.invalid;
     }

@@ -85,6 +85,7 @@ async fn replayed_attacks_fire_and_resolve_in_alertmanager() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/public");
     let out = dir.path().join("alerts.jsonl");
     let opts = ReplayOptions {
+        diagnostics: None,
         labels: None,
         alerts_out: Some(&out),
         progress: false,

@@ -242,6 +242,7 @@ async fn streaming_the_trace_raises_the_same_alerts_as_replay() {
     let out = offline.clone();
     let off = tokio::task::spawn_blocking(move || {
         let opts = ReplayOptions {
+            diagnostics: None,
             labels: None,
             alerts_out: Some(&out),
             progress: false,

@@ -17,6 +17,7 @@ fn run(with_schema: bool) -> ReplayReport {
     let schema = with_schema.then(|| Schema::from_file(&data("schema.json")).unwrap());
     let labels = data("labels.json");
     let opts = ReplayOptions {
+        diagnostics: None,
         labels: Some(&labels),
         alerts_out: None,
         progress: false,

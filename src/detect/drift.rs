@@ -1,10 +1,9 @@
-//! Drift from normal traffic: how many features of a query fall outside the fences of the
-//! model's normal traffic (Tukey fences on the learned sample, or the schema's training
-//! range). Uniform-random and out-of-domain (Knockoff-style) query sets put many features
-//! where normal queries never go; the threshold on that count is itself learned (the 99th
-//! percentile among normal queries), so noisy-but-benign traffic sets its own bar. A query
-//! whose features are each in range but whose combination is not (its Mahalanobis distance
-//! past normal samples', [`crate::normal::manifold`]) is out of range too.
+//! Drift from normal traffic: how far a query is from where the model's normal inputs live
+//! ([`crate::normal::region`]: rank-space distances, global and among the inputs given the
+//! same answer, calibrated out of sample on the clients that look like the majority).
+//! Uniform-random, synthetic (ActiveThief pools) and out-of-domain (Knockoff-style) query
+//! sets put most of their queries past normal's 99th percentile, or at least in its top
+//! tenth; normal clients put 1 % and 10 % there.
 
 use super::{Detector, ModelView, Query, Signals};
 
@@ -28,24 +27,47 @@ impl Detector for Drift {
         if !m.baseline.ready {
             return;
         }
-        (sig.out_of_range, sig.out_count) = m.baseline.is_out_of_range(q.sketch);
+        sig.out_count = m.baseline.out_count(q.sketch);
+        if let Some(r) = &m.baseline.region {
+            let v = r.judge(q.sketch, q.answer.class);
+            sig.out_of_range = v.off;
+            sig.off_tail = v.tail;
+            sig.off_score = v.score;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::unit;
     use crate::normal::baseline::Baseline;
+    use crate::normal::region::{Point, Region};
     use crate::record::Answer;
 
     #[test]
-    fn counts_features_outside_the_fences() {
-        let b = Baseline::unit_scale(4, 1.0); // fences [0, 1], threshold 2
+    fn queries_off_the_learned_region_are_out_of_range() {
+        let pts: Vec<(Vec<f32>, u64)> = (0..400u64)
+            .map(|i| {
+                let x = unit(i, 0) as f32;
+                (vec![x, x + 0.05 * unit(i, 1) as f32, 0.5], i % 20)
+            })
+            .collect();
+        let points: Vec<Point<'_>> = pts
+            .iter()
+            .map(|(x, t)| Point {
+                x,
+                class: None,
+                tag: *t,
+            })
+            .collect();
+        let mut b = Baseline::unit_scale(3, 1.0);
+        b.region = Some(std::sync::Arc::new(Region::learn(&points, 8).unwrap()));
         let m = ModelView {
             baseline: &b,
             schema: None,
         };
-        let check = |x: [f32; 4]| {
+        let check = |x: [f32; 3]| {
             let q = Query {
                 ts_ms: 0,
                 input: &x,
@@ -60,8 +82,9 @@ mod tests {
             Drift.observe(&q, &m, &(), &mut (), &mut s);
             (s.out_count, s.out_of_range)
         };
-        assert_eq!(check([0.5, 0.5, 0.5, 0.5]), (0, false));
-        assert_eq!(check([2.0, -1.0, 0.5, 0.5]), (2, false));
-        assert_eq!(check([2.0, -1.0, 3.0, 0.5]), (3, true));
+        assert_eq!(check([0.5, 0.52, 0.5]), (0, false));
+        // Every feature in range, the combination never seen.
+        assert!(check([0.9, 0.1, 0.5]).1);
+        assert_eq!(check([2.0, 0.5, 0.5]).0, 1);
     }
 }

@@ -1,21 +1,31 @@
 //! From signals to alerts.
 //!
-//! Each per-query event (low margin, out of range, structured perturbation, invalid input) is
-//! a Bernoulli trial whose normal rate `p0` the baseline learned. A client's evidence is a
-//! CUSUM of the log-likelihood ratio of "rate `p1`" against "rate `p0`"
-//! (`S = max(0, S + llr)`), which both accumulates quickly for a sustained attack and forgets
-//! a benign burst. `S >= ln(1/alpha)` bounds the false-alarm rate per client at roughly
-//! `alpha` per query under the normal rate: the threshold is a stated error budget, not a
-//! number fitted to a trace.
+//! Each per-query event (low margin, off the normal region or past normal excursions, in
+//! the region's tail, structured perturbation, invalid input) is a Bernoulli trial whose
+//! normal rate `p0` the baseline learned. A client's evidence is a CUSUM of the
+//! log-likelihood ratio of "rate `p1`" against "rate `p0`" (`S = max(0, S + llr)`), which both
+//! accumulates quickly for a sustained attack and forgets a benign burst. Off-region and
+//! structured events are tested against two alternatives, "most queries" (`p1` ≥ 0.8) and "a
+//! persistent minority" (`p1` ≥ 0.25, five times normal), the threshold paying for the
+//! second (`ln(1/alpha) + ln 2`, Bonferroni). `S` over its threshold bounds the false-alarm
+//! rate per client at roughly `alpha` per query under the normal rate: the threshold is a
+//! stated error budget, not a number fitted to a trace.
+//!
+//! A query close to the client's own recent ones (a near-duplicate) adds no off-region
+//! evidence: a stream of consecutive frames lingering in an odd region is one observation,
+//! not hundreds. A retry adds none at all.
 //!
 //! | kind | ATLAS | evidence that raises it |
 //! | --- | --- | --- |
 //! | `boundary_probe` | AML.T0043.001 | low-margin answers far above normal |
-//! | `extraction` | AML.T0024.002 | out-of-range inputs or structured perturbations far above normal; or PRADA's alarm with half that evidence |
-//! | `input_anomaly` | AML.T0043 | values outside the schema's domain, non-finite values |
+//! | `extraction` | AML.T0024.002 | off-region, tail or structured queries far above normal; or PRADA's alarm with half that evidence; or membership of a campaign ([`super::campaign`]) |
+//! | `input_anomaly` | AML.T0043 | values past hard or gross schema bounds, non-finite values |
 //!
-//! One alert stays open per (client, kind): it is updated (same id) when new evidence comes
-//! and resolved after `quiet_ms` of event time without any.
+//! A boundary search's random start and line searches look like extraction: extraction is
+//! held while boundary evidence is rising, and an open extraction alert whose evidence turns
+//! out to be a boundary search is corrected (same alert, `previous_kind`). One alert stays
+//! open per (client, kind): it is updated (same id) when new evidence comes and resolved
+//! after `quiet_ms` of event time without any.
 
 use super::Signals;
 use crate::config::PolicyConfig;
@@ -38,6 +48,13 @@ pub const LOW_MARGIN_P1: f64 = HIGH_P1;
 /// Alternative rate for events an attacker produces on most queries (low margins,
 /// out-of-range inputs).
 pub const HIGH_P1: f64 = 0.8;
+/// The second alternative: a persistent minority of queries, at least this rate ...
+pub const LOW_P1: f64 = 0.25;
+/// ... and this many times the normal rate.
+pub const LOW_P1_MULT: f64 = 5.0;
+/// Before this many queries, a client with a few low-margin answers is held from an
+/// extraction alert (a boundary search starts with random points).
+pub const EARLY_HOLD_QUERIES: u64 = 40;
 /// Share of the client's window that must carry the event, besides the CUSUM: correlated
 /// bursts (consecutive video frames through an ambiguous region) can push a CUSUM over its
 /// threshold, but they do not make a quarter of a client's traffic.
@@ -52,13 +69,37 @@ pub const BOUNDARY_EVIDENCE_SHARE: f64 = 0.5;
 /// Events of the right kind needed in the window before an alert.
 pub const MIN_EVENTS: u32 = 3;
 
-/// The sequential tests of one event type.
+/// The sequential tests of each event type (the larger of its alternatives).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Cusums {
     pub low_margin: f64,
     pub out_of_range: f64,
+    pub tail: f64,
     pub structured: f64,
     pub invalid: f64,
+}
+
+/// A CUSUM against two alternatives.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cusum2 {
+    s: [f64; 2],
+}
+
+impl Cusum2 {
+    fn step(&mut self, hit: bool, p0: f64) -> f64 {
+        let Some((p0, hi)) = rates(p0, HIGH_P1) else {
+            return self.value();
+        };
+        let lo = LOW_P1.max(LOW_P1_MULT * p0).min(0.95);
+        step(&mut self.s[0], hit, p0, hi);
+        step(&mut self.s[1], hit, p0, lo);
+        self.value()
+    }
+
+    /// The larger of the two statistics.
+    pub fn value(&self) -> f64 {
+        self.s[0].max(self.s[1])
+    }
 }
 
 /// An alert open for a client.
@@ -78,6 +119,11 @@ pub struct OpenAlert {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyState {
     pub cusum: Cusums,
+    /// Each test's highest value so far relative to its threshold (1.0 alerts): how close
+    /// the client came (diagnostics).
+    pub peak: Cusums,
+    out: Cusum2,
+    structured: Cusum2,
     pub open: Vec<OpenAlert>,
 }
 
@@ -105,7 +151,10 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Policy {
     cfg: PolicyConfig,
+    /// `ln(1/alpha)`: single-alternative tests.
     h: f64,
+    /// `ln(1/alpha) + ln 2`: tests against two alternatives.
+    h2: f64,
 }
 
 fn llr(hit: bool, p0: f64, p1: f64) -> f64 {
@@ -133,12 +182,21 @@ impl Policy {
     /// A policy with these settings.
     pub fn new(cfg: PolicyConfig) -> Self {
         let h = cfg.threshold();
-        Self { cfg, h }
+        Self {
+            cfg,
+            h,
+            h2: h + std::f64::consts::LN_2,
+        }
     }
 
     /// The decision threshold `ln(1/alpha)`.
     pub fn threshold(&self) -> f64 {
         self.h
+    }
+
+    /// The threshold of the extraction tests, `ln(1/alpha) + ln 2`.
+    pub fn threshold2(&self) -> f64 {
+        self.h2
     }
 
     /// Settings.
@@ -157,28 +215,42 @@ impl Policy {
         total: u64,
         events: &Counts,
     ) -> Vec<Decision> {
-        let c = &mut st.cusum;
         // A retry repeats evidence already counted; it is not new evidence.
         if base.ready && !sig.exact_dup {
+            let c = &mut st.cusum;
             if has_margin {
                 if let Some((p0, p1)) = rates(base.rates.low_margin, LOW_MARGIN_P1) {
                     step(&mut c.low_margin, sig.low_margin, p0, p1);
                 }
             }
-            if let Some((p0, p1)) = rates(base.rates.out_of_range, HIGH_P1) {
-                step(&mut c.out_of_range, sig.out_of_range, p0, p1);
+            // A near-duplicate of the client's own recent queries is not a new observation
+            // of where its queries live.
+            if !sig.near_dup && !sig.near_own {
+                let out = sig.out_of_range || sig.excursion;
+                c.out_of_range = st.out.step(out, base.rates.out_of_range);
+                if let Some((p0, p1)) = rates(base.rates.tail, HIGH_P1) {
+                    step(&mut c.tail, sig.off_tail, p0, p1);
+                }
             }
-            if let Some((p0, p1)) = rates(base.rates.structured, 0.3) {
-                step(&mut c.structured, sig.structured, p0, p1);
-            }
+            c.structured = st.structured.step(sig.structured, base.rates.structured);
         }
         step(
-            &mut c.invalid,
+            &mut st.cusum.invalid,
             sig.domain_violations > 0,
             INVALID_BASE_RATE,
             0.5,
         );
+        self.note_peaks(st);
         self.decide(st, sig.prada_alarm, total, events)
+    }
+
+    fn note_peaks(&self, st: &mut PolicyState) {
+        let (c, p, h2) = (&st.cusum, &mut st.peak, self.h2);
+        p.low_margin = p.low_margin.max(c.low_margin / h2);
+        p.out_of_range = p.out_of_range.max(c.out_of_range / h2);
+        p.tail = p.tail.max(c.tail / h2);
+        p.structured = p.structured.max(c.structured / h2);
+        p.invalid = p.invalid.max(c.invalid / self.h);
     }
 
     /// Counts an invalid (non-finite) query against the client.
@@ -204,45 +276,37 @@ impl Policy {
             return out;
         }
         let c = &st.cusum;
-        let h = self.h;
-        let (scored, low, out_n, structured) = (
-            events.scored,
-            events.low_margin,
-            events.out_of_range,
-            events.structured,
-        );
+        let (h, h2) = (self.h, self.h2);
+        let (scored, low) = (events.scored, events.low_margin);
         // Baseline-relative events are shares of the scored queries; invalid inputs can be
         // seen from the first query.
         let share_of = |k: u32, of: u32| f64::from(k) >= MIN_WINDOW_SHARE * f64::from(of.max(1));
         let share = |k: u32| share_of(k, scored);
-        if c.low_margin >= h && low >= MIN_EVENTS && share(low) {
+        if c.low_margin >= h2 && low >= MIN_EVENTS && share(low) {
             out.push(Decision {
                 kind: Kind::BoundaryProbe,
-                strength: c.low_margin / h,
+                strength: c.low_margin / h2,
             });
         }
-        let ex = c.out_of_range.max(c.structured);
-        let ex_events = if c.out_of_range >= c.structured {
-            out_n
-        } else {
-            structured
-        };
-        let corroborated = prada_alarm && ex >= h / 2.0;
-        // Boundary searches (HopSkipJump, Boundary, Square, SimBA) also send out-of-range and
-        // structured queries: while a client's answers pile up near the boundary, those are
-        // attributed to the search, not to extraction.
-        let boundary_dominant = f64::from(low)
-            >= BOUNDARY_DOMINANT_SHARE * f64::from(scored.max(1))
-            || c.low_margin >= h * BOUNDARY_EVIDENCE_SHARE;
-        if (ex >= h || corroborated)
+        let ex = c.out_of_range.max(c.tail).max(c.structured);
+        let ex_events = events.out_of_range.max(events.tail).max(events.structured);
+        let corroborated = prada_alarm && ex >= h2 / 2.0;
+        // Boundary searches (HopSkipJump, Boundary, Square, SimBA) also send off-region and
+        // structured queries: while a client's answers pile up near the boundary, or it has
+        // a few low-margin answers among its first queries, those are attributed to the
+        // search, not to extraction.
+        let boundary_hold = f64::from(low) >= BOUNDARY_DOMINANT_SHARE * f64::from(scored.max(1))
+            || c.low_margin >= h2 * BOUNDARY_EVIDENCE_SHARE
+            || (low >= MIN_EVENTS && total < EARLY_HOLD_QUERIES);
+        if (ex >= h2 || corroborated)
             && ex_events >= MIN_EVENTS
             && share(ex_events)
-            && !boundary_dominant
+            && !boundary_hold
         {
             let boost = if prada_alarm { 1.25 } else { 1.0 };
             out.push(Decision {
                 kind: Kind::Extraction,
-                strength: (ex / h * boost).max(1.0),
+                strength: (ex / h2 * boost).max(1.0),
             });
         }
         if c.invalid >= h
@@ -375,7 +439,8 @@ mod tests {
             ..Default::default()
         };
         assert!(feed(&p, &mut st, &sig, 200, [200, 0, 0, 0, 0]).is_empty());
-        st.cusum.structured = p.threshold() * 0.6;
+        // Past half the threshold, not at it: only PRADA's alarm can tip it over.
+        st.structured.s = [p.threshold() * 0.6; 2];
         let d = p.observe(
             &mut st,
             &Signals {

@@ -19,9 +19,9 @@
 pub mod store;
 
 use super::fingerprint::class_tag;
-use super::shapiro::shapiro_wilk;
 use super::{Detector, ModelView, Query, Signals};
 use crate::config::PradaConfig;
+use crate::stats::shapiro::shapiro_wilk;
 use half::f16;
 use std::collections::VecDeque;
 use store::GrowingSet;
@@ -74,6 +74,9 @@ pub struct PradaState {
     /// ring's memory.
     distances: VecDeque<(u16, f16)>,
     queries: u32,
+    /// The client's previous query on the growing set's grid (a byte per dimension), for
+    /// the novelty gate: consecutive frames of a stream are one observation.
+    previous: Option<Box<[u8]>>,
     /// Last Shapiro–Wilk W.
     pub last_w: Option<f64>,
     /// Current alarm.
@@ -84,6 +87,7 @@ impl PradaState {
     /// Heap bytes held (capacity).
     pub fn heap_bytes(&self) -> usize {
         self.set.as_ref().map_or(0, GrowingSet::heap_bytes)
+            + self.previous.as_ref().map_or(0, |p| p.len())
             + self.stats.capacity() * std::mem::size_of::<ClassStat>()
             + self.distances.capacity() * 4
     }
@@ -146,6 +150,7 @@ impl Detector for Prada {
             stats: Vec::new(),
             distances: VecDeque::new(),
             queries: 0,
+            previous: None,
             last_w: None,
             alarm: false,
         }
@@ -182,6 +187,25 @@ impl Detector for Prada {
             }
         }
         let Some(set) = st.set.as_mut() else { return };
+        // Novelty: close to the previous query, or to a member of the growing set.
+        let grid = set.grid();
+        let radius = m.baseline.near_radius;
+        if let (Some(prev), Some(r)) = (&st.previous, radius) {
+            let d2: f32 = x
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| {
+                    (grid.coord(j, v) - f32::from(prev[j])).powi(2) * grid.step(j).powi(2)
+                })
+                .sum();
+            sig.near_own = d2.sqrt() < r;
+        }
+        let codes: Box<[u8]> = x
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| grid.encode(j, v))
+            .collect();
+        st.previous = Some(codes);
         let nearest = set.nearest(x, class);
         let si = match st.stats.iter().position(|s| s.class == class) {
             Some(i) => i,
@@ -200,6 +224,7 @@ impl Detector for Prada {
         let join = if let Some(n) = nearest {
             let dist = n.distance;
             sig.prada_distance = Some(dist);
+            sig.near_own |= radius.is_some_and(|r| dist < r);
             sig.structured = structured(x, set, n.index, m);
             st.distances
                 .push_back((class_tag(Some(class)), f16::from_f32(dist)));

@@ -1,23 +1,37 @@
 //! The model's normal traffic, learned from the stream itself.
 //!
-//! Robustness comes from *who* may contribute: each client offers at most
-//! `per_client_cap` of its queries to a bounded reservoir, and clients that raise an alert
-//! are purged from it. A heavy attacker therefore weighs no more than a light benign client,
-//! and stops counting once caught. Figures are per-feature robust statistics (quartiles,
-//! Tukey fences) and rates of each detector event, so thresholds are relative to the model's
-//! normal, not fixed numbers.
+//! Robustness comes from *who* may contribute, and from who is believed. Each client offers
+//! at most `per_client_cap` of its queries to a bounded reservoir, and clients that raise an
+//! alert are purged from it: a heavy attacker weighs no more than a light benign client, and
+//! stops counting once caught. Clients that do not look like the majority (an attacker from
+//! the first minute, a campaign of many small accounts) are left out of normal by the
+//! region's trimming ([`super::region`]) before any threshold or rate is learned. Figures are
+//! robust statistics (quantiles, rank-space distances calibrated out of sample) and rates
+//! of each detector event, so thresholds are relative to the model's normal, not fixed
+//! numbers.
+//!
+//! A schema's bounds are evidence, not truth: normal traffic leaves a training range all
+//! the time, so how often and how far it does is learned here ([`Excursions`]); only a
+//! gross excursion, or any past a bound the schema marks hard, is invalid on its own.
 
 use super::grid::Grid;
-use super::manifold::Manifold;
-use super::reservoir::Reservoir;
+use super::region::{Point, Region};
+use super::reservoir::{Reservoir, Sample};
 use crate::config::{BaselineConfig, DriftConfig, MarginConfig};
 use crate::schema::Schema;
 use std::sync::Arc;
 
-/// The joint fit is redone every this many refreshes.
-pub const MANIFOLD_EVERY: u64 = 8;
-/// Samples the joint fit uses at most.
-pub const MANIFOLD_SAMPLES: usize = 512;
+/// The region is relearned every this many refreshes (or when the sample grew by a
+/// quarter).
+pub const REGION_EVERY: u64 = 8;
+/// Samples the region is learned from at most (evenly strided).
+pub const REGION_SAMPLES: usize = 1024;
+/// Excursions past this quantile of normal excursions are events.
+pub const EXCURSION_QUANTILE: f64 = 0.99;
+/// An excursion past this many widths ...
+pub const GROSS_WIDTHS: f32 = 1.0;
+/// ... and this many times the largest normal excursion is invalid on its own.
+pub const GROSS_MULT: f32 = 4.0;
 /// Samples needed before a provisional byte grid is drawn (until the baseline is ready).
 pub const GRID_MIN_SAMPLES: usize = 16;
 
@@ -25,8 +39,24 @@ pub const GRID_MIN_SAMPLES: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct Rates {
     pub low_margin: f64,
+    /// Off the normal region, or past the normal excursions from the schema's bounds.
     pub out_of_range: f64,
+    /// In the normal region's tail (its top tenth).
+    pub tail: f64,
     pub structured: f64,
+}
+
+/// How far normal inputs leave the schema's bounds, in widths of each bound's range.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Excursions {
+    /// Excursions past this are events (judged against `rate`).
+    pub threshold: f32,
+    /// Share of normal queries past `threshold`.
+    pub rate: f64,
+    /// Past this an excursion is invalid on its own.
+    pub gross: f32,
+    /// Share of normal queries outside some bound at all.
+    pub outside: f64,
 }
 
 /// A snapshot of the model's normal traffic.
@@ -46,8 +76,7 @@ pub struct Baseline {
     pub scale: Vec<f32>,
     /// Median of each dimension.
     pub center: Vec<f32>,
-    /// A query is out of range when more than this many dimensions are outside the fences.
-    pub out_threshold: u32,
+
     /// Margins below this are "low".
     pub margin_low: Option<f32>,
     /// Radius within which an earlier query counts as the same neighbourhood.
@@ -58,25 +87,19 @@ pub struct Baseline {
     pub lattice: Option<f32>,
     /// Refreshes since the baseline first became ready.
     pub refreshes: u64,
-    /// Reservoir size at the last joint fit (it is redone when the reservoir grew by 25 %).
-    pub manifold_samples: usize,
-    /// Joint fit of normal inputs, for queries whose features are each in range but whose
-    /// combination is not.
-    pub manifold: Option<Arc<Manifold>>,
+    /// Reservoir size when the region was last learned.
+    pub region_samples: usize,
+    /// Where normal inputs live, for queries off it (each feature may be in range while the
+    /// combination is not).
+    pub region: Option<Arc<Region>>,
+    /// Normal excursions from the schema's bounds, when there is a schema.
+    pub excursions: Option<Excursions>,
     /// Byte grid for per-client history: provisional from the first samples (or the
     /// schema's domain), then frozen with the normalisation. `None` before any sample.
     pub grid: Option<Arc<Grid>>,
 }
 
-fn quantile_sorted(v: &[f32], q: f64) -> f32 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let pos = q * (v.len() - 1) as f64;
-    let (i, f) = (pos.floor() as usize, pos.fract() as f32);
-    let j = (i + 1).min(v.len() - 1);
-    v[i] * (1.0 - f) + v[j] * f
-}
+use crate::stats::quantile_sorted;
 
 impl Baseline {
     /// Not ready; identity normalisation over `dims` dimensions.
@@ -103,19 +126,20 @@ impl Baseline {
             fence_hi: vec![range; dims],
             scale: vec![range; dims],
             center: vec![range / 2.0; dims],
-            out_threshold: 2,
             margin_low: Some(0.05),
             near_radius: Some(range * dims as f32 / 64.0),
             rates: Rates {
                 low_margin: 0.02,
                 out_of_range: 0.01,
+                tail: 0.1,
                 structured: 0.005,
             },
             grid: Some(Arc::new(Grid::new(vec![(0.0, range); dims]))),
             lattice: None,
             refreshes: 0,
-            manifold_samples: 0,
-            manifold: None,
+            region_samples: 0,
+            region: None,
+            excursions: None,
         }
     }
 
@@ -165,51 +189,44 @@ impl Baseline {
             }
             return b;
         }
-        let q = Quartiles::of(res, dims);
+        b.refreshes = prev.refreshes + 1;
+        b.relearn_region(res, prev, cfg.min_clients);
+        let Some(region) = b.region.clone() else {
+            // Too few clients look alike yet: nothing is judged against noise.
+            b.ready = false;
+            return b;
+        };
+        let kept: Vec<&Sample> = res
+            .samples
+            .iter()
+            .filter(|s| !region.trims(s.tag))
+            .collect();
+        let q = Quartiles::of(&kept, dims);
         let spreads = q.floored_spreads();
-        b.set_fences(&q, &spreads, schema, drift);
+        b.set_fences(&q, &spreads, drift);
         if !prev.ready {
             b.freeze_normalisation(&q, &spreads, schema);
         }
-        b.refit_manifold(res, prev);
-        b.learn_events(res, margin);
+        b.learn_events(&kept, &region, margin);
+        b.excursions = schema.and(learn_excursions(&kept));
         b.ready = true;
         b
     }
 
-    /// Drift fences, scales and centres per dimension: the schema's training range widened
-    /// by `min_width` of its domain, or Tukey fences on the sample.
-    fn set_fences(
-        &mut self,
-        q: &Quartiles,
-        spreads: &[f32],
-        schema: Option<&Schema>,
-        drift: &DriftConfig,
-    ) {
+    /// Drift fences, scales and centres per dimension: Tukey fences on the normal sample (a
+    /// schema's training range is what the model owner saw, not where traffic lives).
+    fn set_fences(&mut self, q: &Quartiles, spreads: &[f32], drift: &DriftConfig) {
         let k = drift.iqr_k as f32;
         let w = drift.min_width as f32;
         for (j, &spread) in spreads.iter().enumerate() {
-            let (lo, hi, scale) = match schema.and_then(|s| s.training_range(j)) {
-                Some((a, b)) => {
-                    let width = schema
-                        .and_then(|s| s.domain(j))
-                        .map(|(c, d)| (d - c) as f32)
-                        .unwrap_or((b - a) as f32)
-                        .max(f32::EPSILON);
-                    (a as f32 - w * width, b as f32 + w * width, width)
-                }
-                None => {
-                    let iqr = q.q75[j] - q.q25[j];
-                    (
-                        q.q25[j] - k * iqr - w * spread,
-                        q.q75[j] + k * iqr + w * spread,
-                        spread,
-                    )
-                }
-            };
+            let iqr = q.q75[j] - q.q25[j];
+            let (lo, hi) = (
+                q.q25[j] - k * iqr - w * spread,
+                q.q75[j] + k * iqr + w * spread,
+            );
             self.fence_lo[j] = lo;
             self.fence_hi[j] = hi;
-            self.scale[j] = scale;
+            self.scale[j] = spread;
             self.center[j] = if q.n > 0 { q.q50[j] } else { (lo + hi) / 2.0 };
         }
     }
@@ -232,68 +249,63 @@ impl Baseline {
         )));
     }
 
-    /// The joint fit costs O(n·d²): it is refit every [`MANIFOLD_EVERY`] refreshes or when
-    /// the sample grew by a quarter, on at most [`MANIFOLD_SAMPLES`] samples (evenly
-    /// strided), to keep its share of per-record cost small.
-    fn refit_manifold(&mut self, res: &Reservoir, prev: &Baseline) {
+    /// Learning the region costs a few dozen fits of O(n·d²): it is redone every
+    /// [`REGION_EVERY`] refreshes or when the sample grew by a quarter, on at most
+    /// [`REGION_SAMPLES`] samples, to keep its share of per-record cost small.
+    fn relearn_region(&mut self, res: &Reservoir, prev: &Baseline, min_clients: usize) {
         let n = res.samples.len();
-        self.refreshes = prev.refreshes + 1;
-        let grown = n * 4 >= self.manifold_samples * 5;
-        if self.manifold.is_none() || grown || self.refreshes.is_multiple_of(MANIFOLD_EVERY) {
-            self.manifold_samples = n;
-            let stride = n.div_ceil(MANIFOLD_SAMPLES).max(1);
-            let sketches: Vec<&[f32]> = res
-                .samples
-                .iter()
-                .step_by(stride)
-                .map(|s| &s.sketch[..])
-                .collect();
-            self.manifold = Manifold::fit(&sketches, &self.scale).map(Arc::new);
+        let grown = n * 4 >= self.region_samples * 5;
+        if self.region.is_some() && !grown && !self.refreshes.is_multiple_of(REGION_EVERY) {
+            return;
+        }
+        self.region_samples = n;
+        let stride = n.div_ceil(REGION_SAMPLES).max(1);
+        let points: Vec<Point<'_>> = res
+            .samples
+            .iter()
+            .step_by(stride)
+            .map(|s| Point {
+                x: &s.sketch,
+                class: s.class,
+                tag: s.tag,
+            })
+            .collect();
+        match Region::learn(&points, min_clients) {
+            Some(r) => self.region = Some(Arc::new(r)),
+            // A failed relearn keeps the region it had.
+            None if prev.region.is_some() => {}
+            None => self.region = None,
         }
     }
 
-    /// Event thresholds and base rates among the samples.
-    fn learn_events(&mut self, res: &Reservoir, margin: &MarginConfig) {
-        let n = res.samples.len();
-        let mut outs: Vec<u32> = res
-            .samples
-            .iter()
-            .map(|s| self.out_count(&s.sketch))
-            .collect();
-        outs.sort_unstable();
-        self.out_threshold = if outs.is_empty() {
-            2
-        } else {
-            outs[((outs.len() - 1) as f64 * 0.99) as usize].max(1)
-        };
-        let mut margins: Vec<f32> = res.samples.iter().filter_map(|s| s.margin).collect();
+    /// Event thresholds and base rates among the normal samples.
+    fn learn_events(&mut self, kept: &[&Sample], region: &Region, margin: &MarginConfig) {
+        let n = kept.len();
+        let mut margins: Vec<f32> = kept.iter().filter_map(|s| s.margin).collect();
         margins.sort_unstable_by(f32::total_cmp);
         self.margin_low =
             (margins.len() >= 32).then(|| quantile_sorted(&margins, margin.low_quantile));
-        let mut dists: Vec<f32> = res
-            .samples
+        let mut dists: Vec<f32> = kept
             .iter()
             .filter_map(|s| s.prada_distance)
             .filter(|d| *d > 0.0)
             .collect();
         dists.sort_unstable_by(f32::total_cmp);
         self.near_radius = (dists.len() >= 16).then(|| 0.25 * quantile_sorted(&dists, 0.5));
-        self.lattice = lattice(res);
+        self.lattice = lattice(kept);
         let nf = n.max(1) as f64;
         self.rates = Rates {
+            // `<=`: answers quantised to few values (vote fractions, calibrated scores) tie at
+            // the quantile, and a strict `<` would never count a low margin.
             low_margin: match self.margin_low {
                 Some(t) => {
-                    margins.iter().filter(|&&m| m < t).count() as f64 / margins.len().max(1) as f64
+                    margins.iter().filter(|&&m| m <= t).count() as f64 / margins.len().max(1) as f64
                 }
                 None => 0.0,
             },
-            out_of_range: res
-                .samples
-                .iter()
-                .filter(|s| self.is_out_of_range(&s.sketch).0)
-                .count() as f64
-                / nf,
-            structured: res.samples.iter().filter(|s| s.structured).count() as f64 / nf,
+            out_of_range: region.off_rate,
+            tail: region.tail_rate,
+            structured: kept.iter().filter(|s| s.structured).count() as f64 / nf,
         };
     }
 
@@ -301,14 +313,6 @@ impl Baseline {
     pub fn on_lattice(&self, sketch: &[f32]) -> bool {
         self.lattice
             .is_some_and(|u| sketch.iter().all(|&v| is_multiple(v, u)))
-    }
-
-    /// Whether `sketch` is out of normal range: more dimensions outside the fences than
-    /// normal queries have, or off the joint fit. Also returns the count outside.
-    pub fn is_out_of_range(&self, sketch: &[f32]) -> (bool, u32) {
-        let n = self.out_count(sketch);
-        let off = self.manifold.as_ref().is_some_and(|m| m.is_off(sketch));
-        (n > self.out_threshold || off, n)
     }
 
     /// Dimensions of `sketch` outside the drift fences.
@@ -332,8 +336,8 @@ struct Quartiles {
 }
 
 impl Quartiles {
-    fn of(res: &Reservoir, dims: usize) -> Self {
-        let n = res.samples.len();
+    fn of(samples: &[&Sample], dims: usize) -> Self {
+        let n = samples.len();
         let mut q = Self {
             n,
             q01: vec![0f32; dims],
@@ -348,7 +352,7 @@ impl Quartiles {
         let mut col = Vec::with_capacity(n);
         for j in 0..dims {
             col.clear();
-            col.extend(res.samples.iter().map(|s| s.sketch[j]));
+            col.extend(samples.iter().map(|s| s.sketch[j]));
             col.sort_unstable_by(f32::total_cmp);
             q.q01[j] = quantile_sorted(&col, 0.01);
             q.q25[j] = quantile_sorted(&col, 0.25);
@@ -382,18 +386,36 @@ fn is_multiple(v: f32, u: f32) -> bool {
 }
 
 /// The coarsest unit that at least 99.5 % of the samples' values are multiples of.
-fn lattice(res: &Reservoir) -> Option<f32> {
-    let total: usize = res.samples.iter().map(|s| s.sketch.len()).sum();
+fn lattice(samples: &[&Sample]) -> Option<f32> {
+    let total: usize = samples.iter().map(|s| s.sketch.len()).sum();
     if total == 0 {
         return None;
     }
     LATTICES.into_iter().find(|&u| {
-        let on: usize = res
-            .samples
+        let on: usize = samples
             .iter()
             .map(|s| s.sketch.iter().filter(|&&v| is_multiple(v, u)).count())
             .sum();
         on as f64 >= 0.995 * total as f64
+    })
+}
+
+/// How often and how far normal queries leave the schema's bounds.
+fn learn_excursions(kept: &[&Sample]) -> Option<Excursions> {
+    let mut e: Vec<f32> = kept.iter().filter_map(|s| s.excursion).collect();
+    if e.is_empty() {
+        return None;
+    }
+    e.sort_unstable_by(f32::total_cmp);
+    let n = e.len() as f64;
+    let outside = e.iter().filter(|&&x| x > 0.0).count() as f64 / n;
+    // Fewer than 1 % of normal queries outside: any excursion is the event.
+    let threshold = quantile_sorted(&e, EXCURSION_QUANTILE).max(0.0);
+    Some(Excursions {
+        threshold,
+        rate: e.iter().filter(|&&x| x > threshold).count() as f64 / n,
+        gross: GROSS_WIDTHS.max(GROSS_MULT * e[e.len() - 1]),
+        outside,
     })
 }
 

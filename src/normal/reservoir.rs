@@ -10,8 +10,13 @@ pub struct Sample {
     pub tag: u64,
     pub sketch: Box<[f32]>,
     pub margin: Option<f32>,
+    /// The class the model answered.
+    pub class: Option<u32>,
     pub prada_distance: Option<f32>,
     pub structured: bool,
+    /// How far the input left the schema's bounds, in widths (0 inside; `None` without a
+    /// schema).
+    pub excursion: Option<f32>,
 }
 
 /// A bounded uniform sample (Algorithm R, deterministic seed) of contributed queries.
@@ -87,8 +92,10 @@ impl Sample {
             tag,
             sketch: x.into_boxed_slice(),
             margin: Some(margin),
+            class: None,
             prada_distance: Some(10.0),
             structured: false,
+            excursion: None,
         }
     }
 }

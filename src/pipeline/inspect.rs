@@ -123,6 +123,24 @@ impl Pipeline {
         })
     }
 
+    /// Each tracked client's closest approach to each alert threshold (1.0 alerts), for
+    /// diagnostics: `(model, client, queries, peaks)`.
+    pub fn peaks(&self) -> Vec<(String, String, u64, crate::detect::policy::Cusums)> {
+        self.store
+            .map()
+            .iter()
+            .map(|e| {
+                let st = e.value();
+                (
+                    st.model.to_string(),
+                    self.client_label(&st.client),
+                    st.total,
+                    st.policy.peak,
+                )
+            })
+            .collect()
+    }
+
     /// Clients, records and open alerts per model, by model name.
     pub fn model_traffic(&self) -> Vec<ModelTraffic> {
         let mut models: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();

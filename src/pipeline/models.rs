@@ -186,7 +186,7 @@ impl ModelState {
         if next.ready && !prev.ready {
             tracing::info!(model = %self.name, samples = next.samples, clients = next.clients, "baseline ready");
         }
-        tracing::debug!(model = %self.name, ready = next.ready, margin_low = ?next.margin_low, near_radius = ?next.near_radius, out_threshold = next.out_threshold, rates = ?next.rates, "baseline refreshed");
+        tracing::debug!(model = %self.name, ready = next.ready, margin_low = ?next.margin_low, near_radius = ?next.near_radius, excursions = ?next.excursions, trimmed = next.region.as_ref().map_or(0, |r| r.trimmed.len()), rates = ?next.rates, "baseline refreshed");
         let next = Arc::new(next);
         *self.baseline.write() = next.clone();
         next

@@ -263,7 +263,7 @@ fn poly(c: &[f64], x: f64) -> f64 {
 /// logarithm and no iteration, far better than the weights require.
 // All published digits are kept so the constants can be checked against the paper.
 #[allow(clippy::excessive_precision)]
-fn norm_ppf(p: f64) -> f64 {
+pub fn norm_ppf(p: f64) -> f64 {
     #[rustfmt::skip]
     const A: [f64; 8] = [
         3.387132872796366608, 1.3314166789178437745e2, 1.9715909503065514427e3,

@@ -1,29 +1,15 @@
-//! Where normal inputs live jointly: a Gaussian fit (mean and shrunk covariance) of the
-//! baseline's samples, and each query's Mahalanobis distance to it.
-//!
-//! Per-feature fences miss queries whose every feature is in range but whose combination is
-//! not: uniform-random extraction over the training ranges of correlated tabular features
-//! (a tumour's radius, perimeter and area move together; random draws do not). The squared
-//! distance of such a query is far past that of any normal sample. The covariance is shrunk
-//! towards its diagonal so that a few dozen samples in 64 dimensions still give a stable,
-//! invertible fit, and features are standardised by the baseline's scales first.
+//! A Gaussian fit (mean and shrunk covariance of standardised features) and squared
+//! Mahalanobis distances to it: the quadratic form behind the rank-space model of where
+//! normal inputs live ([`super::copula`]). Shrinkage towards the diagonal keeps a few dozen
+//! samples in 64 dimensions stable and invertible.
 
-/// Weight of the diagonal in the shrunk covariance.
-pub const SHRINKAGE: f64 = 0.2;
 /// Ridge added to every variance (in standardised units), against constant features.
 pub const RIDGE: f64 = 1e-3;
-/// Samples needed for a fit (each of the two calibration folds needs half).
-pub const MIN_SAMPLES: usize = 32;
-/// Quantile of the samples' squared distances above which a query is off the manifold.
-pub const QUANTILE: f64 = 0.99;
 
-/// The fit.
+/// The fit: mean, per-feature scale and the inverse Cholesky factor of the shrunk
+/// covariance of standardised values.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Manifold {
-    mean: Vec<f64>,
-    inv_scale: Vec<f64>,
-    /// Lower-triangular Cholesky factor of the shrunk covariance, row-major.
-    chol: Vec<f64>,
+pub struct Gauss {
     /// For the per-query path, in f32 (ample for a threshold test): mean, 1/scale, and the
     /// inverse factor `L⁻¹` as dense rows padded to a multiple of 8, so that
     /// `d² = |L⁻¹ z|²` is a matrix-vector product in SIMD lanes rather than a sequential
@@ -32,38 +18,64 @@ pub struct Manifold {
     inv_scale32: Vec<f32>,
     winv: Vec<f32>,
     stride: usize,
-    /// Squared distance above which a query counts as off the manifold.
-    pub threshold: f64,
 }
 
-impl Manifold {
-    /// Fits `samples` (standardised by `scale`); `None` with too few samples.
-    ///
-    /// The threshold is calibrated out of sample (two folds: fit on one half, score the
-    /// other): with few samples per dimension, distances of the fitted samples themselves are
-    /// far smaller than those of new normal queries, and an in-sample quantile would flag
-    /// ordinary traffic.
-    pub fn fit(samples: &[&[f32]], scale: &[f32]) -> Option<Self> {
-        if samples.len() < MIN_SAMPLES {
-            return None;
+impl Gauss {
+    /// The standard normal in `d` dimensions (a placeholder before a fit).
+    pub fn identity(d: usize) -> Self {
+        let stride = d.div_ceil(8) * 8;
+        let mut winv = vec![0f32; d * stride];
+        for i in 0..d {
+            winv[i * stride + i] = 1.0;
         }
-        let mut m = Self::fit_only(samples, scale)?;
-        let a: Vec<&[f32]> = samples.iter().copied().step_by(2).collect();
-        let b: Vec<&[f32]> = samples.iter().copied().skip(1).step_by(2).collect();
-        let mut d2 = Vec::with_capacity(samples.len());
-        for (fit, score) in [(&a, &b), (&b, &a)] {
-            let f = Self::fit_only(fit, scale)?;
-            d2.extend(score.iter().map(|s| f.distance2(s)));
+        Self {
+            mean32: vec![0.0; d],
+            inv_scale32: vec![1.0; d],
+            winv,
+            stride,
         }
-        d2.sort_unstable_by(f64::total_cmp);
-        m.threshold = d2[((d2.len() - 1) as f64 * QUANTILE).round() as usize];
-        Some(m)
     }
 
-    fn fit_only(samples: &[&[f32]], scale: &[f32]) -> Option<Self> {
+    /// The mean.
+    pub fn mean(&self) -> Vec<f32> {
+        self.mean32.clone()
+    }
+
+    /// Fits `samples`, each feature standardised by its own spread floored at `sd_floor`,
+    /// the correlation shrunk towards the identity with weight `shrink`; `None` with fewer
+    /// than two samples or a singular fit.
+    pub fn fit_shrunk(samples: &[&[f32]], sd_floor: f32, shrink: f64) -> Option<Self> {
+        let n = samples.len();
+        let d = samples.first()?.len();
+        if n < 2 {
+            return None;
+        }
+        let mut sd = vec![0f64; d];
+        let mut mean = vec![0f64; d];
+        for s in samples {
+            for (m, &x) in mean.iter_mut().zip(s.iter()) {
+                *m += f64::from(x);
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        for s in samples {
+            for j in 0..d {
+                sd[j] += (f64::from(s[j]) - mean[j]).powi(2);
+            }
+        }
+        let scale: Vec<f32> = sd
+            .iter()
+            .map(|v| ((v / n as f64).sqrt() as f32).max(sd_floor))
+            .collect();
+        Self::fit(samples, &scale, shrink)
+    }
+
+    /// Fits `samples` standardised by `scale`, the covariance's off-diagonal shrunk by
+    /// `shrink` towards zero (plus a small ridge, against constant features).
+    pub fn fit(samples: &[&[f32]], scale: &[f32], shrink: f64) -> Option<Self> {
         let n = samples.len();
         let d = scale.len();
-        if n < MIN_SAMPLES / 2 || d == 0 || samples.iter().any(|s| s.len() != d) {
+        if n < 2 || d == 0 || samples.iter().any(|s| s.len() != d) {
             return None;
         }
         let inv_scale: Vec<f64> = scale
@@ -95,7 +107,7 @@ impl Manifold {
                 cov[i * d + j] = if i == j {
                     c + RIDGE
                 } else {
-                    (1.0 - SHRINKAGE) * c
+                    (1.0 - shrink) * c
                 };
             }
         }
@@ -117,14 +129,10 @@ impl Manifold {
             inv_scale32: inv_scale.iter().map(|&v| v as f32).collect(),
             winv,
             stride,
-            mean,
-            inv_scale,
-            chol,
-            threshold: f64::INFINITY,
         })
     }
 
-    /// Squared Mahalanobis distance of `x` (forward substitution, `d²/2` multiplications).
+    /// Squared Mahalanobis distance of `x` (a lower-triangular matrix-vector product).
     pub fn distance2(&self, x: &[f32]) -> f64 {
         let d = self.mean32.len().min(x.len());
         let mut z = [0f32; crate::sketch::SKETCH_DIM];
@@ -147,11 +155,6 @@ impl Manifold {
             acc += y * y;
         }
         f64::from(acc)
-    }
-
-    /// True when `x` is farther than normal samples are.
-    pub fn is_off(&self, x: &[f32]) -> bool {
-        self.distance2(x) > self.threshold
     }
 }
 
@@ -180,16 +183,10 @@ mod tests {
     use super::*;
     use crate::hash::unit;
 
-    /// Correlated 3-d data: x, 2x + noise, -x + noise.
-    fn sample(i: u64) -> Vec<f32> {
-        let x = unit(i, 0) as f32 * 10.0;
-        vec![x, 2.0 * x + unit(i, 1) as f32, -x + unit(i, 2) as f32]
-    }
-
     #[test]
     fn matches_a_hand_computed_distance() {
-        // Identity-like data: independent unit-variance features give d² = Σ z² (shrinkage
-        // only scales the zero off-diagonals).
+        // Independent unit-variance features: d² = Σ z² (shrinkage only scales the zero
+        // off-diagonals).
         let pts: Vec<Vec<f32>> = (0..400u64)
             .map(|i| {
                 (0..2)
@@ -198,28 +195,23 @@ mod tests {
             })
             .collect();
         let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
-        let m = Manifold::fit(&refs, &[1.0, 1.0]).unwrap();
-        let d2 = m.distance2(&[3.0, 0.0]);
-        // Variance ~1 (+ ridge), mean ~0: d² ≈ 9.
+        let g = Gauss::fit(&refs, &[1.0, 1.0], 0.2).unwrap();
+        let d2 = g.distance2(&[3.0, 0.0]);
         assert!((d2 - 9.0).abs() < 0.6, "{d2}");
+        assert!((Gauss::identity(2).distance2(&[3.0, 4.0]) - 25.0).abs() < 1e-6);
     }
 
     #[test]
-    fn in_range_but_off_the_correlation_is_off() {
-        let pts: Vec<Vec<f32>> = (0..300).map(sample).collect();
+    fn correlation_makes_in_range_combinations_far() {
+        let pts: Vec<Vec<f32>> = (0..300u64)
+            .map(|i| {
+                let x = unit(i, 0) as f32 * 10.0;
+                vec![x, 2.0 * x + unit(i, 1) as f32]
+            })
+            .collect();
         let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
-        let m = Manifold::fit(&refs, &[10.0, 20.0, 10.0]).unwrap();
-        // Every feature inside its normal range, the combination impossible.
-        assert!(m.is_off(&[9.0, 1.0, -1.0]));
-        // Normal points are not, apart from the calibrated 1 %.
-        let off = (1000..2000).filter(|&i| m.is_off(&sample(i))).count();
-        assert!(off <= 40, "{off}");
-    }
-
-    #[test]
-    fn too_few_or_ragged_samples_give_no_fit() {
-        let pts: Vec<Vec<f32>> = (0..10).map(sample).collect();
-        let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
-        assert!(Manifold::fit(&refs, &[1.0; 3]).is_none());
+        let g = Gauss::fit_shrunk(&refs, 0.01, 0.05).unwrap();
+        assert!(g.distance2(&[9.0, 1.0]) > 20.0 * g.distance2(&[5.0, 10.5]));
+        assert!(Gauss::fit(&refs[..1], &[1.0, 1.0], 0.2).is_none());
     }
 }

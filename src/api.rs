@@ -89,6 +89,7 @@ pub fn router(state: ApiState, tokens: auth::Tokens) -> Router {
         .route("/api/v1/clients/{model}/{client}", get(client))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/stream", get(stream))
+        .route("/api/v1/campaigns", get(campaigns))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             tokens.clone(),
@@ -140,6 +141,10 @@ async fn alerts(
     let events = view::alerts(&s.alerts, f)?;
     let list: Vec<&crate::vocab::Alert> = events.iter().map(|a| &**a).collect();
     Ok(Json(json!({ "alerts": list })))
+}
+
+async fn campaigns(State(s): State<ApiState>) -> Json<Value> {
+    Json(json!({ "campaigns": s.pipeline.campaigns() }))
 }
 
 async fn stream(

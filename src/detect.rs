@@ -13,6 +13,7 @@
 //! | [`sanity`] | values outside the schema's valid domain | none |
 //! | [`coverage`] | feature-space cells visited (random projections) | none (window bitmaps) |
 
+pub mod campaign;
 pub mod coverage;
 pub mod drift;
 pub mod fingerprint;
@@ -92,6 +93,8 @@ pub struct Signals {
     pub domain_violations: u32,
     /// Feature-space cell of the query.
     pub cell: Option<u64>,
+    /// The campaign the client is a member of.
+    pub campaign: Option<campaign::CampaignView>,
 }
 
 /// A detector: what it keeps per client and per model, and what it finds in one query.
@@ -193,4 +196,5 @@ detector_set! {
     drift: drift::Drift,
     sanity: sanity::Sanity,
     coverage: coverage::Coverage,
+    campaign: campaign::Campaign,
 }

@@ -241,7 +241,18 @@ impl Policy {
             0.5,
         );
         self.note_peaks(st);
-        self.decide(st, sig.prada_alarm, total, events)
+        let mut out = self.decide(st, sig.prada_alarm, total, events);
+        // A campaign member's own window holds too little by design; the pooled evidence
+        // of its campaign decides (see `crate::detect::campaign`).
+        if let Some(c) = sig.campaign {
+            if !out.iter().any(|d| d.kind == Kind::Extraction) {
+                out.push(Decision {
+                    kind: Kind::Extraction,
+                    strength: (c.llr / c.threshold).max(1.0),
+                });
+            }
+        }
+        out
     }
 
     fn note_peaks(&self, st: &mut PolicyState) {

@@ -111,6 +111,7 @@ impl Pipeline {
             "distinct_cells": distinct_cells(&total.cells).round(),
             "queries_per_minute": f64::from(c.queries) / span_min,
             "cusum": st.policy.cusum,
+            "campaign": st.detectors.campaign.campaign,
             "threshold": self.policy.threshold(),
         });
         let n = match event {

@@ -84,6 +84,16 @@ pub struct ModelTraffic {
     pub open_alerts: u64,
 }
 
+/// A campaign of one model, with the (pseudonymised) clients alerted as its members.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CampaignSummary {
+    pub model: String,
+    #[serde(flatten)]
+    pub campaign: crate::detect::campaign::CampaignView,
+    /// Clients alerted as members (a member whose state was evicted is no longer listed).
+    pub members: Vec<String>,
+}
+
 impl Pipeline {
     /// Every tracked client of `model` (all models when `None`), unordered.
     pub fn client_summaries(&self, model: Option<&str>) -> Vec<ClientSummary> {
@@ -121,6 +131,47 @@ impl Pipeline {
                 "prada_alarm": prada.alarm,
             }),
         })
+    }
+
+    /// Every model's campaigns now, with their members' labels: `(model, campaign, members)`.
+    pub fn campaigns(&self) -> Vec<CampaignSummary> {
+        let mut out: Vec<CampaignSummary> = Vec::new();
+        for m in self.models.iter() {
+            for c in m.detectors.campaign.campaigns() {
+                out.push(CampaignSummary {
+                    model: m.name.to_string(),
+                    campaign: c,
+                    members: Vec::new(),
+                });
+            }
+        }
+        // Both onset grids may report one group under one id: keep the larger view.
+        out.sort_by(|a, b| {
+            (&a.model, a.campaign.id, b.campaign.members).cmp(&(
+                &b.model,
+                b.campaign.id,
+                a.campaign.members,
+            ))
+        });
+        out.dedup_by(|a, b| a.campaign.id == b.campaign.id && a.model == b.model);
+        for e in self.store.map().iter() {
+            let st = e.value();
+            let Some(c) = st.detectors.campaign.campaign else {
+                continue;
+            };
+            if let Some(s) = out
+                .iter_mut()
+                .find(|s| s.campaign.id == c.id && *s.model == *st.model)
+            {
+                s.members.push(self.client_label(&st.client));
+            }
+        }
+        for s in &mut out {
+            s.members.sort();
+        }
+        out.retain(|s| !s.members.is_empty());
+        out.sort_by(|a, b| (&a.model, a.campaign.first_ms).cmp(&(&b.model, b.campaign.first_ms)));
+        out
     }
 
     /// Each tracked client's closest approach to each alert threshold (1.0 alerts), for

@@ -311,6 +311,11 @@ impl Models {
             .filter(|s| s.model.as_deref().is_none_or(|m| m == model) || self.map.len() <= 1)
     }
 
+    /// Every model's state.
+    pub fn iter(&self) -> Vec<Arc<ModelState>> {
+        self.map.iter().map(|m| m.value().clone()).collect()
+    }
+
     /// Each model's event-time frontier, by name.
     pub fn frontiers(&self) -> std::collections::HashMap<Arc<str>, i64> {
         self.map

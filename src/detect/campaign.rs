@@ -1,0 +1,411 @@
+//! Campaigns: many low-volume accounts whose queries, pooled, carry the evidence that none
+//! of them carries alone (one extractor behind fifteen accounts at a query a minute each).
+//!
+//! Accounts are grouped by onset: a cohort is the set of clients first seen in one
+//! [`ONSET_MS`] slot of a grid, and two grids offset by half a slot make sure accounts that
+//! start together share at least one cohort whatever the slot edges. Each cohort pools its
+//! low-volume members' novel queries (not near-duplicates of their own) and the ones off
+//! normal's tail or structured, the events extraction makes. A cohort is a campaign when:
+//! - the pooled events exceed the model's normal rate by a binomial likelihood ratio of
+//!   `h + ln(MAX_COHORTS)` (the cohorts are many tests), computed **without its strongest
+//!   member**, so one heavy account never makes a campaign of its neighbours;
+//! - at least [`MIN_MEMBERS`] members each show the events at twice normal's rate (and at
+//!   least [`MEMBER_RATE_FLOOR`]), with [`MIN_MEMBER_EVENTS`] of them.
+//!
+//! Every such member is alerted as `extraction` with the campaign in the evidence. A busy
+//! benign population does not form one: its pooled rate is normal's, by definition of the
+//! base rate (the upper decile of normal clients' rates). A client keeps the first campaign
+//! it is attributed to, so the two grids do not report one group twice.
+
+use super::{Detector, ModelView, Query, Signals};
+use crate::hash::mix64;
+use parking_lot::Mutex;
+
+/// False-alarm rate of one cohort's test, before the correction for [`MAX_COHORTS`] tests
+/// (the policy's default `alpha`).
+pub const FALSE_ALARM_RATE: f64 = 1e-6;
+/// Width of an onset slot.
+pub const ONSET_MS: i64 = 20 * 60_000;
+/// Queries per minute above which a client is not low-volume (it is judged on its own).
+pub const LOW_VOLUME_QPM: f64 = 6.0;
+/// Cohorts kept per model (the least recently active one is dropped for a new one).
+pub const MAX_COHORTS: usize = 64;
+/// Members kept per cohort; later ones are counted as overflow.
+pub const MAX_MEMBERS: usize = 1024;
+/// Members with their own evidence a campaign needs.
+pub const MIN_MEMBERS: usize = 5;
+/// Events a member needs.
+pub const MIN_MEMBER_EVENTS: u32 = 3;
+/// A member's event share must be at least this, and twice normal's rate.
+pub const MEMBER_RATE_FLOOR: f64 = 0.25;
+/// A member's event share relative to the median member's: one operator's accounts behave
+/// alike.
+pub const CORE_SHARE: f64 = 0.75;
+/// Novel queries a member needs before it counts.
+pub const MIN_MEMBER_QUERIES: u32 = 8;
+
+/// A campaign as its members' alerts and the API show it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CampaignView {
+    /// Stable id (model-local): the same cohort gives the same id in replay and serve.
+    #[serde(serialize_with = "hex_id")]
+    pub id: u64,
+    /// Members with their own evidence.
+    pub members: u32,
+    /// Low-volume accounts in the cohort.
+    pub accounts: u32,
+    /// Pooled novel queries and events of the members.
+    pub pooled_queries: u64,
+    pub pooled_events: u64,
+    /// Normal's event rate, and the pooled log-likelihood ratio without the top member.
+    pub normal_rate: f64,
+    pub llr: f64,
+    pub threshold: f64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("pc-{id:016x}"))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    tag: u64,
+    onset_ms: i64,
+    last_ms: i64,
+    queries: u32,
+    novel: u32,
+    events: u32,
+}
+
+#[derive(Debug)]
+struct Cohort {
+    key: (u8, i64),
+    id: u64,
+    members: Vec<Member>,
+    overflow: u64,
+    last_ms: i64,
+    alarm: Option<CampaignView>,
+}
+
+/// The model's cohorts.
+#[derive(Debug, Default)]
+pub struct Cohorts {
+    cohorts: Mutex<Vec<Cohort>>,
+}
+
+impl Cohorts {
+    /// The cohorts that are campaigns now.
+    pub fn campaigns(&self) -> Vec<CampaignView> {
+        self.cohorts.lock().iter().filter_map(|c| c.alarm).collect()
+    }
+}
+
+/// A client's part: its onset and the campaign it was attributed to.
+#[derive(Debug, Default)]
+pub struct Membership {
+    onset_ms: Option<i64>,
+    /// The campaign the client was alerted in, with its figures when last seen.
+    pub campaign: Option<CampaignView>,
+}
+
+/// The campaign detector.
+#[derive(Debug)]
+pub struct Campaign {
+    h: f64,
+}
+
+impl Detector for Campaign {
+    type Client = Membership;
+    type Model = Cohorts;
+
+    fn from_config(_: &crate::config::DetectConfig) -> Self {
+        Self {
+            h: (1.0 / FALSE_ALARM_RATE).ln() + (MAX_COHORTS as f64).ln(),
+        }
+    }
+
+    fn new_client(&self) -> Membership {
+        Membership::default()
+    }
+
+    fn new_model(&self) -> Cohorts {
+        Cohorts::default()
+    }
+
+    fn observe(
+        &self,
+        q: &Query<'_>,
+        m: &ModelView<'_>,
+        model: &Cohorts,
+        st: &mut Membership,
+        sig: &mut Signals,
+    ) {
+        let onset = *st.onset_ms.get_or_insert(q.ts_ms);
+        if !m.baseline.ready {
+            return;
+        }
+        let r = &m.baseline.rates;
+        let p0 = (r.tail.max(r.out_of_range) + r.structured).clamp(1e-4, 0.9);
+        let novel = !sig.near_dup && !sig.near_own && !sig.exact_dup;
+        let event = novel && (sig.out_of_range || sig.off_tail || sig.structured || sig.excursion);
+        let mut cohorts = model.cohorts.lock();
+        for grid in 0..2u8 {
+            let key = (
+                grid,
+                (onset + i64::from(grid) * ONSET_MS / 2).div_euclid(ONSET_MS),
+            );
+            let c = cohort(&mut cohorts, key, q.ts_ms);
+            c.note(q.client_tag, onset, q.ts_ms, novel, event);
+            if event {
+                c.alarm = c.judge(p0, self.h);
+            }
+        }
+        for grid in 0..2u8 {
+            let key = (
+                grid,
+                (onset + i64::from(grid) * ONSET_MS / 2).div_euclid(ONSET_MS),
+            );
+            let Some(i) = cohorts.iter().position(|c| c.key == key) else {
+                continue;
+            };
+            let Some(mut view) = cohorts[i].alarm else {
+                continue;
+            };
+            // The two grids see one group twice: it keeps the id of whichever cohort that
+            // shares members with it became a campaign first.
+            view.id = same_group(&cohorts, i).unwrap_or(view.id);
+            cohorts[i].alarm = Some(view);
+            let c = &cohorts[i];
+            let mine = c.members.iter().find(|x| x.tag == q.client_tag);
+            let core = c.core_share(p0);
+            match st.campaign {
+                Some(v) if v.id != view.id => {}
+                _ if mine.is_some_and(|x| is_member(x, p0) && share(x) >= CORE_SHARE * core) => {
+                    st.campaign = Some(view)
+                }
+                _ => {}
+            }
+        }
+        sig.campaign = st.campaign;
+    }
+}
+
+/// The cohort for `key`, created (dropping the least recently active one) if new.
+fn cohort(cohorts: &mut Vec<Cohort>, key: (u8, i64), ts: i64) -> &mut Cohort {
+    let i = match cohorts.iter().position(|c| c.key == key) {
+        Some(i) => i,
+        None => {
+            if cohorts.len() >= MAX_COHORTS {
+                let (old, _) = cohorts
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, c)| c.last_ms)
+                    .unwrap_or((0, &cohorts[0]));
+                cohorts.swap_remove(old);
+            }
+            cohorts.push(Cohort {
+                key,
+                id: mix64(mix64(u64::from(key.0)) ^ key.1 as u64),
+                members: Vec::new(),
+                overflow: 0,
+                last_ms: ts,
+                alarm: None,
+            });
+            cohorts.len() - 1
+        }
+    };
+    &mut cohorts[i]
+}
+
+/// The id of a campaign in the other grid that shares a member with cohort `i`.
+fn same_group(cohorts: &[Cohort], i: usize) -> Option<u64> {
+    let me = &cohorts[i];
+    cohorts
+        .iter()
+        .filter(|o| o.key.0 != me.key.0)
+        .filter_map(|o| o.alarm.map(|a| (o, a)))
+        .filter(|(_, a)| a.id != me.id && a.first_ms <= me.alarm.map_or(i64::MAX, |m| m.first_ms))
+        .find(|(o, _)| {
+            o.members
+                .iter()
+                .any(|x| me.members.iter().any(|y| y.tag == x.tag))
+        })
+        .map(|(_, a)| a.id)
+}
+
+fn share(m: &Member) -> f64 {
+    f64::from(m.events) / f64::from(m.novel.max(1))
+}
+
+fn is_low_volume(m: &Member) -> bool {
+    let minutes = ((m.last_ms - m.onset_ms) as f64 / 60_000.0).max(1.0);
+    f64::from(m.queries) / minutes <= LOW_VOLUME_QPM
+}
+
+fn is_member(m: &Member, p0: f64) -> bool {
+    is_low_volume(m)
+        && m.novel >= MIN_MEMBER_QUERIES
+        && m.events >= MIN_MEMBER_EVENTS
+        && f64::from(m.events) >= (2.0 * p0).max(MEMBER_RATE_FLOOR) * f64::from(m.novel)
+}
+
+impl Cohort {
+    fn note(&mut self, tag: u64, onset: i64, ts: i64, novel: bool, event: bool) {
+        self.last_ms = self.last_ms.max(ts);
+        let m = match self.members.iter_mut().position(|m| m.tag == tag) {
+            Some(i) => &mut self.members[i],
+            None if self.members.len() >= MAX_MEMBERS => {
+                self.overflow += 1;
+                return;
+            }
+            None => {
+                self.members.push(Member {
+                    tag,
+                    onset_ms: onset,
+                    last_ms: ts,
+                    queries: 0,
+                    novel: 0,
+                    events: 0,
+                });
+                self.members.last_mut().expect("just pushed")
+            }
+        };
+        m.last_ms = m.last_ms.max(ts);
+        m.queries += 1;
+        m.novel += u32::from(novel);
+        m.events += u32::from(event);
+    }
+
+    /// The median event share of the members with their own evidence: a campaign is one
+    /// operator's accounts and behaves alike, so a member holds [`CORE_SHARE`] of it (an
+    /// honest client that shares the onset and is in normal's tail now and then does not).
+    fn core_share(&self, p0: f64) -> f64 {
+        let mut s: Vec<f32> = self
+            .members
+            .iter()
+            .filter(|m| is_member(m, p0))
+            .map(|m| share(m) as f32)
+            .collect();
+        if s.is_empty() {
+            return 0.0;
+        }
+        s.sort_unstable_by(f32::total_cmp);
+        f64::from(crate::stats::quantile_sorted(&s, 0.5))
+    }
+
+    /// The campaign this cohort is now, if it is one.
+    fn judge(&self, p0: f64, h: f64) -> Option<CampaignView> {
+        let low: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| is_low_volume(m) && m.novel > 0)
+            .collect();
+        let core = self.core_share(p0);
+        let members: Vec<&&Member> = low
+            .iter()
+            .filter(|m| is_member(m, p0) && share(m) >= CORE_SHARE * core)
+            .collect();
+        if members.len() < MIN_MEMBERS {
+            return None;
+        }
+        let (n, k) = low.iter().fold((0u64, 0u64), |(n, k), m| {
+            (n + u64::from(m.novel), k + u64::from(m.events))
+        });
+        let top = low.iter().max_by_key(|m| m.events)?;
+        let llr = binomial_llr(n - u64::from(top.novel), k - u64::from(top.events), p0);
+        (llr >= h).then(|| CampaignView {
+            id: self.id,
+            members: members.len() as u32,
+            accounts: low.len() as u32,
+            pooled_queries: n,
+            pooled_events: k,
+            normal_rate: p0,
+            llr,
+            threshold: h,
+            first_ms: members.iter().map(|m| m.onset_ms).min().unwrap_or(0),
+            last_ms: members.iter().map(|m| m.last_ms).max().unwrap_or(0),
+        })
+    }
+}
+
+/// Log-likelihood ratio of `k` events in `n` at their own rate against rate `p0` (0 when
+/// the rate is not above `p0`).
+pub fn binomial_llr(n: u64, k: u64, p0: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let p = k as f64 / n as f64;
+    if p <= p0 {
+        return 0.0;
+    }
+    let term = |a: f64, b: f64, c: f64| if a > 0.0 { a * (b / c).ln() } else { 0.0 };
+    term(k as f64, p, p0) + term((n - k) as f64, 1.0 - p, 1.0 - p0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(tag: u64, novel: u32, events: u32) -> Member {
+        Member {
+            tag,
+            onset_ms: 0,
+            last_ms: 60 * 60_000,
+            queries: novel,
+            novel,
+            events,
+        }
+    }
+
+    fn cohort_of(members: Vec<Member>) -> Cohort {
+        Cohort {
+            key: (0, 0),
+            id: 7,
+            members,
+            overflow: 0,
+            last_ms: 0,
+            alarm: None,
+        }
+    }
+
+    #[test]
+    fn llr_matches_the_closed_form() {
+        // 30 of 50 against 0.1: 30 ln(0.6/0.1) + 20 ln(0.4/0.9).
+        let want = 30.0 * (6.0f64).ln() + 20.0 * (0.4f64 / 0.9).ln();
+        assert!((binomial_llr(50, 30, 0.1) - want).abs() < 1e-9);
+        assert_eq!(binomial_llr(50, 3, 0.1), 0.0);
+    }
+
+    #[test]
+    fn many_weak_accounts_form_a_campaign_and_normal_ones_do_not() {
+        let h = (1e4f64).ln() + (MAX_COHORTS as f64).ln();
+        // 15 accounts of 30 novel queries, 12 in the tail each (normal: 10 %).
+        let sybil = cohort_of((0..15).map(|t| member(t, 30, 12)).collect());
+        let v = sybil.judge(0.1, h).expect("a campaign");
+        assert_eq!(v.members, 15);
+        // 200 normal accounts at the normal rate, a few of them high by chance.
+        let busy = cohort_of(
+            (0..200)
+                .map(|t| member(t, 30, if t % 40 == 0 { 9 } else { 3 }))
+                .collect(),
+        );
+        assert!(busy.judge(0.1, h).is_none());
+    }
+
+    #[test]
+    fn one_heavy_account_does_not_make_a_campaign_of_its_neighbours() {
+        let h = (1e4f64).ln() + (MAX_COHORTS as f64).ln();
+        let mut ms: Vec<Member> = (0..5).map(|t| member(t, 10, 3)).collect();
+        ms.push(member(99, 300, 300));
+        assert!(cohort_of(ms).judge(0.1, h).is_none());
+    }
+
+    #[test]
+    fn fast_accounts_are_not_members() {
+        let mut m = member(1, 400, 400);
+        m.queries = 4000;
+        assert!(!is_member(&m, 0.1));
+    }
+}

@@ -117,3 +117,44 @@ fn a_flood_of_model_names_does_not_lock_the_table() {
     assert_eq!(p.models(), 0);
     assert!(p.stats.models_expired.load(Ordering::Relaxed) > 0);
 }
+
+/// Found by the soak run: a flood of fresh names faster than the victim model's own traffic
+/// pushed it out of the table again and again, taking its baseline and every client's
+/// state with it (no attack was alerted in ten minutes). A model with a learned normal now
+/// leaves only by idling out; the flood churns through the other slots.
+#[test]
+fn a_flood_of_model_names_cannot_push_out_a_model_with_a_baseline() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = pipeline(clock.clone());
+    let mut t = T0;
+    let mut x = 7u64;
+    let mut noise = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut victim = |p: &Pipeline, c: usize, t: i64, n: &mut dyn FnMut() -> f32| {
+        let mut r = rec(&format!("real-{c}"), "fraud-v3", t);
+        r.input = vec![n(), 2.0 + n(), 3.0 * n()];
+        send(p, r).unwrap();
+    };
+    for i in 0..3_000 {
+        t += 10;
+        clock.set(t);
+        victim(&p, i % 60, t, &mut noise);
+    }
+    assert!(p.model("fraud-v3").expect("tracked").baseline().ready);
+    // 200 new names between two of the victim's records.
+    for i in 0..20_000 {
+        t += 1;
+        clock.set(t);
+        assert_eq!(send(&p, rec("flooder", &format!("junk-{i}"), t)), Ok(()));
+        if i % 200 == 0 {
+            victim(&p, i % 60, t, &mut noise);
+        }
+    }
+    let m = p.model("fraud-v3").expect("the victim keeps its slot");
+    assert!(m.baseline().ready);
+    assert!(p.stats.models_evicted.load(Ordering::Relaxed) >= 19_000);
+}

@@ -8,10 +8,11 @@
 //! model's event-time frontier ([`crate::window::frontier`], which no single client moves).
 //!
 //! The table forgets: a model idle (by the sidecar's clock) for `idle_ttl_ms` is dropped at
-//! the next sweep, and when every slot is taken a new name takes the slot of the model used
-//! least recently. The schema's model is never dropped. A flood of names therefore churns
-//! through the slots of the flood, and a model in use keeps its own; the cap bounds names at
-//! once, not names ever seen.
+//! the next sweep, and when every slot is taken a new name takes the slot of the least
+//! recently used model that has not learned a normal yet. The schema's model and models with
+//! a baseline are never displaced (only idle expiry drops the latter). A flood of names
+//! therefore churns through the slots of the flood, however fast it is, and a model in use
+//! keeps its own; the cap bounds names at once, not names ever seen.
 
 use crate::config::Config;
 use crate::detect::{Detectors, ModelDetectors};
@@ -241,7 +242,9 @@ impl Models {
             if !evicted {
                 return Err(Reject::new(
                     RejectReason::TooManyModels,
-                    format!("{MAX_MODELS} models in use, none can be dropped"),
+                    format!(
+                        "{MAX_MODELS} models with a learned normal in use, none can be dropped"
+                    ),
                 ));
             }
         }
@@ -265,12 +268,15 @@ impl Models {
             .is_some_and(|s| s.model.as_deref() == Some(name))
     }
 
-    /// Drops the model used least recently, unless pinned; false when every model is.
+    /// Drops the least recently used model that has not learned a normal yet (nor is
+    /// pinned); false when there is none. A model with a baseline leaves only by idling
+    /// out: a flood of one-record model names must not push the victim model out of the
+    /// table and take its baseline and client states with it.
     fn evict_least_recent(&self) -> bool {
         let victim = self
             .map
             .iter()
-            .filter(|m| !m.pinned)
+            .filter(|m| !m.pinned && !m.baseline().ready)
             .min_by_key(|m| m.last_used_ms.load(Ordering::Relaxed))
             .map(|m| m.key().clone());
         victim.is_some_and(|k| self.map.remove(&k).is_some())

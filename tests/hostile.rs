@@ -134,7 +134,7 @@ fn a_flood_of_model_names_cannot_push_out_a_model_with_a_baseline() {
             .wrapping_add(1442695040888963407);
         (x >> 40) as f32 / (1u64 << 24) as f32
     };
-    let mut victim = |p: &Pipeline, c: usize, t: i64, n: &mut dyn FnMut() -> f32| {
+    let victim = |p: &Pipeline, c: usize, t: i64, n: &mut dyn FnMut() -> f32| {
         let mut r = rec(&format!("real-{c}"), "fraud-v3", t);
         r.input = vec![n(), 2.0 + n(), 3.0 * n()];
         send(p, r).unwrap();
@@ -157,4 +157,46 @@ fn a_flood_of_model_names_cannot_push_out_a_model_with_a_baseline() {
     let m = p.model("fraud-v3").expect("the victim keeps its slot");
     assert!(m.baseline().ready);
     assert!(p.stats.models_evicted.load(Ordering::Relaxed) >= 19_000);
+}
+
+/// Also found by the soak run: the model is new when the flood starts. In one batch of 500
+/// names every model but the flood's is least recently used, so a victim still learning its
+/// normal was pushed out as well. A model is established after 64 records.
+#[test]
+fn a_flood_of_model_names_cannot_push_out_a_model_still_learning() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let p = pipeline(clock.clone());
+    for i in 0..64 {
+        send(&p, rec(&format!("real-{}", i % 3), "fraud-v3", T0 + i)).unwrap();
+    }
+    assert!(!p.model("fraud-v3").unwrap().baseline().ready);
+    for i in 0..5_000 {
+        clock.set(T0 + 100 + i);
+        send(&p, rec("flooder", &format!("junk-{i}"), T0 + 100 + i)).unwrap();
+    }
+    assert!(p.model("fraud-v3").is_some(), "the victim keeps its slot");
+}
+
+/// The client table has the same weakness: event time is the sender's to choose, so fresh
+/// ids stamped with the latest time looked less idle than a slow client with evidence (a
+/// campaign member at a query a minute). Now a flood churns through its own states.
+#[test]
+fn a_flood_of_client_ids_cannot_push_out_an_established_client() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let cfg = Config::from_toml_str("[window]\nmax_clients = 1000\n").unwrap();
+    let p = Pipeline::new(Arc::new(cfg), None, clock.clone());
+    for i in 0..40 {
+        clock.set(T0 + i * 60_000);
+        send(&p, rec("slow", "m", T0 + i * 60_000)).unwrap();
+    }
+    let t = T0 + 40 * 60_000;
+    clock.set(t);
+    for i in 0..20_000 {
+        send(&p, rec(&format!("fresh-{i}"), "m", t)).unwrap();
+    }
+    assert!(p.clients() <= 1000);
+    assert!(
+        p.client_report("m", "slow").is_some(),
+        "the slow client keeps its state"
+    );
 }

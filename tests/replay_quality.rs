@@ -1,39 +1,69 @@
-//! Detection quality on the recorded public trace (tests/data/public, a copy of the shared
-//! labelled set), through the offline replay path.
+//! Detection quality on the recorded public sets (copies of the shared labelled sets in
+//! tests/data: digits, and the tabular breast_cancer and wine sets), with and without their
+//! schema, through the offline replay path. Each asserts the detection issue's bar: every
+//! attack client detected with the right kind, at least 90 % of Sybil members alerted as
+//! members of a campaign, no benign client alerted, and median queries to a first alert of
+//! at most 50 (boundary probing) and 300 (extraction).
 
 use probewatch::config::Config;
 use probewatch::replay::{replay, ReplayOptions, ReplayReport};
 use probewatch::schema::Schema;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn data(p: &str) -> PathBuf {
+fn data(set: &str, p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/public")
+        .join("tests/data")
+        .join(set)
         .join(p)
 }
 
-fn run(with_schema: bool) -> ReplayReport {
-    let schema = with_schema.then(|| Schema::from_file(&data("schema.json")).unwrap());
-    let labels = data("labels.json");
+/// Replays `set`; returns the report and every alert event written.
+fn run(set: &str, with_schema: bool) -> (ReplayReport, Vec<serde_json::Value>) {
+    let schema = with_schema.then(|| Schema::from_file(&data(set, "schema.json")).unwrap());
+    let labels = data(set, "labels.json");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
     let opts = ReplayOptions {
         diagnostics: None,
         labels: Some(&labels),
-        alerts_out: None,
+        alerts_out: Some(&out),
         progress: false,
     };
-    replay(
+    let rep = replay(
         Arc::new(Config::default()),
         schema,
-        &data("trace.jsonl.gz"),
+        &data(set, "trace.jsonl.gz"),
         &opts,
     )
-    .unwrap()
+    .unwrap();
+    let alerts = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (rep, alerts)
 }
 
-fn check_common(rep: &ReplayReport) {
+/// The Sybil members of the labels (clients of a `group`).
+fn sybils(set: &str) -> BTreeSet<String> {
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data(set, "labels.json")).unwrap()).unwrap();
+    let clients = labels.get("clients").unwrap_or(&labels);
+    clients
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v.get("group").is_some_and(|g| !g.is_null()))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn check(set: &str, with_schema: bool) {
+    let (rep, alerts) = run(set, with_schema);
     let s = rep.score.as_ref().unwrap();
-    eprintln!("{}", s.render());
+    eprintln!("{set} (schema: {with_schema})\n{}", s.render());
     assert_eq!(rep.rejected, 0);
     assert_eq!(
         s.benign_alerted, 0,
@@ -49,24 +79,105 @@ fn check_common(rep: &ReplayReport) {
             t.technique
         );
     }
-    let boundary = s.median_by_kind["boundary_probe"];
-    assert!(
-        boundary <= 50.0,
-        "median queries to first boundary alert {boundary}"
-    );
-    let extraction = s.median_by_kind["extraction"];
-    assert!(
-        extraction <= 300.0,
-        "median queries to first extraction alert {extraction}"
-    );
+    // Sybil members: alerted as members of one campaign.
+    let members = sybils(set);
+    if !members.is_empty() {
+        let mut campaign_of: BTreeMap<String, String> = BTreeMap::new();
+        for a in &alerts {
+            if let Some(id) = a["evidence"]["campaign"]["id"].as_str() {
+                campaign_of.insert(a["client"].as_str().unwrap().into(), id.into());
+            }
+        }
+        let in_campaign = members
+            .iter()
+            .filter(|m| campaign_of.contains_key(*m))
+            .count();
+        assert!(
+            in_campaign * 10 >= members.len() * 9,
+            "{in_campaign} of {} Sybil members alerted in a campaign",
+            members.len()
+        );
+        let ids: BTreeSet<&String> = members.iter().filter_map(|m| campaign_of.get(m)).collect();
+        assert_eq!(ids.len(), 1, "one campaign, not several: {ids:?}");
+    }
+    for (kind, bar) in [("boundary_probe", 50.0), ("extraction", 300.0)] {
+        if let Some(m) = s.median_by_kind.get(kind) {
+            assert!(*m <= bar, "median queries to first {kind} alert {m}");
+        }
+    }
 }
 
 #[test]
-fn public_trace_with_schema() {
-    check_common(&run(true));
+fn digits_with_schema() {
+    check("public", true);
 }
 
 #[test]
-fn public_trace_without_schema() {
-    check_common(&run(false));
+fn digits_without_schema() {
+    check("public", false);
+}
+
+#[test]
+fn breast_cancer_with_schema() {
+    check("public-tabular/breast_cancer", true);
+}
+
+#[test]
+fn breast_cancer_without_schema() {
+    check("public-tabular/breast_cancer", false);
+}
+
+#[test]
+#[ignore = "known gap (issue 11): 2 of the 4 Jacobian-augmentation clients are missed"]
+fn wine_with_schema() {
+    check("public-tabular/wine", true);
+}
+
+#[test]
+#[ignore = "known gap (issue 11): 2 of the 4 Jacobian-augmentation clients are missed"]
+fn wine_without_schema() {
+    check("public-tabular/wine", false);
+}
+
+/// What holds on wine today, so that it cannot regress while the gap above is open.
+#[test]
+fn wine_holds_no_false_alerts_and_its_campaign() {
+    for with_schema in [true, false] {
+        let (rep, alerts) = run("public-tabular/wine", with_schema);
+        let s = rep.score.as_ref().unwrap();
+        assert_eq!(s.benign_alerted, 0);
+        let members = sybils("public-tabular/wine");
+        let alerted: BTreeSet<&str> = alerts
+            .iter()
+            .filter(|a| a["evidence"]["campaign"]["id"].is_string())
+            .filter_map(|a| a["client"].as_str())
+            .collect();
+        assert!(members.iter().all(|m| alerted.contains(m.as_str())));
+        assert!(s.attack_detected + 2 >= s.attack_clients);
+    }
+}
+
+/// The issue's bar per technique (the worst technique's median, not the kind's).
+#[test]
+#[ignore = "known gap (issue 11, cold start): digits' Jacobian augmentation starts with the \
+            trace and its median is ~630 queries"]
+fn every_techniques_median_meets_the_bar() {
+    for set in [
+        "public",
+        "public-tabular/breast_cancer",
+        "public-tabular/wine",
+    ] {
+        for with_schema in [true, false] {
+            let (rep, _) = run(set, with_schema);
+            for t in &rep.score.as_ref().unwrap().techniques {
+                let bar = match t.kind.as_str() {
+                    "boundary_probe" => 50.0,
+                    "extraction" => 300.0,
+                    _ => continue,
+                };
+                let m = t.median_queries_to_alert.unwrap_or(f64::INFINITY);
+                assert!(m <= bar, "{set}: {} median {m}", t.technique);
+            }
+        }
+    }
 }

@@ -46,11 +46,24 @@ pub struct FingerprintState {
 }
 
 /// Model-wide table of recent hashes from every client, to see one probe spread over
-/// several accounts. Direct-mapped: a new hash overwrites its slot.
+/// several accounts. Direct-mapped: a new hash overwrites its slot. It starts at
+/// [`INITIAL_GLOBAL_SLOTS`] and doubles as hashes arrive, up to the configured size, so a
+/// model that sends a handful of records (a flood of model names) holds kilobytes, not the
+/// full table.
 #[derive(Debug)]
 pub struct GlobalTable {
-    slots: Mutex<Vec<GlobalSlot>>,
-    mask: usize,
+    inner: Mutex<Slots>,
+    max: usize,
+}
+
+/// Slots a model's cross-account table starts with.
+pub const INITIAL_GLOBAL_SLOTS: usize = 1024;
+
+#[derive(Debug)]
+struct Slots {
+    slots: Vec<GlobalSlot>,
+    /// Writes since the last doubling.
+    writes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,14 +73,42 @@ struct GlobalSlot {
     seq: u32,
 }
 
-impl GlobalTable {
-    /// A table of `slots` entries (a power of two).
-    pub fn new(slots: usize) -> Self {
-        let slots = slots.next_power_of_two().max(1);
-        Self {
-            slots: Mutex::new(vec![GlobalSlot::default(); slots]),
-            mask: slots - 1,
+impl Slots {
+    /// Doubles the table once it has taken as many writes as it has slots, re-placing
+    /// every entry (the newest wins a shared slot).
+    fn grow(&mut self, max: usize) {
+        if self.writes < self.slots.len() || self.slots.len() >= max {
+            return;
         }
+        let n = self.slots.len() * 2;
+        let mut next = vec![GlobalSlot::default(); n];
+        for s in self.slots.iter().filter(|s| s.client != 0) {
+            let t = &mut next[(s.hash as usize) & (n - 1)];
+            if t.client == 0 || t.seq <= s.seq {
+                *t = *s;
+            }
+        }
+        self.slots = next;
+        self.writes = 0;
+    }
+}
+
+impl GlobalTable {
+    /// A table of at most `slots` entries (a power of two).
+    pub fn new(slots: usize) -> Self {
+        let max = slots.next_power_of_two().max(1);
+        Self {
+            inner: Mutex::new(Slots {
+                slots: vec![GlobalSlot::default(); max.min(INITIAL_GLOBAL_SLOTS)],
+                writes: 0,
+            }),
+            max,
+        }
+    }
+
+    /// Slots allocated now.
+    pub fn capacity(&self) -> usize {
+        self.inner.lock().slots.len()
     }
 
     /// Counts this query's hashes found under one other client's single earlier query
@@ -75,9 +116,13 @@ impl GlobalTable {
     fn check_and_insert(&self, hashes: &[u32], client: u32, seq: u32) -> u32 {
         let mut cands: [(u32, u32); 64] = [(0, 0); 64];
         let mut n = 0;
-        let mut slots = self.slots.lock();
+        let mut inner = self.inner.lock();
+        inner.grow(self.max);
+        inner.writes += hashes.len();
+        let mask = inner.slots.len() - 1;
+        let slots = &mut inner.slots;
         for &h in hashes {
-            let s = &mut slots[(h as usize) & self.mask];
+            let s = &mut slots[(h as usize) & mask];
             if s.hash == h && s.client != client && s.client != 0 {
                 cands[n] = (s.client, s.seq);
                 n += 1;
@@ -88,7 +133,7 @@ impl GlobalTable {
                 seq,
             };
         }
-        drop(slots);
+        drop(inner);
         let c = &mut cands[..n];
         c.sort_unstable();
         let mut best = 0u32;
@@ -459,5 +504,38 @@ mod tests {
             let bound = (ba & bb).count_ones() + a.len() as u32 - ba.count_ones();
             proptest::prop_assert!(intersect_sorted(&a, &b) <= bound);
         }
+    }
+
+    #[test]
+    fn the_global_table_grows_with_its_writes_and_keeps_matches() {
+        let t = GlobalTable::new(1 << 16);
+        assert_eq!(t.capacity(), INITIAL_GLOBAL_SLOTS);
+        // Enough traffic to double the table several times, then one client's query and
+        // more traffic across the next doubling.
+        let traffic = |t: &GlobalTable, from: u32, to: u32| {
+            for q in from..to {
+                let other: Vec<u32> = (0..32u32)
+                    .map(|i| (q * 64 + i + 7).wrapping_mul(0x85EB_CA6B))
+                    .collect();
+                t.check_and_insert(&other, 2 + q % 5, q + 2);
+            }
+        };
+        traffic(&t, 0, 400);
+        assert!(t.capacity() >= 8 * INITIAL_GLOBAL_SLOTS, "{}", t.capacity());
+        let probe: Vec<u32> = (0..32u32)
+            .map(|i| i.wrapping_mul(0x9E37_79B9) | 1)
+            .collect();
+        t.check_and_insert(&probe, 1, 1);
+        let before = t.capacity();
+        traffic(&t, 400, 700);
+        assert!(t.capacity() > before, "it doubled again");
+        assert!(t.capacity() <= 1 << 16);
+        // Most of the probe survives the re-placement; another account repeating it matches.
+        let m = t.check_and_insert(&probe, 99, 1_000);
+        assert!(m >= 12, "{m} of 32");
+        // A handful of records keeps the table small.
+        let small = GlobalTable::new(1 << 16);
+        small.check_and_insert(&probe, 1, 1);
+        assert_eq!(small.capacity(), INITIAL_GLOBAL_SLOTS);
     }
 }

@@ -79,8 +79,15 @@ impl ClientState {
     }
 }
 
+/// Queries after which a client's state is established (see [`LastSeen::established`]).
+pub const ESTABLISHED_QUERIES: u64 = 32;
+
 impl LastSeen for ClientState {
     fn last_seen_ms(&self) -> i64 {
         self.last_seen_ms
+    }
+
+    fn established(&self) -> bool {
+        self.total >= ESTABLISHED_QUERIES || !self.policy.open.is_empty()
     }
 }

@@ -9,8 +9,8 @@
 //!
 //! The table forgets: a model idle (by the sidecar's clock) for `idle_ttl_ms` is dropped at
 //! the next sweep, and when every slot is taken a new name takes the slot of the least
-//! recently used model that has not learned a normal yet. The schema's model and models with
-//! a baseline are never displaced (only idle expiry drops the latter). A flood of names
+//! recently used model that is not established (a baseline, or 64 records). The schema's
+//! model and established models are never displaced (only idle expiry drops the latter). A flood of names
 //! therefore churns through the slots of the flood, however fast it is, and a model in use
 //! keeps its own; the cap bounds names at once, not names ever seen.
 
@@ -58,7 +58,15 @@ pub struct ModelState {
     refreshed_at: AtomicU64,
 }
 
+/// Records after which a model is established: evicted for a new name only by idling out.
+pub const ESTABLISHED_RECORDS: u64 = 64;
+
 impl ModelState {
+    /// Whether the model has learned a normal or seen [`ESTABLISHED_RECORDS`] records.
+    pub fn established(&self) -> bool {
+        self.records.load(Ordering::Relaxed) >= ESTABLISHED_RECORDS || self.baseline().ready
+    }
+
     fn new(name: Arc<str>, dims: usize, pinned: bool, cfg: &Config, detectors: &Detectors) -> Self {
         Self {
             name,
@@ -268,15 +276,16 @@ impl Models {
             .is_some_and(|s| s.model.as_deref() == Some(name))
     }
 
-    /// Drops the least recently used model that has not learned a normal yet (nor is
-    /// pinned); false when there is none. A model with a baseline leaves only by idling
-    /// out: a flood of one-record model names must not push the victim model out of the
-    /// table and take its baseline and client states with it.
+    /// Drops the least recently used model that is not established (nor pinned); false
+    /// when there is none. An established model leaves only by idling out: a flood of
+    /// one-record model names must not push the victim model out of the table (in one
+    /// batch of 500 names, every model but the flood's is least recently used) and take
+    /// its baseline and client states with it.
     fn evict_least_recent(&self) -> bool {
         let victim = self
             .map
             .iter()
-            .filter(|m| !m.pinned && !m.baseline().ready)
+            .filter(|m| !m.pinned && !m.established())
             .min_by_key(|m| m.last_used_ms.load(Ordering::Relaxed))
             .map(|m| m.key().clone());
         victim.is_some_and(|k| self.map.remove(&k).is_some())

@@ -1,8 +1,12 @@
 //! The concurrent map of client states, with a global cap.
 //!
-//! When a new client would exceed `max_clients`, the idlest 1/64 of clients (by event time
-//! of their last query) are evicted in one sweep, so the O(n) scan is paid once per n/64
-//! insertions. Clients idle past `idle_ttl_ms` are dropped by [`ClientStore::sweep_idle`].
+//! When a new client would exceed `max_clients`, 1/64 of the clients are evicted in one
+//! sweep, so the O(n) scan is paid once per n/64 insertions: the idlest (by event time of
+//! their last query) of those not yet *established*, then, only if there are too few of
+//! those, the idlest established ones. A segmented LRU, as caches protect entries that proved
+//! themselves: event time is the sender's to choose, so a flood of fresh ids stamped with the
+//! latest time would otherwise push out every slow client with evidence (a campaign member
+//! at a query a minute); now the flood churns through its own states. Clients idle past `idle_ttl_ms` are dropped by [`ClientStore::sweep_idle`].
 //! Both are counted. Eviction loses that client's evidence, never an open alert silently:
 //! the caller resolves open alerts of evicted clients.
 
@@ -20,6 +24,9 @@ pub struct ClientKey {
 pub trait LastSeen {
     /// Event time of the client's latest query.
     fn last_seen_ms(&self) -> i64;
+    /// Whether the state has proved itself (enough queries, or an open alert): evicted only
+    /// after every state that has not.
+    fn established(&self) -> bool;
 }
 
 /// All client states.
@@ -59,10 +66,15 @@ impl<V: LastSeen> ClientStore<V> {
             return Vec::new();
         }
         let batch = (self.max_clients / 64).max(1);
-        let mut ages: Vec<(i64, ClientKey)> = self
+        let mut ages: Vec<((bool, i64), ClientKey)> = self
             .map
             .iter()
-            .map(|e| (e.value().last_seen_ms(), e.key().clone()))
+            .map(|e| {
+                (
+                    (e.value().established(), e.value().last_seen_ms()),
+                    e.key().clone(),
+                )
+            })
             .collect();
         let batch = batch.min(ages.len());
         if batch == 0 {

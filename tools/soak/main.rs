@@ -20,14 +20,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BUDGET: u64 = 128 << 20;
-/// What the process may hold besides the budget: runtime, client states, baselines.
-const FIXED: u64 = 192 << 20;
+/// Clients tracked at most (the flood makes a client per model name).
+const MAX_CLIENTS: u64 = 5_000;
+/// One client's state at most (as `tests/deploy_config.rs` sizes pods).
+const BYTES_PER_CLIENT: u64 = 17 * 1024;
+/// What the process may hold besides the budget and the client table: runtime, models,
+/// baselines (as `tests/deploy_config.rs` sizes pods).
+const FIXED: u64 = 128 << 20;
+/// KServe halves wait this long for their other half.
+const PAIR_TTL_MS: u64 = 10_000;
 
 struct Args {
     minutes: f64,
     trace: PathBuf,
     labels: PathBuf,
     binary: PathBuf,
+    /// Hostile rounds on (`--hostile false` gives the same run without them, to compare).
+    hostile: bool,
 }
 
 fn args() -> Args {
@@ -36,6 +45,7 @@ fn args() -> Args {
         trace: "tests/data/public/trace.jsonl.gz".into(),
         labels: "tests/data/public/labels.json".into(),
         binary: "target/release/probewatch".into(),
+        hostile: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -45,6 +55,7 @@ fn args() -> Args {
             "--trace" => a.trace = v.into(),
             "--labels" => a.labels = v.into(),
             "--binary" => a.binary = v.into(),
+            "--hostile" => a.hostile = v.parse().expect("--hostile true|false"),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -72,9 +83,9 @@ fn start(binary: &std::path::Path) -> Sidecar {
         "[server]\nlisten = \"127.0.0.1:0\"\nmemory_budget_bytes = {BUDGET}\n\
          connection_idle_ms = 5000\nheader_read_ms = 2000\nstream_idle_ms = 10000\n\
          max_connections = 512\n\
-         [window]\nmax_clients = 20000\n\
+         [window]\nmax_clients = {MAX_CLIENTS}\n\
          [api]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ntokens_env = [\"SOAK_TOKEN\"]\n\
-         [sources]\nenvoy_listen = \"127.0.0.1:0\"\nkserve_listen = \"127.0.0.1:0\"\n\
+         [sources]\nenvoy_listen = \"127.0.0.1:0\"\nkserve_listen = \"127.0.0.1:0\"\npair_ttl_ms = {PAIR_TTL_MS}\n\
          [alerts]\nspool_dir = \"spool\"\n[[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"
     );
     std::fs::write(dir.join("pw.toml"), cfg).unwrap();
@@ -241,7 +252,9 @@ fn main() {
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
-    rt.spawn(hostile(side.addrs.clone(), stop.clone(), rounds.clone()));
+    if a.hostile {
+        rt.spawn(hostile(side.addrs.clone(), stop.clone(), rounds.clone()));
+    }
     // The trace, paced to take 80 % of the soak, in batches of 64.
     let batches: Vec<RecordBatch> = records
         .chunks(64)
@@ -264,8 +277,14 @@ fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let (accepted, rejected) = rt.block_on(sent).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // Past the pair TTL and a sweep, everything in flight has been paid back.
+    std::thread::sleep(Duration::from_millis(PAIR_TTL_MS + 5_000));
     let m = metrics(&side.addrs["metrics"]);
+    let used: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("probewatch_memory_budget_bytes{state=\"used\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
     let alerts = std::fs::read_to_string(side.dir.join("alerts.jsonl")).unwrap_or_default();
     let alerted: std::collections::BTreeSet<String> = alerts
         .lines()
@@ -290,6 +309,7 @@ fn main() {
         .iter()
         .filter(|(k, v)| v["kind"] == "benign" && alerted.contains(*k))
         .count();
+    let limit = BUDGET + MAX_CLIENTS * BYTES_PER_CLIENT + FIXED;
     println!(
         "soak: {:.1} min, {} hostile rounds",
         t0.elapsed().as_secs_f64() / 60.0,
@@ -301,10 +321,14 @@ fn main() {
         records.len() as f64 / (total.as_secs_f64() * 0.8)
     );
     println!(
-        "peak RSS {} MiB (budget {} MiB + {} MiB fixed); most open fds {max_fds}",
+        "peak RSS {} MiB (budget {} MiB + {} clients × {} KiB + {} MiB fixed = {} MiB); \
+         most open fds {max_fds}; budget in use at the end {used} bytes",
         peak_rss >> 20,
         BUDGET >> 20,
-        FIXED >> 20
+        MAX_CLIENTS,
+        BYTES_PER_CLIENT >> 10,
+        FIXED >> 20,
+        limit >> 20
     );
     for l in m.lines().filter(|l| {
         (l.starts_with("probewatch_records_rejected_total")
@@ -321,7 +345,10 @@ fn main() {
         attackers.len() - missed.len(),
         attackers.len()
     );
-    let ok = peak_rss < BUDGET + FIXED && missed.is_empty();
+    // Nothing leaked from the budget: what is left is at most one batch in flight.
+    let ok = peak_rss < limit && missed.is_empty() && used < (1u64 << 20) as f64;
     println!("{}", if ok { "PASS" } else { "FAIL" });
+    // `exit` skips destructors: stop the sidecar first.
+    drop(side);
     std::process::exit(if ok { 0 } else { 1 });
 }

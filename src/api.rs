@@ -143,8 +143,24 @@ async fn alerts(
     Ok(Json(json!({ "alerts": list })))
 }
 
-async fn campaigns(State(s): State<ApiState>) -> Json<Value> {
-    Json(json!({ "campaigns": s.pipeline.campaigns() }))
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CampaignsQuery {
+    model: Option<String>,
+}
+
+async fn campaigns(
+    State(s): State<ApiState>,
+    q: Result<Query<CampaignsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let list: Vec<_> = s
+        .pipeline
+        .campaigns()
+        .into_iter()
+        .filter(|c| q.model.as_ref().is_none_or(|m| *m == c.model))
+        .collect();
+    Ok(Json(json!({ "campaigns": list })))
 }
 
 async fn stream(

@@ -16,9 +16,11 @@
 //!    (a query and its [`record::validate`]ion), [`sketch`] (the vector detectors compare),
 //!    [`trace`] (the recorded-traffic format).
 //! 2. **State.** [`window`]: per-client sliding-window sketches in a bounded dashmap;
-//!    [`normal`]: the model's learned normal traffic (reservoir, baseline, joint fit).
+//!    [`normal`]: the model's learned normal traffic (reservoir, baseline, the region in
+//!    rank space).
 //! 3. **Detectors.** [`detect`]: one module per detector behind the [`detect::Detector`]
-//!    trait, and the [`detect::policy`] that turns their signals into decisions.
+//!    trait (the [`detect::campaign`] detector pools accounts that started together), and the
+//!    [`detect::policy`] that turns their signals into decisions.
 //! 4. **Pipeline.** [`pipeline`]: a record's steps from admission to alert events, shared
 //!    by the sidecar and offline replay.
 //! 5. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format.

@@ -92,6 +92,10 @@ pub struct Alert {
     /// Client id, or its pseudonym when configured.
     pub client: String,
     pub kind: Kind,
+    /// The kind this alert had before later evidence corrected it (a boundary search whose
+    /// random start first looked like extraction), on the correcting event and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_kind: Option<Kind>,
     pub severity: Severity,
     pub confidence: f64,
     pub technique: Technique,
@@ -120,6 +124,7 @@ impl Alert {
             model: "digits-mlp".into(),
             client: "c-17".into(),
             kind: Kind::Extraction,
+            previous_kind: None,
             severity: Severity::High,
             confidence: 0.9,
             technique: Alert::technique(Kind::Extraction),

@@ -185,9 +185,15 @@ fn sigterm_drains_flushes_alerts_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let trace = synthetic_trace(dir.path());
     let alerts = dir.path().join("served.jsonl");
+    // Every port ephemeral: the defaults (50052 for ext_proc among them) sit in Linux's
+    // ephemeral range, so a fixed one collides now and then with another socket's local
+    // port (a fresh-clone CI run failed so); the pods reserve theirs, a test machine cannot.
+    std::fs::write(dir.path().join("pw.toml"), LOOPBACK_API).unwrap();
     let (mut serve, log, addr) = start_serve(
         dir.path(),
         &[
+            "--config",
+            "pw.toml",
             "--listen",
             "127.0.0.1:0",
             "--alerts-file",
@@ -568,6 +574,96 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
     });
     signal(&serve, "-TERM");
     assert!(serve.wait().unwrap().success());
+}
+
+/// A Sybil campaign sent through a running sidecar shows as one campaign, with every member
+/// the labels name, over HTTP (`GET /api/v1/campaigns`) and gRPC (`ListCampaigns`).
+#[test]
+fn campaigns_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/public-tabular/breast_cancer");
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(
+        dir.path().join("pw.toml"),
+        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\n"),
+    )
+    .unwrap();
+    let (serve, mut log, addr) = start_serve(
+        dir.path(),
+        &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
+    );
+    let api = loop {
+        let line = log.next().expect("serve exited").unwrap();
+        if line.contains("api listening") {
+            let a = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            break format!("http://{a}");
+        }
+    };
+    send_trace(&set.join("trace.jsonl.gz"), &addr);
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(set.join("labels.json")).unwrap()).unwrap();
+    let labels = labels.get("clients").unwrap_or(&labels);
+    let mut sybils: Vec<String> = labels
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["group"].is_string())
+        .map(|(k, _)| k.clone())
+        .collect();
+    sybils.sort();
+    assert!(sybils.len() >= 10);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let get = |query: &'static str| {
+            let url = format!("{api}/api/v1/campaigns{query}");
+            async move {
+                let r = reqwest::Client::new().get(url).bearer_auth("s3cret-token");
+                r.send()
+                    .await
+                    .unwrap()
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let v = get("").await;
+        let list = v["campaigns"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{v}");
+        let c = &list[0];
+        let members: Vec<String> = c["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            members, sybils,
+            "members are the Sybil accounts, no honest client"
+        );
+        assert!(c["id"].as_str().unwrap().starts_with("pc-"));
+        assert!(c["llr"].as_f64().unwrap() >= c["threshold"].as_f64().unwrap());
+        // A model filter that matches nothing.
+        let none = get("?model=other").await;
+        assert!(none["campaigns"].as_array().unwrap().is_empty());
+
+        use probewatch::proto::v1::query_client::QueryClient;
+        use probewatch::proto::v1::ListCampaignsRequest;
+        let mut q = QueryClient::connect(api.clone()).await.unwrap();
+        let mut r = tonic::Request::new(ListCampaignsRequest::default());
+        r.metadata_mut()
+            .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+        let g = q.list_campaigns(r).await.unwrap().into_inner();
+        assert_eq!(g.campaigns.len(), 1);
+        assert_eq!(g.campaigns[0].id, c["id"].as_str().unwrap());
+        assert_eq!(g.campaigns[0].members, sybils);
+    });
+    signal(&serve, "-TERM");
 }
 
 /// With an OTLP endpoint configured, spans of ingest batches and alerts and the sidecar's

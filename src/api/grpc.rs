@@ -129,6 +129,33 @@ impl Query for ApiState {
         }))
     }
 
+    async fn list_campaigns(
+        &self,
+        req: Request<pb::ListCampaignsRequest>,
+    ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
+        let model = nonempty(req.into_inner().model);
+        let campaigns = self
+            .pipeline
+            .campaigns()
+            .into_iter()
+            .filter(|c| model.as_ref().is_none_or(|m| *m == c.model))
+            .map(|c| pb::Campaign {
+                id: c.campaign.id_label(),
+                model: c.model,
+                members: c.members,
+                accounts: c.campaign.accounts,
+                pooled_queries: c.campaign.pooled_queries,
+                pooled_events: c.campaign.pooled_events,
+                normal_rate: c.campaign.normal_rate,
+                llr: c.campaign.llr,
+                threshold: c.campaign.threshold,
+                first_ms: c.campaign.first_ms,
+                last_ms: c.campaign.last_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListCampaignsResponse { campaigns }))
+    }
+
     async fn top_clients(
         &self,
         req: Request<pb::TopClientsRequest>,

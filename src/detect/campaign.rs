@@ -65,6 +65,13 @@ pub struct CampaignView {
     pub last_ms: i64,
 }
 
+impl CampaignView {
+    /// The id as alerts and the API show it: `pc-` and 16 hex digits.
+    pub fn id_label(&self) -> String {
+        format!("pc-{:016x}", self.id)
+    }
+}
+
 fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("pc-{id:016x}"))
 }

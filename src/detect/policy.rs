@@ -112,6 +112,8 @@ pub struct OpenAlert {
     pub last_evidence_ms: i64,
     pub last_emit_bucket: i64,
     pub total_at_raise: u64,
+    /// The kind before a correction (see `crate::pipeline` alerts).
+    pub previous_kind: Option<Kind>,
     pub updates: u32,
 }
 

@@ -39,6 +39,10 @@ impl Pipeline {
             }
         }
         let bucket = ts.div_euclid(self.cfg.window.bucket_ms);
+        if let Some(a) = self.reclassify(st, decisions, bucket) {
+            out.push(self.build(st, &a, Event::Updated, ts, base, sig, 1.0));
+            self.stats.alerts_updated.fetch_add(1, Ordering::Relaxed);
+        }
         for d in decisions {
             let sev = policy::severity(d.kind, d.strength);
             match st.policy.open.iter().position(|a| a.kind == d.kind) {
@@ -52,6 +56,7 @@ impl Pipeline {
                         last_emit_bucket: bucket,
                         total_at_raise: st.total,
                         updates: 0,
+                        previous_kind: None,
                     };
                     out.push(self.build(st, &a, Event::Raised, ts, base, sig, d.strength));
                     st.policy.open.push(a);
@@ -73,6 +78,34 @@ impl Pipeline {
             }
         }
         raised
+    }
+
+    /// One finding per client: a boundary search's random start and line searches look like
+    /// extraction, so when boundary evidence arrives within [`RECLASSIFY_QUERIES`] of an
+    /// extraction alert being raised, that alert becomes the boundary alert (same id, the
+    /// old kind in `previous_kind`) instead of a second alert opening beside it.
+    fn reclassify(
+        &self,
+        st: &mut ClientState,
+        decisions: &[Decision],
+        bucket: i64,
+    ) -> Option<OpenAlert> {
+        if !decisions.iter().any(|d| d.kind == Kind::BoundaryProbe)
+            || st.policy.open.iter().any(|a| a.kind == Kind::BoundaryProbe)
+        {
+            return None;
+        }
+        let total = st.total;
+        let a = st.policy.open.iter_mut().find(|a| {
+            a.kind == Kind::Extraction
+                && a.previous_kind.is_none()
+                && total.saturating_sub(a.total_at_raise) <= RECLASSIFY_QUERIES
+        })?;
+        a.previous_kind = Some(a.kind);
+        a.kind = Kind::BoundaryProbe;
+        a.updates += 1;
+        a.last_emit_bucket = bucket;
+        Some(a.clone())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -126,6 +159,7 @@ impl Pipeline {
             model: st.model.to_string(),
             client: self.client_label(&st.client),
             kind: a.kind,
+            previous_kind: a.previous_kind,
             severity: a.severity,
             confidence: policy::confidence(strength),
             technique: Alert::technique(a.kind),
@@ -155,9 +189,108 @@ impl Pipeline {
     }
 }
 
+/// Queries after an extraction alert within which boundary evidence corrects its kind.
+pub const RECLASSIFY_QUERIES: u64 = 400;
+
 /// Deterministic alert id: the same (client, kind, raise time) gives the same id in
 /// replay and in the server.
 fn alert_id(tag: u64, kind: Kind, ts: i64) -> String {
     let h = mix64(tag ^ mix64(kind as u64 + 1) ^ mix64(ts as u64));
     format!("pw-{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::detect::policy::Decision;
+    use crate::record::{Output, Record};
+    use std::sync::Arc;
+
+    fn setup() -> (Pipeline, ClientState) {
+        let p = Pipeline::new(
+            Arc::new(Config::default()),
+            None,
+            Arc::new(crate::clock::ManualClock::new(0)),
+        );
+        let rec = Record {
+            client: "c".into(),
+            model: "m".into(),
+            ts_ms: 0,
+            input: vec![0.0],
+            output: Output::None,
+        };
+        let st = p.new_client(&rec, 1);
+        (p, st)
+    }
+
+    fn decide(kind: Kind) -> Vec<Decision> {
+        vec![Decision {
+            kind,
+            strength: 1.0,
+        }]
+    }
+
+    #[test]
+    fn boundary_evidence_corrects_a_young_extraction_alert() {
+        let (p, mut st) = setup();
+        let (base, sig) = (Baseline::empty(1), Signals::default());
+        let mut out = Vec::new();
+        st.total = 100;
+        assert!(p.apply(
+            &mut st,
+            &decide(Kind::Extraction),
+            1_000,
+            &base,
+            &sig,
+            &mut out
+        ));
+        let id = out[0].id.clone();
+        st.total = 150;
+        out.clear();
+        // The boundary evidence arrives: the same alert changes kind, no second one opens.
+        assert!(!p.apply(
+            &mut st,
+            &decide(Kind::BoundaryProbe),
+            2_000,
+            &base,
+            &sig,
+            &mut out
+        ));
+        assert_eq!(st.policy.open.len(), 1);
+        let e = &out[0];
+        assert_eq!(
+            (e.id.as_str(), e.kind, e.previous_kind),
+            (id.as_str(), Kind::BoundaryProbe, Some(Kind::Extraction))
+        );
+        assert_eq!(e.event, Event::Updated);
+    }
+
+    #[test]
+    fn an_old_extraction_alert_is_not_rewritten() {
+        let (p, mut st) = setup();
+        let (base, sig) = (Baseline::empty(1), Signals::default());
+        let mut out = Vec::new();
+        st.total = 100;
+        p.apply(
+            &mut st,
+            &decide(Kind::Extraction),
+            1_000,
+            &base,
+            &sig,
+            &mut out,
+        );
+        st.total = 100 + RECLASSIFY_QUERIES + 1;
+        out.clear();
+        assert!(p.apply(
+            &mut st,
+            &decide(Kind::BoundaryProbe),
+            2_000,
+            &base,
+            &sig,
+            &mut out
+        ));
+        assert_eq!(st.policy.open.len(), 2);
+        assert!(out.iter().all(|a| a.previous_kind.is_none()));
+    }
 }

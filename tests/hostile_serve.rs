@@ -161,7 +161,9 @@ fn ext_proc_headers_are_capped() {
     while s.metric("probewatch_source_dropped_total{source=\"envoy\",reason=\"headers_too_large\"}")
         < 1.0
     {
-        assert!(t0.elapsed() < Duration::from_secs(10), "not counted");
+        // The exchange is counted when its stream ends, after all 1,000 messages (120 MB
+        // through a debug build, slow while the other tests run): a hang guard, not a bound.
+        assert!(t0.elapsed() < Duration::from_secs(120), "not counted");
         std::thread::sleep(Duration::from_millis(100));
     }
     s.assert_peak_under_budget();
@@ -342,19 +344,25 @@ fn silent_and_slow_connections_are_closed() {
             held.push(c);
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let open = s.fds() - before;
-    assert!(open > 400, "only {open} connections were open");
+    // The most descriptors seen open, sampled until they are closed again: a fixed wait
+    // before counting raced the accepts when the machine was busy.
+    let mut peak = 0;
     let t0 = Instant::now();
-    while s.fds() > before + 5 {
+    loop {
+        let open = s.fds().saturating_sub(before);
+        peak = peak.max(open);
+        if peak > 400 && open <= 5 {
+            break;
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(5),
             "{} connections still open after {:?}",
             s.fds() - before,
             t0.elapsed()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(peak > 400, "only {peak} connections were open at once");
     eprintln!("500 idle and slow connections closed in {:?}", t0.elapsed());
     // The peers see their connections closed (after whatever error reply the port sends).
     for c in held.iter_mut().step_by(50) {

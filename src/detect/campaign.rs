@@ -20,6 +20,7 @@
 use super::{Detector, ModelView, Query, Signals};
 use crate::hash::mix64;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 
 /// False-alarm rate of one cohort's test, before the correction for [`MAX_COHORTS`] tests
 /// (the policy's default `alpha`).
@@ -41,6 +42,8 @@ pub const MEMBER_RATE_FLOOR: f64 = 0.25;
 /// A member's event share relative to the median member's: one operator's accounts behave
 /// alike.
 pub const CORE_SHARE: f64 = 0.75;
+/// Events between two judgements of a cohort.
+pub const JUDGE_EVERY: u32 = 8;
 /// Novel queries a member needs before it counts.
 pub const MIN_MEMBER_QUERIES: u32 = 8;
 
@@ -91,7 +94,14 @@ struct Cohort {
     key: (u8, i64),
     id: u64,
     members: Vec<Member>,
+    /// Position of each member in `members`, by tag.
+    index: HashMap<u64, usize>,
     overflow: u64,
+    /// Events since the cohort was last judged, and the median member share then.
+    pending: u32,
+    core: f64,
+    /// The id the campaign goes by (see `same_group`), fixed when it first alarms.
+    alias: Option<u64>,
     last_ms: i64,
     alarm: Option<CampaignView>,
 }
@@ -165,8 +175,19 @@ impl Detector for Campaign {
             );
             let c = cohort(&mut cohorts, key, q.ts_ms);
             c.note(q.client_tag, onset, q.ts_ms, novel, event);
-            if event {
+            c.pending += u32::from(event);
+            // Judging scans the members: once per JUDGE_EVERY events, not per query.
+            if c.pending >= JUDGE_EVERY {
+                c.pending = 0;
+                c.core = c.core_share(p0);
                 c.alarm = c.judge(p0, self.h);
+                if c.alarm.is_some() && c.alias.is_none() {
+                    let i = cohorts.iter().position(|o| o.key == key).unwrap_or(0);
+                    // The two grids see one group twice: it keeps the id of whichever
+                    // cohort that shares members with it became a campaign first.
+                    let alias = same_group(&cohorts, i).unwrap_or(cohorts[i].id);
+                    cohorts[i].alias = Some(alias);
+                }
             }
         }
         for grid in 0..2u8 {
@@ -177,16 +198,13 @@ impl Detector for Campaign {
             let Some(i) = cohorts.iter().position(|c| c.key == key) else {
                 continue;
             };
-            let Some(mut view) = cohorts[i].alarm else {
+            let c = &cohorts[i];
+            let Some(mut view) = c.alarm else {
                 continue;
             };
-            // The two grids see one group twice: it keeps the id of whichever cohort that
-            // shares members with it became a campaign first.
-            view.id = same_group(&cohorts, i).unwrap_or(view.id);
-            cohorts[i].alarm = Some(view);
-            let c = &cohorts[i];
-            let mine = c.members.iter().find(|x| x.tag == q.client_tag);
-            let core = c.core_share(p0);
+            view.id = c.alias.unwrap_or(view.id);
+            let mine = c.index.get(&q.client_tag).map(|&j| &c.members[j]);
+            let core = c.core;
             match st.campaign {
                 Some(v) if v.id != view.id => {}
                 _ if mine.is_some_and(|x| is_member(x, p0) && share(x) >= CORE_SHARE * core) => {
@@ -216,7 +234,11 @@ fn cohort(cohorts: &mut Vec<Cohort>, key: (u8, i64), ts: i64) -> &mut Cohort {
                 key,
                 id: mix64(mix64(u64::from(key.0)) ^ key.1 as u64),
                 members: Vec::new(),
+                index: HashMap::new(),
                 overflow: 0,
+                pending: 0,
+                core: 0.0,
+                alias: None,
                 last_ms: ts,
                 alarm: None,
             });
@@ -231,15 +253,10 @@ fn same_group(cohorts: &[Cohort], i: usize) -> Option<u64> {
     let me = &cohorts[i];
     cohorts
         .iter()
-        .filter(|o| o.key.0 != me.key.0)
-        .filter_map(|o| o.alarm.map(|a| (o, a)))
-        .filter(|(_, a)| a.id != me.id && a.first_ms <= me.alarm.map_or(i64::MAX, |m| m.first_ms))
-        .find(|(o, _)| {
-            o.members
-                .iter()
-                .any(|x| me.members.iter().any(|y| y.tag == x.tag))
-        })
-        .map(|(_, a)| a.id)
+        .filter(|o| o.key.0 != me.key.0 && o.alarm.is_some())
+        .filter_map(|o| o.alias.map(|a| (o, a)))
+        .find(|(o, _)| o.members.iter().any(|x| me.index.contains_key(&x.tag)))
+        .map(|(_, a)| a)
 }
 
 fn share(m: &Member) -> f64 {
@@ -261,13 +278,14 @@ fn is_member(m: &Member, p0: f64) -> bool {
 impl Cohort {
     fn note(&mut self, tag: u64, onset: i64, ts: i64, novel: bool, event: bool) {
         self.last_ms = self.last_ms.max(ts);
-        let m = match self.members.iter_mut().position(|m| m.tag == tag) {
-            Some(i) => &mut self.members[i],
+        let m = match self.index.get(&tag) {
+            Some(&i) => &mut self.members[i],
             None if self.members.len() >= MAX_MEMBERS => {
                 self.overflow += 1;
                 return;
             }
             None => {
+                self.index.insert(tag, self.members.len());
                 self.members.push(Member {
                     tag,
                     onset_ms: onset,
@@ -370,7 +388,15 @@ mod tests {
         Cohort {
             key: (0, 0),
             id: 7,
+            index: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.tag, i))
+                .collect(),
             members,
+            pending: 0,
+            core: 0.0,
+            alias: None,
             overflow: 0,
             last_ms: 0,
             alarm: None,

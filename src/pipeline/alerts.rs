@@ -231,8 +231,9 @@ mod tests {
         }]
     }
 
-    #[test]
-    fn boundary_evidence_corrects_a_young_extraction_alert() {
+    /// An extraction alert raised at 100 queries, then boundary evidence at `later`:
+    /// whether that raised a new alert, the events of that step and the client.
+    fn boundary_after_extraction(later: u64) -> (bool, Vec<Alert>, ClientState, String) {
         let (p, mut st) = setup();
         let (base, sig) = (Baseline::empty(1), Signals::default());
         let mut out = Vec::new();
@@ -246,17 +247,24 @@ mod tests {
             &mut out
         ));
         let id = out[0].id.clone();
-        st.total = 150;
+        st.total = later;
         out.clear();
-        // The boundary evidence arrives: the same alert changes kind, no second one opens.
-        assert!(!p.apply(
+        let raised = p.apply(
             &mut st,
             &decide(Kind::BoundaryProbe),
             2_000,
             &base,
             &sig,
-            &mut out
-        ));
+            &mut out,
+        );
+        (raised, out, st, id)
+    }
+
+    #[test]
+    fn boundary_evidence_corrects_a_young_extraction_alert() {
+        let (raised, out, st, id) = boundary_after_extraction(150);
+        // The same alert changes kind, no second one opens.
+        assert!(!raised);
         assert_eq!(st.policy.open.len(), 1);
         let e = &out[0];
         assert_eq!(
@@ -268,28 +276,8 @@ mod tests {
 
     #[test]
     fn an_old_extraction_alert_is_not_rewritten() {
-        let (p, mut st) = setup();
-        let (base, sig) = (Baseline::empty(1), Signals::default());
-        let mut out = Vec::new();
-        st.total = 100;
-        p.apply(
-            &mut st,
-            &decide(Kind::Extraction),
-            1_000,
-            &base,
-            &sig,
-            &mut out,
-        );
-        st.total = 100 + RECLASSIFY_QUERIES + 1;
-        out.clear();
-        assert!(p.apply(
-            &mut st,
-            &decide(Kind::BoundaryProbe),
-            2_000,
-            &base,
-            &sig,
-            &mut out
-        ));
+        let (raised, out, st, _) = boundary_after_extraction(100 + RECLASSIFY_QUERIES + 1);
+        assert!(raised);
         assert_eq!(st.policy.open.len(), 2);
         assert!(out.iter().all(|a| a.previous_kind.is_none()));
     }

@@ -14,14 +14,16 @@
 //! 8. run the **policy**'s sequential tests ([`crate::detect::policy`]);
 //! 9. raise, update or resolve **alerts** (`alerts.rs`), and purge a newly alerted client
 //!    from the baseline;
-//! 10. **refresh** the baseline when due, and **sweep** idle clients every [`SWEEP_EVERY`]
-//!     records.
+//! 10. **refresh** the baseline when due (computed off the record path, landing a fixed
+//!     number of records later: [`learner`]), and **sweep** idle clients every
+//!     [`SWEEP_EVERY`] records.
 //!
 //! Rejections of every kind are counted in one place, [`Pipeline::submit`].
 
 mod alerts;
 pub mod client;
 pub mod inspect;
+pub mod learner;
 pub mod models;
 pub mod stats;
 
@@ -64,6 +66,8 @@ pub struct Pipeline {
     /// Client ids in alerts are pseudonymised with this, when configured.
     pseudonym: Option<Pseudonymiser>,
     processed: AtomicU64,
+    /// Recomputes baselines off the record path.
+    learner: learner::Learner,
     /// Counters.
     pub stats: Stats,
 }
@@ -96,6 +100,7 @@ impl Pipeline {
             default_model,
             pseudonym: None,
             processed: AtomicU64::new(0),
+            learner: learner::Learner::spawn(MAX_MODELS),
             clock,
             cfg,
         }
@@ -231,12 +236,14 @@ impl Pipeline {
                 .baseline_purged
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
-        if model.count_record(base.ready, self.cfg.baseline.refresh_every) {
-            model.refresh(self.models.schema_for(&model.name), &self.cfg);
-            self.stats
-                .baseline_refreshes
-                .fetch_add(1, Ordering::Relaxed);
+        let (mut installed, due) = model.count_record(base.ready, self.cfg.baseline.refresh_every);
+        if let Some(lag) = due {
+            let schema = self.models.schema_arc_for(&model.name).cloned();
+            installed += model.refresh(schema, &self.cfg, &self.learner, lag);
         }
+        self.stats
+            .baseline_refreshes
+            .fetch_add(installed, Ordering::Relaxed);
         if self.processed.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             alerts.extend(self.sweep());
         }

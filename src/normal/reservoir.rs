@@ -20,7 +20,7 @@ pub struct Sample {
 }
 
 /// A bounded uniform sample (Algorithm R, deterministic seed) of contributed queries.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Reservoir {
     cap: usize,
     seen: u64,

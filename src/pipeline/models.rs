@@ -14,6 +14,7 @@
 //! therefore churns through the slots of the flood, however fast it is, and a model in use
 //! keeps its own; the cap bounds names at once, not names ever seen.
 
+use super::learner::{Learner, Pending};
 use crate::config::Config;
 use crate::detect::{Detectors, ModelDetectors};
 use crate::normal::baseline::Baseline;
@@ -56,6 +57,8 @@ pub struct ModelState {
     pinned: bool,
     /// Reservoir change count at the last refresh.
     refreshed_at: AtomicU64,
+    /// The refresh being computed off the record path ([`super::learner`]).
+    pending: Mutex<Option<Pending<Baseline>>>,
 }
 
 /// Records after which a model is established: evicted for a new name only by idling out.
@@ -80,6 +83,7 @@ impl ModelState {
             last_used_ms: AtomicI64::new(i64::MIN),
             pinned,
             refreshed_at: AtomicU64::new(0),
+            pending: Mutex::new(None),
         }
     }
 
@@ -154,51 +158,84 @@ impl ModelState {
         self.reservoir.lock().purge(tag)
     }
 
-    /// Counts one processed record; true when the baseline should be recomputed now: every
-    /// `refresh_every` records (or [`COLD_REFRESH_EVERY`] until it is ready), and only if the
-    /// sample moved since the last refresh. `was_ready` is the baseline the record was
-    /// scored against.
-    pub fn count_record(&self, was_ready: bool, refresh_every: u64) -> bool {
+    /// Counts one processed record. Installs the pending refresh due at this record, then
+    /// returns the lag of a refresh to start now, if one is due: every `refresh_every`
+    /// records (or [`COLD_REFRESH_EVERY`] until it is ready), and only if the sample moved
+    /// since the last refresh. `was_ready` is the baseline the record was scored against.
+    /// Returns the refreshes installed, and the new refresh's lag.
+    pub fn count_record(&self, was_ready: bool, refresh_every: u64) -> (u64, Option<u64>) {
         let n = self.records.fetch_add(1, Ordering::Relaxed) + 1;
-        if !(n.is_multiple_of(refresh_every)
-            || (!was_ready && n.is_multiple_of(COLD_REFRESH_EVERY)))
-        {
-            return false;
-        }
+        let installed = self.land(n);
+        let lag = if n.is_multiple_of(refresh_every) {
+            refresh_every
+        } else if !was_ready && n.is_multiple_of(COLD_REFRESH_EVERY) {
+            COLD_REFRESH_EVERY
+        } else {
+            return (installed, None);
+        };
         // Once the reservoir is full a long stream changes it rarely, and refreshing an
         // unchanged sample is wasted work.
         let changes = self.reservoir.lock().changes();
         let last = self.refreshed_at.load(Ordering::Relaxed);
         if was_ready && changes < last + REFRESH_MIN_CHANGES {
-            return false;
+            return (installed, None);
         }
         self.refreshed_at.store(changes, Ordering::Relaxed);
-        true
+        (installed, Some(lag))
     }
 
-    /// Recomputes the baseline from the sample; returns the new one.
-    pub fn refresh(&self, schema: Option<&Schema>, cfg: &Config) -> Arc<Baseline> {
-        let dims = self.dims().min(SKETCH_DIM);
-        let prev = self.baseline();
-        let next = {
-            let res = self.reservoir.lock();
-            Baseline::compute(
-                &res,
-                &prev,
-                dims,
-                schema,
-                &cfg.baseline,
-                &cfg.detect.drift,
-                &cfg.detect.margin,
-            )
+    /// Installs the pending refresh if it is due by record `n` (waiting for it); returns
+    /// how many were installed.
+    fn land(&self, n: u64) -> u64 {
+        let mut pending = self.pending.lock();
+        if pending.as_ref().is_none_or(|p| p.due > n) {
+            return 0;
+        }
+        let Some(next) = pending.take().and_then(Pending::wait) else {
+            tracing::error!(model = %self.name, "a baseline refresh failed: the previous baseline stays");
+            return 0;
         };
+        let prev = self.baseline();
         if next.ready && !prev.ready {
             tracing::info!(model = %self.name, samples = next.samples, clients = next.clients, "baseline ready");
         }
         tracing::debug!(model = %self.name, ready = next.ready, margin_low = ?next.margin_low, near_radius = ?next.near_radius, excursions = ?next.excursions, trimmed = next.region.as_ref().map_or(0, |r| r.trimmed.len()), rates = ?next.rates, "baseline refreshed");
-        let next = Arc::new(next);
-        *self.baseline.write() = next.clone();
-        next
+        *self.baseline.write() = Arc::new(next);
+        1
+    }
+
+    /// Starts recomputing the baseline from a snapshot of the sample, to land `lag`
+    /// records from now (at once when `lag` is 0); returns the refreshes installed now.
+    pub fn refresh(
+        &self,
+        schema: Option<Arc<Schema>>,
+        cfg: &Arc<Config>,
+        learner: &Learner,
+        lag: u64,
+    ) -> u64 {
+        let n = self.records.load(Ordering::Relaxed);
+        // A refresh still pending lands first: each one starts from the one before.
+        let mut installed = self.land(u64::MAX);
+        let dims = self.dims().min(SKETCH_DIM);
+        let prev = self.baseline();
+        let res = self.reservoir.lock().clone();
+        let cfg = cfg.clone();
+        let job = learner.run(n + lag, lag == 0, move || {
+            Baseline::compute(
+                &res,
+                &prev,
+                dims,
+                schema.as_deref(),
+                &cfg.baseline,
+                &cfg.detect.drift,
+                &cfg.detect.margin,
+            )
+        });
+        *self.pending.lock() = Some(job);
+        if lag == 0 {
+            installed += self.land(n);
+        }
+        installed
     }
 }
 
@@ -321,8 +358,13 @@ impl Models {
     /// The schema of `model`: the configured one when it names this model, or names none,
     /// or this is the only model.
     pub fn schema_for(&self, model: &str) -> Option<&Schema> {
+        self.schema_arc_for(model).map(|s| &**s)
+    }
+
+    /// [`Models::schema_for`], shared.
+    pub fn schema_arc_for(&self, model: &str) -> Option<&Arc<Schema>> {
         self.schema
-            .as_deref()
+            .as_ref()
             .filter(|s| s.model.as_deref().is_none_or(|m| m == model) || self.map.len() <= 1)
     }
 

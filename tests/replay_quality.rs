@@ -128,13 +128,13 @@ fn breast_cancer_without_schema() {
 }
 
 #[test]
-#[ignore = "known gap (issue 11): 2 of the 4 Jacobian-augmentation clients are missed"]
+#[ignore = "known gap (issue 11): 1 of the 2 Jacobian-augmentation clients (the paced one, lambda 0.05) is missed"]
 fn wine_with_schema() {
     check("public-tabular/wine", true);
 }
 
 #[test]
-#[ignore = "known gap (issue 11): 2 of the 4 Jacobian-augmentation clients are missed"]
+#[ignore = "known gap (issue 11): 1 of the 2 Jacobian-augmentation clients (the paced one, lambda 0.05) is missed"]
 fn wine_without_schema() {
     check("public-tabular/wine", false);
 }
@@ -153,14 +153,14 @@ fn wine_holds_no_false_alerts_and_its_campaign() {
             .filter_map(|a| a["client"].as_str())
             .collect();
         assert!(members.iter().all(|m| alerted.contains(m.as_str())));
-        assert!(s.attack_detected + 2 >= s.attack_clients);
+        assert!(s.attack_detected + 1 >= s.attack_clients);
     }
 }
 
 /// The issue's bar per technique (the worst technique's median, not the kind's).
 #[test]
 #[ignore = "known gap (issue 11, cold start): digits' Jacobian augmentation starts with the \
-            trace and its median is ~630 queries"]
+            trace, the baseline is ready at its 712th query, and its median is ~490 queries"]
 fn every_techniques_median_meets_the_bar() {
     for set in [
         "public",

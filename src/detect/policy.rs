@@ -59,6 +59,13 @@ pub const EARLY_HOLD_QUERIES: u64 = 40;
 /// bursts (consecutive video frames through an ambiguous region) can push a CUSUM over its
 /// threshold, but they do not make a quarter of a client's traffic.
 pub const MIN_WINDOW_SHARE: f64 = 0.25;
+/// The same share for structured queries (equal-step perturbations of the client's own
+/// earlier queries). Natural traffic does not make them: lattice inputs, near-duplicates and
+/// jittered copies are excluded before the test. An attack that crafts them sends the parent
+/// queries too (a Jacobian-augmentation round queries every parent before its children, and
+/// later rounds step from children), so they make a sixth to a third of its window: a quarter
+/// would sit in the middle of what the attack produces.
+pub const STRUCTURED_WINDOW_SHARE: f64 = 0.1;
 /// Extraction evidence is not raised for a client whose window is mostly low-margin answers:
 /// that client is searching a boundary, and its out-of-range or structured queries are part
 /// of that search.
@@ -302,8 +309,16 @@ impl Policy {
             });
         }
         let ex = c.out_of_range.max(c.tail).max(c.structured);
-        let ex_events = events.out_of_range.max(events.tail).max(events.structured);
-        let corroborated = prada_alarm && ex >= h2 / 2.0;
+        // Each kind of extraction evidence stands on its own CUSUM and its own events: past
+        // the threshold, or past half of it with PRADA's alarm, and carried by its share of
+        // the window.
+        let over = |x: f64| x >= h2 || (prada_alarm && x >= h2 / 2.0);
+        let region_events = events.out_of_range.max(events.tail);
+        let by_region =
+            over(c.out_of_range.max(c.tail)) && region_events >= MIN_EVENTS && share(region_events);
+        let by_structure = over(c.structured)
+            && events.structured >= MIN_EVENTS
+            && f64::from(events.structured) >= STRUCTURED_WINDOW_SHARE * f64::from(scored.max(1));
         // Boundary searches (HopSkipJump, Boundary, Square, SimBA) also send off-region and
         // structured queries: while a client's answers pile up near the boundary, or it has
         // a few low-margin answers among its first queries, those are attributed to the
@@ -311,11 +326,7 @@ impl Policy {
         let boundary_hold = f64::from(low) >= BOUNDARY_DOMINANT_SHARE * f64::from(scored.max(1))
             || c.low_margin >= h2 * BOUNDARY_EVIDENCE_SHARE
             || (low >= MIN_EVENTS && total < EARLY_HOLD_QUERIES);
-        if (ex >= h2 || corroborated)
-            && ex_events >= MIN_EVENTS
-            && share(ex_events)
-            && !boundary_hold
-        {
+        if (by_region || by_structure) && !boundary_hold {
             let boost = if prada_alarm { 1.25 } else { 1.0 };
             out.push(Decision {
                 kind: Kind::Extraction,
@@ -467,6 +478,27 @@ mod tests {
             &ev([10, 0, 0, 5, 0]),
         );
         assert_eq!(d[0].kind, Kind::Extraction);
+    }
+
+    #[test]
+    fn structured_queries_need_a_smaller_share_of_the_window_than_off_region_ones() {
+        let p = pol();
+        let b = Baseline::unit_scale(2, 1.0);
+        let over = p.threshold2() * 4.0;
+        // 15 % of the window: enough for structured steps, not for off-region queries.
+        let decide = |structured: bool| {
+            let mut st = PolicyState::default();
+            let counts = if structured {
+                st.structured.s = [over; 2];
+                ev([400, 0, 0, 60, 0])
+            } else {
+                st.out.s = [over; 2];
+                ev([400, 0, 60, 0, 0])
+            };
+            p.observe(&mut st, &Signals::default(), true, &b, 400, &counts)
+        };
+        assert_eq!(decide(true)[0].kind, Kind::Extraction);
+        assert!(decide(false).is_empty());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! 4. find or create the **client** state, evicting the idlest when full ([`client`]);
 //! 5. run the **detector set** ([`crate::detect::Detectors`]) into the query's signals;
 //! 6. **record** the signals in the client's current window bucket;
-//! 7. **sample** the query for the model's baseline (queries 1, 2, 4, ... of a client);
+//! 7. **sample** the query for the model's baseline (queries 1, 2, 4, ... of a client, every
+//!    query while the model has no normal yet);
 //! 8. run the **policy**'s sequential tests ([`crate::detect::policy`]);
 //! 9. raise, update or resolve **alerts** (`alerts.rs`), and purge a newly alerted client
 //!    from the baseline;
@@ -299,7 +300,7 @@ impl Pipeline {
         answer: Answer,
         sig: &Signals,
     ) {
-        if !st.offers_sample(self.cfg.baseline.per_client_cap) {
+        if !st.offers_sample(self.cfg.baseline.per_client_cap, !model.baseline().ready) {
             return;
         }
         st.contributed += 1;

@@ -55,8 +55,15 @@ impl ClientState {
     /// 4, 8, ... up to `cap` of them, and none while it has an alert open. Events that
     /// depend on the client's own history (structured perturbations of an earlier query)
     /// are then sampled at the rate they have over a client's life, not only at its start.
-    pub fn offers_sample(&self, cap: u32) -> bool {
-        self.contributed < cap && self.total.is_power_of_two() && self.policy.open.is_empty()
+    /// While the model has no normal yet (`cold`), every query is offered, still up to
+    /// `cap`: spacing them out then only kept the model blind for longer (the first
+    /// clients had to send 128 queries each to fill it), while an attacker present from the
+    /// first minute sent hundreds of queries that nothing judged. The cap, not the spacing,
+    /// is what bounds one client's weight, and trimming keeps a few odd early clients out.
+    pub fn offers_sample(&self, cap: u32, cold: bool) -> bool {
+        self.contributed < cap
+            && (cold || self.total.is_power_of_two())
+            && self.policy.open.is_empty()
     }
 
     /// Once alerted, a client never counts as normal again, even after its alert resolves.

@@ -28,6 +28,13 @@ impl Detector for Drift {
             return;
         }
         sig.out_count = m.baseline.out_count(q.sketch);
+        // A near-duplicate of the client's own recent queries is no new evidence of where
+        // its queries live: every reader of the verdict (the policy's region tests, the
+        // window's counts, campaigns) skips it, so it is not judged at all. The rank
+        // transform is the costliest step on the record path.
+        if sig.near_dup || sig.near_own {
+            return;
+        }
         if let Some(r) = &m.baseline.region {
             let v = r.judge(q.sketch, q.answer.class);
             sig.out_of_range = v.off;

@@ -29,7 +29,11 @@ pub struct Fingerprint {
 /// A client's recent fingerprints (a ring) and exact-input hashes.
 #[derive(Debug, Clone)]
 pub struct FingerprintState {
-    hashes: Box<[u32]>,
+    /// The high 16 bits of each fingerprint's hashes, sorted as the hashes are. A history
+    /// match needs more than `match_share` of 16 hashes in common: a chance match of 16-bit
+    /// values between unrelated queries needs 8 collisions at 16·16/65,536 each, never seen
+    /// in practice, and half the bytes keep a client's state within its budget.
+    hashes: Box<[u16]>,
     /// One 64-bit Bloom signature per fingerprint. Shared hashes set shared bits, so
     /// `popcount(a & b)` plus the query's own bit collisions bounds the number of shared
     /// hashes from above, and most earlier queries are ruled out with one AND.
@@ -231,6 +235,11 @@ impl Fingerprint {
         let top = self.cfg.top_n.min(64);
         let exact = (exact_hash(q.input) >> 32) as u32;
         let bloom = bloom(fp);
+        let mut fp16 = [0u16; 64];
+        for (d, &h) in fp16.iter_mut().zip(fp) {
+            *d = high16(h);
+        }
+        let fp16 = &fp16[..fp.len()];
         // Matches needed to be a near-duplicate: more than `match_share` of the hashes.
         let need = (self.cfg.match_share * fp.len() as f64).floor() as u32 + 1;
         // Hashes of this query that share a bit with another of its hashes.
@@ -246,7 +255,7 @@ impl Fingerprint {
                 }
                 let len = st.lens[i] as usize;
                 let other = &st.hashes[i * top..i * top + len];
-                let c = intersect_sorted(fp, other);
+                let c = intersect_sorted(fp16, other);
                 if c > best {
                     best = c;
                     best_i = i;
@@ -261,7 +270,7 @@ impl Fingerprint {
             }
         }
         let i = st.next;
-        st.hashes[i * top..i * top + fp.len()].copy_from_slice(fp);
+        st.hashes[i * top..i * top + fp.len()].copy_from_slice(fp16);
         st.blooms[i] = bloom;
         st.lens[i] = fp.len() as u8;
         st.classes[i] = class_tag(q.answer.class);
@@ -328,7 +337,7 @@ impl Detector for Fingerprint {
 impl FingerprintState {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.hashes.len() * 4
+        self.hashes.len() * 2
             + self.blooms.len() * 8
             + self.lens.len()
             + self.classes.len() * 2
@@ -358,7 +367,12 @@ fn bloom(fp: &[u32]) -> u64 {
         .fold(0, |b, &h| b | 1 << (mix64(u64::from(h)) & 63))
 }
 
-fn intersect_sorted(a: &[u32], b: &[u32]) -> u32 {
+/// The stored part of a hash (its high bits keep the fingerprint's order).
+fn high16(h: u32) -> u16 {
+    (h >> 16) as u16
+}
+
+fn intersect_sorted<T: Ord>(a: &[T], b: &[T]) -> u32 {
     let (mut i, mut j, mut c) = (0, 0, 0);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
@@ -488,7 +502,11 @@ mod tests {
     #[test]
     fn intersection_counts_common_values() {
         assert_eq!(intersect_sorted(&[1, 3, 5, 7], &[2, 3, 7, 9]), 2);
-        assert_eq!(intersect_sorted(&[], &[1]), 0);
+        assert_eq!(intersect_sorted::<u32>(&[], &[1]), 0);
+        // Sorted hashes stay sorted in their high bits.
+        let hs = [3u32, 70_000, 70_001, 1 << 31];
+        let hi: Vec<u16> = hs.iter().map(|&h| high16(h)).collect();
+        assert!(hi.windows(2).all(|w| w[0] <= w[1]));
     }
 
     proptest::proptest! {

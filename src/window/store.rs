@@ -60,6 +60,11 @@ impl<V: LastSeen> ClientStore<V> {
         self.map.is_empty()
     }
 
+    /// Whether a new client needs room made first.
+    pub fn is_full(&self) -> bool {
+        self.map.len() >= self.max_clients
+    }
+
     /// Makes room for one more client if the store is full; returns the evicted states.
     pub fn make_room(&self) -> Vec<V> {
         if self.map.len() < self.max_clients {

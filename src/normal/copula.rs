@@ -452,7 +452,11 @@ mod tests {
                 let m = n.div_ceil(BLOCK);
                 let exact = c.rank_score(col, &c.fences[j * m..(j + 1) * m], v);
                 let (start, len) = c.level_at[j];
-                assert_eq!(c.level_score(start as usize, len as usize, v), exact, "{j} {v}");
+                assert_eq!(
+                    c.level_score(start as usize, len as usize, v),
+                    exact,
+                    "{j} {v}"
+                );
             }
         }
     }

@@ -53,6 +53,10 @@ pub enum Command {
         /// Each client's closest approach to each alert threshold, as JSON Lines.
         #[arg(long)]
         diagnostics: Option<PathBuf>,
+        /// Only read and parse the trace, on the replay's own decoding thread: the floor
+        /// that a replay's wall time is measured against.
+        #[arg(long)]
+        decode_only: bool,
     },
     /// Stream a trace into a running sidecar.
     Send {
@@ -107,7 +111,16 @@ pub fn main() -> ExitCode {
             alerts,
             config,
             diagnostics,
-        } => replay(&trace, labels, schema, alerts, config, diagnostics),
+            decode_only,
+        } => replay(
+            &trace,
+            labels,
+            schema,
+            alerts,
+            config,
+            diagnostics,
+            decode_only,
+        ),
         Command::Send {
             trace,
             to,
@@ -171,6 +184,7 @@ fn replay(
     alerts: Option<PathBuf>,
     config: Option<PathBuf>,
     diagnostics: Option<PathBuf>,
+    decode_only: bool,
 ) -> ExitCode {
     let cfg = match load_config(config.as_ref()) {
         Ok(c) => c,
@@ -185,6 +199,7 @@ fn replay(
         alerts_out: alerts.as_deref(),
         diagnostics: diagnostics.as_deref(),
         progress: true,
+        decode_only,
     };
     match crate::replay::replay(Arc::new(cfg), schema, trace, &opts) {
         Ok(rep) => {

@@ -89,6 +89,7 @@ async fn replayed_attacks_fire_and_resolve_in_alertmanager() {
         labels: None,
         alerts_out: Some(&out),
         progress: false,
+        decode_only: false,
     };
     replay(
         Arc::new(Config::default()),

@@ -246,6 +246,7 @@ async fn streaming_the_trace_raises_the_same_alerts_as_replay() {
             labels: None,
             alerts_out: Some(&out),
             progress: false,
+            decode_only: false,
         };
         replay(Arc::new(cfg), Some(schema), &data("trace.jsonl.gz"), &opts).map(|r| r.raised.len())
     })

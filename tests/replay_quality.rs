@@ -30,6 +30,7 @@ fn run(set: &str, with_schema: bool) -> (ReplayReport, Vec<serde_json::Value>) {
         labels: Some(&labels),
         alerts_out: Some(&out),
         progress: false,
+        decode_only: false,
     };
     let rep = replay(
         Arc::new(Config::default()),

@@ -26,6 +26,13 @@ pub enum ReplayError {
     Labels { path: String, reason: String },
     #[error("cannot write alerts: {0}")]
     Write(#[from] std::io::Error),
+    /// Every line was unreadable: the wrong file, or a trace of another shape (whole
+    /// request/response exchanges are not records), which must not pass for a quiet replay.
+    #[error(
+        "none of the {lines} lines is a record (ts_ms, client, model, input, output); \
+         first: {first}"
+    )]
+    NothingReadable { lines: u64, first: String },
 }
 
 /// Ground truth of one client (the shared `labels.json` format).
@@ -109,6 +116,9 @@ pub struct ReplayOptions<'a> {
     pub decode_only: bool,
 }
 
+/// Unreadable trace lines logged one by one (the rest are counted).
+pub const BAD_LINES_LOGGED: u64 = 5;
+
 /// Trace lines per batch handed from the decoding thread to the pipeline ...
 pub const DECODE_BATCH: usize = 512;
 /// ... and batches in flight between them (a bound on what decoding runs ahead).
@@ -172,6 +182,7 @@ pub fn replay(
     let mut rep = ReplayReport::default();
     let mut times: HashMap<String, Vec<i64>> = HashMap::new();
     let mut alerts = Vec::new();
+    let mut first_bad: Option<String> = None;
     decode_ahead(
         TraceReader::open(trace)?,
         |lines| -> Result<(), ReplayError> {
@@ -180,7 +191,16 @@ pub fn replay(
                     Ok(l) => l,
                     Err(e) => {
                         rep.bad_lines += 1;
-                        tracing::warn!("skipping trace line: {e}");
+                        first_bad.get_or_insert_with(|| e.to_string());
+                        // A trace of the wrong shape is unreadable on every line: the
+                        // first few say why, the rest are counted.
+                        match rep.bad_lines {
+                            ..=BAD_LINES_LOGGED => tracing::warn!("skipping trace line: {e}"),
+                            n if n == BAD_LINES_LOGGED + 1 => {
+                                tracing::warn!("further unreadable lines are counted, not logged")
+                            }
+                            _ => {}
+                        }
                         continue;
                     }
                 };
@@ -211,6 +231,14 @@ pub fn replay(
             Ok(())
         },
     )?;
+    if rep.records == 0 {
+        if let Some(first) = first_bad {
+            return Err(ReplayError::NothingReadable {
+                lines: rep.bad_lines,
+                first,
+            });
+        }
+    }
     if let Some(p) = opts.diagnostics {
         write_peaks(&pipeline, p)?;
     }
@@ -436,6 +464,30 @@ mod tests {
             lines.take(3).count()
         });
         assert_eq!(first, 3);
+    }
+
+    #[test]
+    fn a_trace_with_no_record_fails_loudly() {
+        let mut f = tempfile::NamedTempFile::with_suffix(".jsonl").unwrap();
+        for i in 0..3 {
+            writeln!(
+                f,
+                "{{\"ts_ms\":{i},\"client\":\"a\",\"path\":\"/v1/chat/completions\",\"request\":{{}},\"response\":{{}}}}"
+            )
+            .unwrap();
+        }
+        match replay(
+            Arc::new(Config::default()),
+            None,
+            f.path(),
+            &ReplayOptions::default(),
+        ) {
+            Err(ReplayError::NothingReadable { lines, first }) => {
+                assert_eq!(lines, 3);
+                assert!(first.contains("input"), "{first}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -48,6 +48,37 @@ fn records(n: u64) -> Vec<QueryRecord> {
         .collect()
 }
 
+/// A pipeline that has processed `recs` once: its baseline learned, its clients known.
+fn warm(recs: &[QueryRecord]) -> Pipeline {
+    let p = Pipeline::new(
+        Arc::new(Config::default()),
+        None,
+        Arc::new(ManualClock::new(CLOCK_MS)),
+    );
+    let mut out = Vec::new();
+    for r in recs.iter().cloned() {
+        p.process_wire(r, &mut out)
+            .expect("bench records are accepted (else the bench measures rejection)");
+    }
+    p
+}
+
+/// `recs` `shift` ms later; with `fresh_clients`, from clients never seen (client creation,
+/// baseline offers and refreshes all stay on the path): the population turns over
+/// completely every batch.
+fn batch(recs: &[QueryRecord], shift: i64, fresh_clients: bool) -> Vec<QueryRecord> {
+    recs.iter()
+        .cloned()
+        .map(|mut r| {
+            r.ts_ms += shift;
+            if fresh_clients {
+                r.client_id = format!("{}-{shift}", r.client_id);
+            }
+            r
+        })
+        .collect()
+}
+
 fn bench_pipeline(c: &mut Criterion) {
     let recs = records(20_000);
     let mut g = c.benchmark_group("per_record");
@@ -66,75 +97,29 @@ fn bench_pipeline(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
-    g.bench_function(BenchmarkId::new("all_detectors", DIM), |b| {
-        // A warm pipeline (baseline learned) processing fresh batches.
-        let p = Pipeline::new(
-            Arc::new(Config::default()),
-            None,
-            Arc::new(ManualClock::new(CLOCK_MS)),
-        );
-        let mut out = Vec::new();
-        for r in recs.clone() {
-            p.process_wire(r, &mut out)
-                .expect("bench records are accepted (else the bench measures rejection)");
-        }
-        let mut shift = 0i64;
-        b.iter_batched(
-            || {
-                shift += 200_000;
-                recs.iter()
-                    .cloned()
-                    .map(|mut r| {
-                        r.ts_ms += shift;
-                        r
-                    })
-                    .collect::<Vec<_>>()
-            },
-            |rs| {
-                out.clear();
-                for r in rs {
-                    let _ = p.process_wire(r, &mut out);
-                }
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
-    g.bench_function(BenchmarkId::new("all_detectors_new_clients", DIM), |b| {
-        // A warm pipeline whose client population turns over completely every batch.
-        let p = Pipeline::new(
-            Arc::new(Config::default()),
-            None,
-            Arc::new(ManualClock::new(CLOCK_MS)),
-        );
-        let mut out = Vec::new();
-        for r in recs.clone() {
-            p.process_wire(r, &mut out)
-                .expect("bench records are accepted (else the bench measures rejection)");
-        }
-        let mut shift = 0i64;
-        b.iter_batched(
-            || {
-                shift += 200_000;
-                recs.iter()
-                    .cloned()
-                    .map(|mut r| {
-                        r.ts_ms += shift;
-                        // Every batch from clients never seen: client creation, baseline
-                        // offers and refreshes all stay on the path.
-                        r.client_id = format!("{}-{shift}", r.client_id);
-                        r
-                    })
-                    .collect::<Vec<_>>()
-            },
-            |rs| {
-                out.clear();
-                for r in rs {
-                    let _ = p.process_wire(r, &mut out);
-                }
-            },
-            criterion::BatchSize::LargeInput,
-        )
-    });
+    for (name, fresh_clients) in [
+        ("all_detectors", false),
+        ("all_detectors_new_clients", true),
+    ] {
+        g.bench_function(BenchmarkId::new(name, DIM), |b| {
+            let p = warm(&recs);
+            let mut out = Vec::new();
+            let mut shift = 0i64;
+            b.iter_batched(
+                || {
+                    shift += 200_000;
+                    batch(&recs, shift, fresh_clients)
+                },
+                |rs| {
+                    out.clear();
+                    for r in rs {
+                        let _ = p.process_wire(r, &mut out);
+                    }
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -160,6 +160,18 @@ async fn bind(addr: &str, what: &'static str) -> Result<Option<TcpListener>, Sid
     Ok(Some(l))
 }
 
+/// The listener and address in a "probewatch {what} listening" log line, as `serve` prints
+/// it at start: how tests and tools that start a sidecar on port 0 find its ports.
+pub fn parse_listening(line: &str) -> Option<(String, String)> {
+    let what = line
+        .split("probewatch ")
+        .nth(1)?
+        .split(" listening")
+        .next()?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some((what.to_string(), addr.to_string()))
+}
+
 /// A group of tasks stopped together: told to stop, then awaited until a deadline, after
 /// which the ones still running are aborted (which drops their connections).
 struct Phase {
@@ -437,4 +449,18 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listening_lines_give_the_listener_and_its_address() {
+        let line = "2026-12-01T18:00:00.000001Z  INFO probewatch::sidecar: probewatch envoy \
+                    ext_proc listening addr=127.0.0.1:40123";
+        assert_eq!(
+            super::parse_listening(line),
+            Some(("envoy ext_proc".into(), "127.0.0.1:40123".into()))
+        );
+        assert_eq!(super::parse_listening("probewatch ready"), None);
+    }
 }

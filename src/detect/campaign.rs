@@ -167,12 +167,9 @@ impl Detector for Campaign {
         let p0 = (r.tail.max(r.out_of_range) + r.structured).clamp(1e-4, 0.9);
         let novel = !sig.near_dup && !sig.near_own && !sig.exact_dup;
         let event = novel && (sig.out_of_range || sig.off_tail || sig.structured || sig.excursion);
+        let keys = cohort_keys(onset);
         let mut cohorts = model.cohorts.lock();
-        for grid in 0..2u8 {
-            let key = (
-                grid,
-                (onset + i64::from(grid) * ONSET_MS / 2).div_euclid(ONSET_MS),
-            );
+        for key in keys {
             let c = cohort(&mut cohorts, key, q.ts_ms);
             c.note(q.client_tag, onset, q.ts_ms, novel, event);
             c.pending += u32::from(event);
@@ -190,11 +187,7 @@ impl Detector for Campaign {
                 }
             }
         }
-        for grid in 0..2u8 {
-            let key = (
-                grid,
-                (onset + i64::from(grid) * ONSET_MS / 2).div_euclid(ONSET_MS),
-            );
+        for key in keys {
             let Some(i) = cohorts.iter().position(|c| c.key == key) else {
                 continue;
             };
@@ -215,6 +208,18 @@ impl Detector for Campaign {
         }
         sig.campaign = st.campaign;
     }
+}
+
+/// The onset cohorts a client that started at `onset` belongs to: one on each of the two
+/// grids of [`ONSET_MS`] slots, the second offset by half a slot, so that a group which
+/// started together is whole in at least one of them.
+fn cohort_keys(onset: i64) -> [(u8, i64); 2] {
+    [0u8, 1].map(|grid| {
+        (
+            grid,
+            (onset + i64::from(grid) * ONSET_MS / 2).div_euclid(ONSET_MS),
+        )
+    })
 }
 
 /// The cohort for `key`, created (dropping the least recently active one) if new.

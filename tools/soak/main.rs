@@ -101,15 +101,8 @@ fn start(binary: &std::path::Path) -> Sidecar {
     let mut addrs = BTreeMap::new();
     while addrs.len() < 5 {
         let l = log.next().expect("serve exited").unwrap();
-        if let (Some(what), Some(addr)) = (
-            l.split("probewatch ")
-                .nth(1)
-                .and_then(|r| r.split(" listening").next()),
-            l.split("addr=")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next()),
-        ) {
-            addrs.insert(what.to_string(), addr.to_string());
+        if let Some((what, addr)) = probewatch::sidecar::parse_listening(&l) {
+            addrs.insert(what, addr);
         }
     }
     std::thread::spawn(move || for _ in log {});

@@ -21,6 +21,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The arguments of `replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    trace: PathBuf,
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Alerts as JSON Lines (`-` for stdout).
+    #[arg(long)]
+    alerts: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Each client's closest approach to each alert threshold, as JSON Lines.
+    #[arg(long)]
+    diagnostics: Option<PathBuf>,
+    /// Only read and parse the trace, on the replay's own decoding thread: the floor
+    /// that a replay's wall time is measured against.
+    #[arg(long)]
+    decode_only: bool,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -39,25 +61,7 @@ pub enum Command {
         schema: Option<PathBuf>,
     },
     /// Run the pipeline offline over a recorded trace.
-    Replay {
-        trace: PathBuf,
-        #[arg(long)]
-        labels: Option<PathBuf>,
-        #[arg(long)]
-        schema: Option<PathBuf>,
-        /// Alerts as JSON Lines (`-` for stdout).
-        #[arg(long)]
-        alerts: Option<PathBuf>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Each client's closest approach to each alert threshold, as JSON Lines.
-        #[arg(long)]
-        diagnostics: Option<PathBuf>,
-        /// Only read and parse the trace, on the replay's own decoding thread: the floor
-        /// that a replay's wall time is measured against.
-        #[arg(long)]
-        decode_only: bool,
-    },
+    Replay(ReplayArgs),
     /// Stream a trace into a running sidecar.
     Send {
         trace: PathBuf,
@@ -104,23 +108,7 @@ pub fn main() -> ExitCode {
             alerts_file,
             schema,
         } => serve(config, listen, alerts_file, schema),
-        Command::Replay {
-            trace,
-            labels,
-            schema,
-            alerts,
-            config,
-            diagnostics,
-            decode_only,
-        } => replay(
-            &trace,
-            labels,
-            schema,
-            alerts,
-            config,
-            diagnostics,
-            decode_only,
-        ),
+        Command::Replay(args) => replay(args),
         Command::Send {
             trace,
             to,
@@ -177,15 +165,16 @@ fn serve(
     })
 }
 
-fn replay(
-    trace: &std::path::Path,
-    labels: Option<PathBuf>,
-    schema: Option<PathBuf>,
-    alerts: Option<PathBuf>,
-    config: Option<PathBuf>,
-    diagnostics: Option<PathBuf>,
-    decode_only: bool,
-) -> ExitCode {
+fn replay(a: ReplayArgs) -> ExitCode {
+    let ReplayArgs {
+        trace,
+        labels,
+        schema,
+        alerts,
+        config,
+        diagnostics,
+        decode_only,
+    } = a;
     let cfg = match load_config(config.as_ref()) {
         Ok(c) => c,
         Err(e) => return bad_config(e),
@@ -201,7 +190,7 @@ fn replay(
         progress: true,
         decode_only,
     };
-    match crate::replay::replay(Arc::new(cfg), schema, trace, &opts) {
+    match crate::replay::replay(Arc::new(cfg), schema, &trace, &opts) {
         Ok(rep) => {
             eprintln!(
                 "replayed {} records ({} accepted, {} rejected, {} unreadable lines): {} alerts raised, {} alert events",

@@ -223,7 +223,7 @@ impl Pipeline {
             st.note_query(rec.ts_ms);
             let sig = self.detect(&rec, &sketch, answer, &view, &model, st);
             record_window(&mut st.window, &rec, &sig, answer, base.ready, &self.stats);
-            self.sample(&model, st, &sketch, answer, &sig);
+            self.sample(&model, st, &sketch, answer, &sig, !base.ready);
             let decisions = self.decide(st, &sig, answer, &base, rec.ts_ms);
             let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, alerts);
             if raised {
@@ -292,7 +292,8 @@ impl Pipeline {
         sig
     }
 
-    /// Step 7: offers the query to the model's baseline sample when the client's turn.
+    /// Step 7: offers the query to the model's baseline sample when it is the client's
+    /// turn (every query while the model is `cold`: no normal learned yet).
     fn sample(
         &self,
         model: &ModelState,
@@ -300,8 +301,9 @@ impl Pipeline {
         sketch: &[f32],
         answer: Answer,
         sig: &Signals,
+        cold: bool,
     ) {
-        if !st.offers_sample(self.cfg.baseline.per_client_cap, !model.baseline().ready) {
+        if !st.offers_sample(self.cfg.baseline.per_client_cap, cold) {
             return;
         }
         st.contributed += 1;

@@ -30,23 +30,14 @@ pub struct Learner {
 pub struct Pending<T> {
     /// The model's record count at which the result is installed.
     pub due: u64,
-    state: State<T>,
-}
-
-#[derive(Debug)]
-enum State<T> {
-    Ready(T),
-    Running(Receiver<T>),
+    rx: Receiver<T>,
 }
 
 impl<T> Pending<T> {
     /// Waits for the result; `None` if its job died (it panicked), which keeps the
     /// baseline it had.
     pub fn wait(self) -> Option<T> {
-        match self.state {
-            State::Ready(v) => Some(v),
-            State::Running(rx) => rx.recv().ok(),
-        }
+        self.rx.recv().ok()
     }
 }
 
@@ -73,39 +64,29 @@ impl Learner {
         }
     }
 
-    /// Runs `f` on the learner thread (inline when `due` is now, or the queue is full),
-    /// for a result due at `due`.
+    /// Runs `f` on the learner thread (inline when the queue is full or there is no
+    /// thread), for a result due at `due`.
     pub fn run<T: Send + 'static>(
         &self,
         due: u64,
-        inline: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Pending<T> {
-        let ready = |f: Box<dyn FnOnce() -> T>| Pending {
-            due,
-            state: State::Ready(f()),
-        };
-        let Some(jobs) = self.jobs.as_ref().filter(|_| !inline) else {
-            return ready(Box::new(f));
-        };
         let (tx, rx) = sync_channel(1);
         let job: Job = Box::new(move || {
             // The receiver is gone when its model was dropped meanwhile.
             let _ = tx.send(f());
         });
-        match jobs.try_send(job) {
-            Ok(()) => Pending {
-                due,
-                state: State::Running(rx),
+        let left = match &self.jobs {
+            Some(jobs) => match jobs.try_send(job) {
+                Ok(()) => None,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Some(job),
             },
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                job();
-                Pending {
-                    due,
-                    state: State::Running(rx),
-                }
-            }
+            None => Some(job),
+        };
+        if let Some(job) = left {
+            job();
         }
+        Pending { due, rx }
     }
 }
 
@@ -123,20 +104,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn results_arrive_whether_run_on_the_thread_inline_or_past_a_full_queue() {
+    fn results_arrive_whether_run_on_the_thread_or_past_a_full_queue() {
         let l = Learner::spawn(1);
         let gate = std::sync::Arc::new(std::sync::Barrier::new(2));
         let g = gate.clone();
         // Holds the thread until the queue has been filled and overflowed.
-        let first = l.run(1, false, move || {
+        let first = l.run(1, move || {
             g.wait();
             1
         });
-        let queued = l.run(2, false, || 2);
-        let overflow = l.run(3, false, || 3);
-        let inline = l.run(4, true, || 4);
+        let queued = l.run(2, || 2);
+        let overflow = l.run(3, || 3);
         assert_eq!(overflow.wait(), Some(3));
-        assert_eq!(inline.wait(), Some(4));
         gate.wait();
         assert_eq!((first.due, first.wait()), (1, Some(1)));
         assert_eq!(queued.wait(), Some(2));
@@ -145,11 +124,11 @@ mod tests {
     #[test]
     fn a_job_that_panics_yields_none_and_the_thread_goes_on() {
         let l = Learner::spawn(4);
-        let bad = l.run(1, false, || -> u32 { panic!("boom") });
-        let next = l.run(2, false, || 7);
+        let bad = l.run(1, || -> u32 { panic!("boom") });
+        let next = l.run(2, || 7);
         assert_eq!(bad.wait(), None);
         assert_eq!(next.wait(), Some(7));
-        let on = l.run(3, false, || std::thread::current().name().map(String::from));
+        let on = l.run(3, || std::thread::current().name().map(String::from));
         assert_eq!(on.wait().flatten().as_deref(), Some("probewatch-learner"));
     }
 }

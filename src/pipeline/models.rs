@@ -205,7 +205,8 @@ impl ModelState {
     }
 
     /// Starts recomputing the baseline from a snapshot of the sample, to land `lag`
-    /// records from now (at once when `lag` is 0); returns the refreshes installed now.
+    /// records from now (`lag` ≥ 1: `refresh_every` is validated); returns the refreshes
+    /// installed now (a pending one, when intervals overlap).
     pub fn refresh(
         &self,
         schema: Option<Arc<Schema>>,
@@ -215,12 +216,12 @@ impl ModelState {
     ) -> u64 {
         let n = self.records.load(Ordering::Relaxed);
         // A refresh still pending lands first: each one starts from the one before.
-        let mut installed = self.land(u64::MAX);
+        let installed = self.land(u64::MAX);
         let dims = self.dims().min(SKETCH_DIM);
         let prev = self.baseline();
         let res = self.reservoir.lock().clone();
         let cfg = cfg.clone();
-        let job = learner.run(n + lag, lag == 0, move || {
+        let job = learner.run(n + lag, move || {
             Baseline::compute(
                 &res,
                 &prev,
@@ -232,9 +233,6 @@ impl ModelState {
             )
         });
         *self.pending.lock() = Some(job);
-        if lag == 0 {
-            installed += self.land(n);
-        }
         installed
     }
 }

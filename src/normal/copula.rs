@@ -51,6 +51,10 @@ pub const BLOCK: usize = 16;
 /// sorted column: a few hundred bytes that stay in cache, where the column's lines were
 /// a cache miss per feature and query once client state had pushed them out.
 pub const MAX_LEVELS: usize = 32;
+/// A discrete feature whose values are integers spanning at most this many (pixels 0–16,
+/// counts, flags) is scored by indexing a table of the score of every integer in its
+/// range: one load, where the level table's search was five dependent ones.
+pub const INT_SPAN: usize = 64;
 
 /// The rank-space fit.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +72,11 @@ pub struct Copula {
     level_v: Vec<f32>,
     /// ... and how many normal values are below each and at most each.
     level_lr: Vec<(u32, u32)>,
+    /// Per feature, the range in `int_z` of the scores of every integer from its minimum
+    /// (empty: not an integer-valued discrete feature) ...
+    int_at: Vec<(u32, u32)>,
+    /// ... and those scores, each exactly what the level table gives.
+    int_z: Vec<f32>,
     /// Score of each half-rank `l + r` (0..=2n): precomputed, so a query costs no Φ⁻¹.
     z_of: Vec<f32>,
     vmin: Vec<f32>,
@@ -158,6 +167,8 @@ impl Copula {
             level_at,
             level_v,
             level_lr,
+            int_at: vec![(0, 0); d],
+            int_z: Vec::new(),
             z_of,
             vmin,
             vmax,
@@ -169,6 +180,7 @@ impl Copula {
             class_mean: Vec::new(),
             mean: vec![0.0; d],
         };
+        c.index_integers();
         let z: Vec<Vec<f32>> = samples
             .iter()
             .map(|s| {
@@ -179,6 +191,26 @@ impl Copula {
             .collect();
         c.fit_distances(&z, classes)?;
         Some(c)
+    }
+
+    /// Fills `int_at` and `int_z` for the discrete features whose values are integers
+    /// spanning at most [`INT_SPAN`], from the level table itself.
+    fn index_integers(&mut self) {
+        for j in 0..self.d {
+            let (start, len) = self.level_at[j];
+            let vals = &self.level_v[start as usize..(start + len) as usize];
+            let integral = |v: f32| v.abs() < 16_777_216.0 && v == v.floor();
+            let span = self.vmax[j] - self.vmin[j] + 1.0;
+            if len == 0 || !vals.iter().all(|&v| integral(v)) || span > INT_SPAN as f32 {
+                continue;
+            }
+            let at = self.int_z.len();
+            for k in 0..span as usize {
+                let z = self.level_score(start as usize, len as usize, self.vmin[j] + k as f32);
+                self.int_z.push(z);
+            }
+            self.int_at[j] = (at as u32, span as u32);
+        }
     }
 
     /// The mean, per-class means and the two shrunk correlations of the scores.
@@ -261,9 +293,18 @@ impl Copula {
                 };
                 self.z_of[0] - ext
             } else {
-                match self.level_at[j] {
-                    (_, 0) => self.rank_score(col, fences, v),
-                    (start, len) => self.level_score(start as usize, len as usize, v),
+                match (self.level_at[j], self.int_at[j]) {
+                    ((_, 0), _) => self.rank_score(col, fences, v),
+                    ((start, len), (at, span)) => {
+                        // In range, so `k` is exact; an integral `k` is a table index.
+                        let k = v - self.vmin[j];
+                        let i = k as u32;
+                        if i < span && i as f32 == k {
+                            self.int_z[(at + i) as usize]
+                        } else {
+                            self.level_score(start as usize, len as usize, v)
+                        }
+                    }
                 }
             }
             .clamp(-Z_CAP, Z_CAP);
@@ -440,6 +481,7 @@ mod tests {
         let refs: Vec<&[f32]> = pts.iter().map(|p| &p[..]).collect();
         let c = Copula::fit(&refs, &vec![None; 300]).unwrap();
         assert!(c.level_at[0].1 == 17 && c.level_at[1].1 == 1 && c.level_at[2].1 == 0);
+        assert!(c.int_at[0].1 == 17 && c.int_at[1].1 == 1 && c.int_at[2].1 == 0);
         let n = c.n;
         for k in 0..200u64 {
             let v = (unit(k, 3) * 20.0 - 1.0) as f32;
@@ -457,6 +499,10 @@ mod tests {
                     exact,
                     "{j} {v}"
                 );
+                // The transform, through the integer table where `v` is an integer.
+                let mut z = [0f32; SKETCH_DIM];
+                c.transform(&[v, v, 10.0], &mut z);
+                assert_eq!(z[j], exact.clamp(-Z_CAP, Z_CAP), "table {j} {v}");
             }
         }
     }

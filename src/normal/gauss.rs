@@ -201,6 +201,60 @@ mod tests {
         assert!((Gauss::identity(2).distance2(&[3.0, 4.0]) - 25.0).abs() < 1e-6);
     }
 
+    /// `|L⁻¹ z|²` by forward substitution in f64, from the covariance directly.
+    fn reference_distance2(samples: &[&[f32]], scale: &[f32], shrink: f64, x: &[f32]) -> f64 {
+        let (n, d) = (samples.len() as f64, scale.len());
+        let mean: Vec<f64> = (0..d)
+            .map(|j| samples.iter().map(|s| f64::from(s[j])).sum::<f64>() / n)
+            .collect();
+        let z = |s: &[f32], j: usize| (f64::from(s[j]) - mean[j]) / f64::from(scale[j]);
+        let mut cov = vec![0f64; d * d];
+        for i in 0..d {
+            for j in 0..=i {
+                let c = samples.iter().map(|s| z(s, i) * z(s, j)).sum::<f64>() / n;
+                cov[i * d + j] = if i == j {
+                    c + RIDGE
+                } else {
+                    (1.0 - shrink) * c
+                };
+            }
+        }
+        let l = cholesky(&cov, d).unwrap();
+        let mut y = vec![0f64; d];
+        for i in 0..d {
+            let dot: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+            y[i] = (z(x, i) - dot) / l[i * d + i];
+        }
+        y.iter().map(|v| v * v).sum()
+    }
+
+    #[test]
+    fn the_padded_product_matches_forward_substitution() {
+        for d in [1usize, 7, 8, 13, 30, 64] {
+            let pts: Vec<Vec<f32>> = (0..200u64)
+                .map(|i| {
+                    let common = unit(i, 999) as f32;
+                    (0..d as u64)
+                        .map(|j| unit(i, j) as f32 + common * (j % 3) as f32)
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
+            let scale: Vec<f32> = (0..d).map(|j| 0.3 + 0.1 * (j % 4) as f32).collect();
+            let g = Gauss::fit(&refs, &scale, 0.1).unwrap();
+            for k in 0..20u64 {
+                let x: Vec<f32> = (0..d as u64)
+                    .map(|j| 2.0 * unit(k + 500, j) as f32)
+                    .collect();
+                let (got, want) = (g.distance2(&x), reference_distance2(&refs, &scale, 0.1, &x));
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.max(1.0),
+                    "d={d}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn correlation_makes_in_range_combinations_far() {
         let pts: Vec<Vec<f32>> = (0..300u64)

@@ -61,10 +61,24 @@ pub struct Config {
     pub tls: TlsConfig,
     pub telemetry: TelemetryConfig,
     pub sources: SourcesConfig,
+    pub state: StateConfig,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
 }
+
+/// State snapshots across restarts (`crate::pipeline::snapshot`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Interval between snapshots; 0 disables snapshots and their restore.
+    pub snapshot_ms: u64,
+    /// Largest snapshot file read at start.
+    pub snapshot_max_bytes: u64,
+}
+
+/// Shortest interval between snapshots: each one reads every client's state.
+pub const MIN_SNAPSHOT_MS: u64 = 1_000;
 
 /// Mirroring sources besides the native ingest API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -381,6 +395,7 @@ impl Config {
         self.privacy.check()?;
         self.api.check()?;
         self.sources.check()?;
+        self.state.check()?;
         self.telemetry.check()?;
         self.tls.check()?;
         self.alerts.check()

@@ -104,9 +104,19 @@ pub struct Signals {
 /// pick it up from there.
 pub trait Detector: Send + Sync + Sized {
     /// Per-client state, created on the client's first query.
-    type Client: Send + Sync + std::fmt::Debug;
+    type Client: Send
+        + Sync
+        + std::fmt::Debug
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned;
     /// Model-wide state, shared by every client of one model (e.g. a cross-account table).
-    type Model: Send + Sync + std::fmt::Debug;
+    type Model: Send
+        + Sync
+        + std::fmt::Debug
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned;
     /// The detector with its settings.
     fn from_config(cfg: &DetectConfig) -> Self;
     /// A fresh per-client state.
@@ -140,13 +150,13 @@ macro_rules! detector_set {
         }
 
         /// One client's state of every detector.
-        #[derive(Debug)]
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
         pub struct ClientDetectors {
             $(#[allow(missing_docs)] pub $field: <$ty as Detector>::Client,)+
         }
 
         /// One model's state of every detector.
-        #[derive(Debug)]
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
         pub struct ModelDetectors {
             $(#[allow(missing_docs)] pub $field: <$ty as Detector>::Model,)+
         }

@@ -26,6 +26,7 @@ pub mod client;
 pub mod inspect;
 pub mod learner;
 pub mod models;
+pub mod snapshot;
 pub mod stats;
 
 pub use client::ClientState;
@@ -135,6 +136,49 @@ impl Pipeline {
             .iter()
             .map(|e| e.value().approx_bytes())
             .sum()
+    }
+
+    /// Writes the whole state to `out` as a snapshot ([`snapshot`]); returns its size.
+    /// Each model and client is read under its own lock, so a snapshot taken while
+    /// records flow is consistent per client, not as of one instant; taken at shutdown,
+    /// after the sources stopped, it is exact.
+    pub fn write_snapshot(
+        &self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, snapshot::SnapshotError> {
+        let img = snapshot::ImageRef {
+            settings: snapshot::settings_digest(&self.cfg),
+            processed: self.processed.load(Ordering::Relaxed),
+            models: self.models.images(),
+            clients: snapshot::Clients(&self.store),
+        };
+        snapshot::write(out, &img)
+    }
+
+    /// Installs a snapshot's state, for a pipeline that has not taken records yet.
+    pub fn restore(&self, img: snapshot::Image) -> snapshot::Restored {
+        let mut r = snapshot::Restored {
+            models: 0,
+            clients: 0,
+            skipped: 0,
+        };
+        for m in img.models {
+            r.models += usize::from(self.models.restore(m));
+        }
+        for c in img.clients {
+            if self.models.get(&c.model).is_none() || self.store.is_full() {
+                r.skipped += 1;
+                continue;
+            }
+            let key = ClientKey {
+                model: c.model.clone(),
+                client: c.client.clone(),
+            };
+            self.store.map().insert(key, c);
+            r.clients += 1;
+        }
+        self.processed.fetch_max(img.processed, Ordering::Relaxed);
+        r
     }
 
     /// A model's state, if seen.

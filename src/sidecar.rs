@@ -23,6 +23,7 @@ use crate::config::{Config, ResolvedSink};
 use crate::conn::{Acceptor, ConnStats};
 use crate::ingest::identity::{Identity, KeyOrigin};
 use crate::ingest::scorer::Scorer;
+use crate::pipeline::snapshot::StateFile;
 use crate::pipeline::Pipeline;
 use crate::pseudonym::Pseudonymiser;
 use crate::schema::Schema;
@@ -240,7 +241,8 @@ struct Running {
     pipeline: Arc<Pipeline>,
     front: Phase,
     scorer: Arc<Scorer>,
-    timers: [JoinHandle<()>; 2],
+    timers: Vec<JoinHandle<()>>,
+    state: Option<Arc<StateFile>>,
     dispatcher: Arc<Dispatcher>,
     otel: Option<crate::telemetry::otel::Otel>,
 }
@@ -262,6 +264,14 @@ impl Running {
         );
         if let Some(o) = &otel {
             o.register(pipeline.clone(), dispatcher.clone());
+        }
+        // Restored before any source starts, so no record is scored against a cold state.
+        let state = StateFile::new(pipeline.config()).map(Arc::new);
+        if let Some(st) = state.clone() {
+            let p = pipeline.clone();
+            tokio::task::spawn_blocking(move || st.restore(&p))
+                .await
+                .map_err(std::io::Error::other)?;
         }
         let scorer = Scorer::start_default();
         let budget = MemoryBudget::new(pipeline.config().server.memory_budget_bytes);
@@ -333,15 +343,20 @@ impl Running {
                 crate::telemetry::metrics::serve(metrics, reg, front.stopped()),
             );
         }
-        let timers = [
+        let mut timers = vec![
             tokio::spawn(sweep_when_quiet(pipeline.clone(), dispatcher.clone())),
             tokio::spawn(report_sinks(dispatcher.clone())),
         ];
+        if let Some(st) = state.clone() {
+            let every = Duration::from_millis(pipeline.config().state.snapshot_ms);
+            timers.push(tokio::spawn(snapshot_every(pipeline.clone(), st, every)));
+        }
         Ok(Self {
             pipeline,
             front,
             scorer,
             timers,
+            state,
             dispatcher,
             otel,
         })
@@ -360,6 +375,15 @@ impl Running {
         }
         for t in self.timers {
             t.abort();
+        }
+        // Scored and swept: the state the next start restores.
+        if let Some(st) = self.state {
+            let p = self.pipeline.clone();
+            let saved = tokio::task::spawn_blocking(move || st.save(&p));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, saved).await.is_err() {
+                tracing::warn!("shutdown deadline passed while writing the state snapshot");
+            }
         }
         // Let the sinks deliver what is spooled, in the time left; the rest stays spooled.
         self.dispatcher
@@ -380,6 +404,24 @@ fn log_identity(s: &Settings) {
             "no identity key and no spool: header client ids change at every restart (set ${})",
             s.cfg.sources.identity_key_env
         ),
+    }
+}
+
+/// Writes a state snapshot every `every` while records arrive (an idle sidecar's state
+/// does not change, and its last snapshot stands).
+async fn snapshot_every(pipeline: Arc<Pipeline>, state: Arc<StateFile>, every: Duration) {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t.tick().await;
+    let mut last = pipeline.processed();
+    loop {
+        t.tick().await;
+        let now = pipeline.processed();
+        if now == std::mem::replace(&mut last, now) {
+            continue;
+        }
+        let (p, st) = (pipeline.clone(), state.clone());
+        let _ = tokio::task::spawn_blocking(move || st.save(&p)).await;
     }
 }
 

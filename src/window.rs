@@ -19,7 +19,7 @@ pub const CLASS_BINS: usize = 16;
 pub const CELL_BITS: usize = 512;
 
 /// Event counters of one bucket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     pub queries: u32,
     /// Queries evaluated against a ready baseline: the denominator of event shares, since
@@ -55,7 +55,7 @@ impl Counts {
 }
 
 /// One time bucket: counters and fixed-size histograms, mergeable across replicas.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bucket {
     /// `ts_ms / bucket_ms` of the bucket; `i64::MIN` when empty.
     pub index: i64,
@@ -140,7 +140,7 @@ pub fn distinct_cells(cells: &[u64; CELL_BITS / 64]) -> f64 {
 }
 
 /// A ring of buckets covering `buckets * bucket_ms` of event time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SlidingWindow {
     bucket_ms: i64,
     ring: Box<[Bucket]>,

@@ -283,3 +283,18 @@ impl AlertsConfig {
         Ok(())
     }
 }
+
+impl StateConfig {
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        if self.snapshot_ms != 0 && self.snapshot_ms < MIN_SNAPSHOT_MS {
+            return Err(invalid(
+                "state.snapshot_ms",
+                format!("must be 0 (off) or at least {MIN_SNAPSHOT_MS}"),
+            ));
+        }
+        if self.snapshot_max_bytes == 0 {
+            return Err(invalid("state.snapshot_max_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -48,10 +48,10 @@ pub const JUDGE_EVERY: u32 = 8;
 pub const MIN_MEMBER_QUERIES: u32 = 8;
 
 /// A campaign as its members' alerts and the API show it.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CampaignView {
     /// Stable id (model-local): the same cohort gives the same id in replay and serve.
-    #[serde(serialize_with = "hex_id")]
+    #[serde(serialize_with = "hex_id", deserialize_with = "hex_id_back")]
     pub id: u64,
     /// Members with their own evidence.
     pub members: u32,
@@ -79,7 +79,15 @@ fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("pc-{id:016x}"))
 }
 
-#[derive(Debug, Clone, Copy)]
+/// [`hex_id`] read back (state snapshots carry the view as alerts show it).
+fn hex_id_back<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    s.strip_prefix("pc-")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| serde::de::Error::custom("a campaign id is pc- and 16 hex digits"))
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Member {
     tag: u64,
     onset_ms: i64,
@@ -89,7 +97,7 @@ struct Member {
     events: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Cohort {
     key: (u8, i64),
     id: u64,
@@ -107,9 +115,17 @@ struct Cohort {
 }
 
 /// The model's cohorts.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cohorts {
     cohorts: Mutex<Vec<Cohort>>,
+}
+
+impl Clone for Cohorts {
+    fn clone(&self) -> Self {
+        Self {
+            cohorts: Mutex::new(self.cohorts.lock().clone()),
+        }
+    }
 }
 
 impl Cohorts {
@@ -120,7 +136,7 @@ impl Cohorts {
 }
 
 /// A client's part: its onset and the campaign it was attributed to.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Membership {
     onset_ms: Option<i64>,
     /// The campaign the client was alerted in, with its figures when last seen.

@@ -27,7 +27,7 @@ pub struct Fingerprint {
 }
 
 /// A client's recent fingerprints (a ring) and exact-input hashes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FingerprintState {
     /// The high 16 bits of each fingerprint's hashes, sorted as the hashes are. A history
     /// match needs more than `match_share` of 16 hashes in common: a chance match of 16-bit
@@ -54,23 +54,32 @@ pub struct FingerprintState {
 /// [`INITIAL_GLOBAL_SLOTS`] and doubles as hashes arrive, up to the configured size, so a
 /// model that sends a handful of records (a flood of model names) holds kilobytes, not the
 /// full table.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct GlobalTable {
     inner: Mutex<Slots>,
     max: usize,
 }
 
+impl Clone for GlobalTable {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Mutex::new(self.inner.lock().clone()),
+            max: self.max,
+        }
+    }
+}
+
 /// Slots a model's cross-account table starts with.
 pub const INITIAL_GLOBAL_SLOTS: usize = 1024;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Slots {
     slots: Vec<GlobalSlot>,
     /// Writes since the last doubling.
     writes: usize,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct GlobalSlot {
     hash: u32,
     client: u32,

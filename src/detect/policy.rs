@@ -77,7 +77,7 @@ pub const BOUNDARY_EVIDENCE_SHARE: f64 = 0.5;
 pub const MIN_EVENTS: u32 = 3;
 
 /// The sequential tests of each event type (the larger of its alternatives).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Cusums {
     pub low_margin: f64,
     pub out_of_range: f64,
@@ -87,7 +87,7 @@ pub struct Cusums {
 }
 
 /// A CUSUM against two alternatives.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Cusum2 {
     s: [f64; 2],
 }
@@ -110,7 +110,7 @@ impl Cusum2 {
 }
 
 /// An alert open for a client.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OpenAlert {
     pub id: String,
     pub kind: Kind,
@@ -125,7 +125,7 @@ pub struct OpenAlert {
 }
 
 /// A client's policy state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PolicyState {
     pub cusum: Cusums,
     /// Each test's highest value so far relative to its threshold (1.0 alerts): how close

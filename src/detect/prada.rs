@@ -54,7 +54,7 @@ pub struct Prada {
     cfg: PradaConfig,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct ClassStat {
     class: u32,
     threshold: f32,
@@ -65,7 +65,7 @@ struct ClassStat {
 }
 
 /// A client's PRADA state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PradaState {
     dims: usize,
     set: Option<GrowingSet>,

@@ -36,7 +36,7 @@ pub const GROSS_MULT: f32 = 4.0;
 pub const GRID_MIN_SAMPLES: usize = 16;
 
 /// Base rates of the per-query events the policy tests.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Rates {
     pub low_margin: f64,
     /// Off the normal region, or past the normal excursions from the schema's bounds.
@@ -47,7 +47,7 @@ pub struct Rates {
 }
 
 /// How far normal inputs leave the schema's bounds, in widths of each bound's range.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Excursions {
     /// Excursions past this are events (judged against `rate`).
     pub threshold: f32,
@@ -60,7 +60,7 @@ pub struct Excursions {
 }
 
 /// A snapshot of the model's normal traffic.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Baseline {
     /// True once enough clients and samples have been seen.
     pub ready: bool,

@@ -57,7 +57,7 @@ pub const MAX_LEVELS: usize = 32;
 pub const INT_SPAN: usize = 64;
 
 /// The rank-space fit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Copula {
     n: usize,
     d: usize,

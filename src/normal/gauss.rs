@@ -8,7 +8,7 @@ pub const RIDGE: f64 = 1e-3;
 
 /// The fit: mean, per-feature scale and the inverse Cholesky factor of the shrunk
 /// covariance of standardised values.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gauss {
     /// For the per-query path, in f32 (ample for a threshold test): mean, 1/scale, and the
     /// inverse factor `L⁻¹` as dense rows padded to a multiple of 8, so that

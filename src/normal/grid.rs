@@ -15,7 +15,7 @@ pub const GRID_MARGIN: f32 = 0.25;
 const LEVELS: f32 = 255.0;
 
 /// A byte grid over each dimension's normal range.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Grid {
     lo: Vec<f32>,
     step: Vec<f32>,

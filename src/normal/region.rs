@@ -43,7 +43,7 @@ pub struct Point<'a> {
 }
 
 /// The learned region.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Region {
     pub copula: Copula,
     /// Squared distances (global, by answer) past which a query is off.

@@ -5,7 +5,7 @@
 //! attacker weighs no more than a light benign client and stops counting once caught.
 
 /// One query offered to the reservoir.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub tag: u64,
     pub sketch: Box<[f32]>,
@@ -20,7 +20,7 @@ pub struct Sample {
 }
 
 /// A bounded uniform sample (Algorithm R, deterministic seed) of contributed queries.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Reservoir {
     cap: usize,
     seen: u64,

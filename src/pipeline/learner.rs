@@ -34,6 +34,14 @@ pub struct Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// A result already computed, due at `due` (a restored snapshot's refresh).
+    pub fn ready(due: u64, value: T) -> Self {
+        let (tx, rx) = sync_channel(1);
+        // The channel has room for the one value, and `rx` is alive.
+        let _ = tx.send(value);
+        Self { due, rx }
+    }
+
     /// Waits for the result; `None` if its job died (it panicked), which keeps the
     /// baseline it had.
     pub fn wait(self) -> Option<T> {

@@ -61,6 +61,24 @@ pub struct ModelState {
     pending: Mutex<Option<Pending<Baseline>>>,
 }
 
+/// A model's state as a snapshot holds it ([`super::snapshot`]): everything but the
+/// projection of wide inputs, which is rebuilt from the dimension alone, and with a refresh
+/// still in flight as its result, due at the same record.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ModelImage {
+    name: Arc<str>,
+    dims: usize,
+    baseline: Baseline,
+    reservoir: Reservoir,
+    detectors: ModelDetectors,
+    records: u64,
+    frontier: Frontier,
+    last_used_ms: i64,
+    pinned: bool,
+    refreshed_at: u64,
+    pending: Option<(u64, Baseline)>,
+}
+
 /// Records after which a model is established: evicted for a new name only by idling out.
 pub const ESTABLISHED_RECORDS: u64 = 64;
 
@@ -84,6 +102,50 @@ impl ModelState {
             pinned,
             refreshed_at: AtomicU64::new(0),
             pending: Mutex::new(None),
+        }
+    }
+
+    /// The model's state for a snapshot. A refresh in flight is waited for (it is due in
+    /// at most one refresh interval's worth of learner time), so that the restored model
+    /// installs the same baseline at the same record.
+    pub fn image(&self) -> ModelImage {
+        let pending = self.pending.lock().take().and_then(|p| {
+            let due = p.due;
+            p.wait().map(|b| (due, b))
+        });
+        if let Some((due, b)) = &pending {
+            *self.pending.lock() = Some(Pending::ready(*due, b.clone()));
+        }
+        ModelImage {
+            name: self.name.clone(),
+            dims: self.dims(),
+            baseline: (*self.baseline()).clone(),
+            reservoir: self.reservoir.lock().clone(),
+            detectors: self.detectors.clone(),
+            records: self.records.load(Ordering::Acquire),
+            frontier: self.frontier.clone(),
+            last_used_ms: self.last_used_ms.load(Ordering::Relaxed),
+            pinned: self.pinned,
+            refreshed_at: self.refreshed_at.load(Ordering::Relaxed),
+            pending,
+        }
+    }
+
+    /// A model restored from its image.
+    pub fn from_image(img: ModelImage) -> Self {
+        Self {
+            name: img.name,
+            dims: AtomicUsize::new(img.dims),
+            projection: RwLock::new(None),
+            baseline: RwLock::new(Arc::new(img.baseline)),
+            reservoir: Mutex::new(img.reservoir),
+            detectors: img.detectors,
+            records: AtomicU64::new(img.records),
+            frontier: img.frontier,
+            last_used_ms: AtomicI64::new(img.last_used_ms),
+            pinned: img.pinned,
+            refreshed_at: AtomicU64::new(img.refreshed_at),
+            pending: Mutex::new(img.pending.map(|(due, b)| Pending::ready(due, b))),
         }
     }
 
@@ -309,6 +371,23 @@ impl Models {
         self.schema
             .as_deref()
             .is_some_and(|s| s.model.as_deref() == Some(name))
+    }
+
+    /// Every model's image.
+    pub fn images(&self) -> Vec<ModelImage> {
+        let models: Vec<Arc<ModelState>> = self.map.iter().map(|m| m.value().clone()).collect();
+        models.iter().map(|m| m.image()).collect()
+    }
+
+    /// Installs a restored model (replacing one of the same name); false when the table is
+    /// full.
+    pub fn restore(&self, img: ModelImage) -> bool {
+        if self.map.len() >= MAX_MODELS && !self.map.contains_key(&img.name) {
+            return false;
+        }
+        let m = ModelState::from_image(img);
+        self.map.insert(m.name.clone(), Arc::new(m));
+        true
     }
 
     /// Drops the least recently used model that is not established (nor pinned); false

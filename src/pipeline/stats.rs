@@ -111,6 +111,13 @@ pub struct Stats {
     pub alerts_resolved: AtomicU64,
     pub baseline_refreshes: AtomicU64,
     pub baseline_purged: AtomicU64,
+    /// State snapshots written, and those that failed.
+    pub snapshots_written: AtomicU64,
+    pub snapshot_failures: AtomicU64,
+    /// Snapshots refused at start (damaged, another version or other settings).
+    pub snapshots_refused: AtomicU64,
+    /// Clients restored from the snapshot at start.
+    pub clients_restored: AtomicU64,
 }
 
 impl Stats {

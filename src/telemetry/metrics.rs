@@ -156,6 +156,22 @@ impl Figures {
                 (labels(&[("cause", "idle")]), get(&s.models_expired)),
             ],
         )?;
+        counter(
+            e,
+            "state_snapshots",
+            "State snapshots, by outcome (written; failed to write; refused at start: damaged, another version or other settings).",
+            &vec![
+                (labels(&[("outcome", "written")]), get(&s.snapshots_written)),
+                (labels(&[("outcome", "failed")]), get(&s.snapshot_failures)),
+                (labels(&[("outcome", "refused")]), get(&s.snapshots_refused)),
+            ],
+        )?;
+        counter(
+            e,
+            "clients_restored",
+            "Client states restored from the state snapshot at start.",
+            &one(get(&s.clients_restored)),
+        )?;
         gauge(
             e,
             "models_active",

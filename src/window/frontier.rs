@@ -37,6 +37,62 @@ impl Default for Frontier {
     }
 }
 
+/// The frontier as a state snapshot holds it (`serde` has no arrays of 64 atomics).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrontierImage {
+    slots: Vec<i64>,
+    cached: i64,
+    seen: u64,
+}
+
+impl Clone for Frontier {
+    fn clone(&self) -> Self {
+        let f = Frontier::default();
+        for (a, b) in f.slots.iter().zip(&self.slots) {
+            a.store(b.load(Ordering::Acquire), Ordering::Relaxed);
+        }
+        f.cached
+            .store(self.cached.load(Ordering::Acquire), Ordering::Relaxed);
+        f.seen
+            .store(self.seen.load(Ordering::Relaxed), Ordering::Relaxed);
+        f
+    }
+}
+
+impl serde::Serialize for Frontier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FrontierImage {
+            slots: self
+                .slots
+                .iter()
+                .map(|a| a.load(Ordering::Acquire))
+                .collect(),
+            cached: self.cached.load(Ordering::Acquire),
+            seen: self.seen.load(Ordering::Relaxed),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Frontier {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let img = FrontierImage::deserialize(d)?;
+        if img.slots.len() != FRONTIER_SLOTS {
+            return Err(serde::de::Error::invalid_length(
+                img.slots.len(),
+                &"one value per frontier slot",
+            ));
+        }
+        let f = Frontier::default();
+        for (a, v) in f.slots.iter().zip(img.slots) {
+            a.store(v, Ordering::Relaxed);
+        }
+        f.cached.store(img.cached, Ordering::Relaxed);
+        f.seen.store(img.seen, Ordering::Relaxed);
+        Ok(f)
+    }
+}
+
 impl Frontier {
     /// Notes client `tag`'s record at `ts`; returns the frontier (`i64::MIN` before any
     /// record).

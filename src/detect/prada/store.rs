@@ -21,7 +21,7 @@ pub struct Nearest {
 }
 
 /// Members of every class of one client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GrowingSet {
     grid: Arc<Grid>,
     cap: usize,

@@ -1,6 +1,7 @@
 //! Per-record pipeline cost with every detector on (64-dim input), against a baseline of
 //! validation alone in the same run: with a stable client population, and with one that is
-//! entirely new every batch; and memory per active client.
+//! entirely new every batch; and memory per active client, with the size and speed of a
+//! state snapshot of those clients.
 //!
 //! `cargo bench --bench pipeline`
 
@@ -160,6 +161,18 @@ fn memory_per_client(_: &mut Criterion) {
         out.clear();
     }
     let after = rss_bytes();
+    let mut snap = Vec::new();
+    let t0 = std::time::Instant::now();
+    let snap_bytes = p
+        .write_snapshot(&mut snap, u64::MAX)
+        .expect("a snapshot writes to memory");
+    let write_s = t0.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
+    let img =
+        probewatch::pipeline::snapshot::read(std::io::Cursor::new(&snap), snap_bytes, p.config())
+            .expect("its own snapshot reads back");
+    let read_s = t0.elapsed().as_secs_f64();
+    drop(img);
     let total = p.client_bytes();
     let clients = p.clients();
     assert_eq!(clients as u64, n_clients, "every client tracked");
@@ -171,6 +184,14 @@ fn memory_per_client(_: &mut Criterion) {
             (Some(b), Some(a)) => format!("{:.0}", (a.saturating_sub(b)) as f64 / clients as f64),
             _ => "n/a".into(),
         }
+    );
+    eprintln!(
+        "state snapshot: {:.0} B/client, written in {:.0} ms ({:.0} MB/s), read back and checked in {:.0} ms ({:.0} MB/s)",
+        snap_bytes as f64 / clients as f64,
+        write_s * 1e3,
+        snap_bytes as f64 / write_s / 1e6,
+        read_s * 1e3,
+        snap_bytes as f64 / read_s / 1e6,
     );
 }
 

@@ -145,14 +145,18 @@ impl Pipeline {
     pub fn write_snapshot(
         &self,
         out: &mut dyn std::io::Write,
+        max_bytes: u64,
     ) -> Result<u64, snapshot::SnapshotError> {
-        let img = snapshot::ImageRef {
-            settings: snapshot::settings_digest(&self.cfg),
-            processed: self.processed.load(Ordering::Relaxed),
-            models: self.models.images(),
-            clients: snapshot::Clients(&self.store),
-        };
-        snapshot::write(out, &img)
+        snapshot::write(
+            out,
+            (
+                snapshot::settings_digest(&self.cfg),
+                self.processed.load(Ordering::Relaxed),
+            ),
+            self.models.images(),
+            &self.store,
+            max_bytes,
+        )
     }
 
     /// Installs a snapshot's state, for a pipeline that has not taken records yet.

@@ -55,6 +55,10 @@ fn first_after<'a>(lines: &[&'a str], from: usize, key: &str) -> (usize, &'a str
 /// Memory per tracked client with some room over the measured 16,773 B of RSS
 /// (`cargo bench --bench pipeline`, memory_per_client).
 const BYTES_PER_CLIENT: u64 = 17 * 1024;
+/// Bytes per tracked client in a state snapshot, with room over the measured 10,396 B
+/// (`cargo bench --bench pipeline`, memory_per_client).
+const SNAPSHOT_BYTES_PER_CLIENT: u64 = 11 * 1024;
+
 /// Runtime, baselines, alert history and buffers besides the bounded structures.
 const FIXED_OVERHEAD: u64 = 128 << 20;
 
@@ -82,6 +86,23 @@ fn shipped_configs_fit_their_memory_limit_and_reserve_their_ports() {
             need <= quantity(limit),
             "{base}: config can hold {} MiB, limit {limit}",
             need >> 20
+        );
+        // A full store's snapshot is written, and the spool volume holds the alert spool
+        // and two snapshots (the old one stays until the new one replaces it).
+        assert!(
+            cfg.window.max_clients as u64 * SNAPSHOT_BYTES_PER_CLIENT + (16 << 20)
+                <= cfg.state.snapshot_max_bytes,
+            "{base}: a full store's snapshot is over state.snapshot_max_bytes"
+        );
+        let (sp, _) = first_after(
+            &lines,
+            first_after(&lines, 0, "volumes:").0,
+            "- name: spool",
+        );
+        let (_, size) = first_after(&lines, sp, "sizeLimit:");
+        assert!(
+            cfg.alerts.spool_max_bytes + 2 * cfg.state.snapshot_max_bytes <= quantity(size),
+            "{base}: the spool volume ({size}) cannot hold the spool and two snapshots"
         );
         let (sysctl, _) = first_after(&lines, 0, "- name: net.ipv4.ip_local_reserved_ports");
         let (_, reserved) = first_after(&lines, sysctl, "value:");

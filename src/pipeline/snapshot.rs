@@ -9,7 +9,8 @@
 //! gap as they would across a quiet spell: a client idle past `idle_ttl_ms` of its model's
 //! event time is swept as usual.
 //!
-//! The file: an 8-byte magic and the format version, the payload in CBOR, then a trailer
+//! The file: an 8-byte magic and the format version; the payload (bincode, fixed-width
+//! little-endian: the models, then each client behind a 1 byte, then a 0 byte); a trailer
 //! with the payload's length and CRC-32. The payload is streamed out client by client (a
 //! trailer needs no seek back), so writing never holds a second copy of the client states;
 //! reading checks the trailer and the checksum before it decodes a byte. The file is
@@ -52,7 +53,7 @@ pub enum SnapshotError {
         "snapshot truncated or padded: trailer says {declared} payload bytes, file has {actual}"
     )]
     Length { declared: u64, actual: u64 },
-    #[error("snapshot of {len} bytes is over the {max}-byte limit")]
+    #[error("snapshot of {len} bytes (or more) is over the {max}-byte limit")]
     TooLarge { len: u64, max: u64 },
     #[error("snapshot checksum mismatch (corrupt file)")]
     Checksum,
@@ -63,7 +64,7 @@ pub enum SnapshotError {
 }
 
 /// The whole state, as read back.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug)]
 pub struct Image {
     /// [`settings_digest`] of the configuration it was written under.
     pub settings: u64,
@@ -73,28 +74,21 @@ pub struct Image {
     pub clients: Vec<ClientState>,
 }
 
-/// The whole state as written: [`Image`]'s fields, the clients streamed from the store.
-#[derive(serde::Serialize)]
-pub(super) struct ImageRef<'a> {
-    pub settings: u64,
-    pub processed: u64,
-    pub models: Vec<ModelImage>,
-    pub clients: Clients<'a>,
+/// The models and counters, written before the clients.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Head {
+    settings: u64,
+    processed: u64,
+    models: Vec<ModelImage>,
 }
 
-/// Every client of the store, each serialised under its own shard lock (an indefinite
-/// CBOR array: clients may come and go while it is written).
-pub(super) struct Clients<'a>(pub &'a ClientStore<ClientState>);
-
-impl serde::Serialize for Clients<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(None)?;
-        for e in self.0.map().iter() {
-            seq.serialize_element(e.value())?;
-        }
-        seq.end()
-    }
+/// The encoding of every part of the payload.
+fn codec() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .allow_trailing_bytes()
 }
 
 /// What a restore installed.
@@ -114,15 +108,20 @@ pub fn settings_digest(cfg: &Config) -> u64 {
     d[..8].iter().fold(0u64, |v, &b| (v << 8) | u64::from(b))
 }
 
-/// Counts and checksums what passes through to `inner`.
+/// Counts and checksums what passes through to `inner`, and fails past `limit` bytes.
 struct Summing<W> {
     inner: W,
     crc: crc32fast::Hasher,
     len: u64,
+    limit: u64,
 }
 
 impl<W: Write> Write for Summing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.len + buf.len() as u64 > self.limit {
+            self.len += buf.len() as u64;
+            return Err(std::io::Error::other("snapshot over its size limit"));
+        }
         let n = self.inner.write(buf)?;
         self.crc.update(&buf[..n]);
         self.len += n as u64;
@@ -134,19 +133,53 @@ impl<W: Write> Write for Summing<W> {
     }
 }
 
-/// Writes a whole snapshot of `img` to `out`; returns the bytes written.
-pub(super) fn write<W: Write>(mut out: W, img: &ImageRef<'_>) -> Result<u64, SnapshotError> {
+/// Writes a whole snapshot to `out`: `settings`, `processed`, `models`, and every client
+/// of `store`, each read under its own shard lock. At most `max_bytes` are written (a
+/// larger one fails with [`SnapshotError::TooLarge`], and the file it was going to replace
+/// stays); returns the bytes written.
+pub(super) fn write<W: Write>(
+    mut out: W,
+    (settings, processed): (u64, u64),
+    models: Vec<ModelImage>,
+    store: &ClientStore<ClientState>,
+    max_bytes: u64,
+) -> Result<u64, SnapshotError> {
+    use bincode::Options;
     out.write_all(MAGIC)?;
     out.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
     let mut sum = Summing {
         inner: &mut out,
         crc: crc32fast::Hasher::new(),
         len: 0,
+        limit: max_bytes.saturating_sub(HEADER + TRAILER),
     };
-    ciborium::into_writer(img, &mut sum).map_err(|e| match e {
-        ciborium::ser::Error::Io(e) => SnapshotError::Io(e),
-        e => SnapshotError::Decode(e.to_string()),
-    })?;
+    let head = Head {
+        settings,
+        processed,
+        models,
+    };
+    let mut body = || -> bincode::Result<()> {
+        // bincode writes field by field: buffered, the checksum runs over whole blocks.
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut sum);
+        codec().serialize_into(&mut w, &head)?;
+        for e in store.map().iter() {
+            w.write_all(&[1])?;
+            codec().serialize_into(&mut w, e.value())?;
+        }
+        w.write_all(&[0])?;
+        w.flush()?;
+        Ok(())
+    };
+    if let Err(e) = body() {
+        return Err(match *e {
+            _ if sum.len > sum.limit => SnapshotError::TooLarge {
+                len: sum.len + HEADER + TRAILER,
+                max: max_bytes,
+            },
+            bincode::ErrorKind::Io(e) => SnapshotError::Io(e),
+            e => SnapshotError::Decode(e.to_string()),
+        });
+    }
     let (len, crc) = (sum.len, sum.crc.finalize());
     out.write_all(&len.to_le_bytes())?;
     out.write_all(&crc.to_le_bytes())?;
@@ -190,12 +223,43 @@ pub fn read<R: Read + Seek>(mut r: R, len: u64, cfg: &Config) -> Result<Image, S
         return Err(SnapshotError::Checksum);
     }
     r.seek(SeekFrom::Start(HEADER))?;
-    let img: Image = ciborium::from_reader(std::io::BufReader::new(r.take(actual)))
-        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    let img = decode_payload(std::io::BufReader::new(r.take(actual)), actual)?;
     if img.settings != settings_digest(cfg) {
         return Err(SnapshotError::Settings);
     }
     Ok(img)
+}
+
+/// The payload of `len` bytes, checksum already checked.
+fn decode_payload(mut r: impl Read, len: u64) -> Result<Image, SnapshotError> {
+    use bincode::Options;
+    let bad = |e: bincode::Error| SnapshotError::Decode(e.to_string());
+    // Lengths inside are bounded by the payload's: a bad one fails, it never allocates.
+    let head: Head = codec()
+        .with_limit(len)
+        .deserialize_from(&mut r)
+        .map_err(bad)?;
+    let mut clients = Vec::new();
+    loop {
+        let mut tag = [0u8; 1];
+        r.read_exact(&mut tag)?;
+        match tag[0] {
+            0 => break,
+            1 => clients.push(
+                codec()
+                    .with_limit(len)
+                    .deserialize_from(&mut r)
+                    .map_err(bad)?,
+            ),
+            t => return Err(SnapshotError::Decode(format!("client tag {t}"))),
+        }
+    }
+    Ok(Image {
+        settings: head.settings,
+        processed: head.processed,
+        models: head.models,
+        clients,
+    })
 }
 
 /// Writes a snapshot to `path` atomically with `fill`: a temporary file (owner-only),
@@ -205,7 +269,7 @@ pub fn write_file(
     fill: impl FnOnce(&mut dyn Write) -> Result<u64, SnapshotError>,
 ) -> Result<u64, SnapshotError> {
     let tmp = path.with_extension("tmp");
-    let written = {
+    let write = || -> Result<u64, SnapshotError> {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -214,7 +278,15 @@ pub fn write_file(
         let mut w = std::io::BufWriter::new(f);
         let n = fill(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        n
+        Ok(n)
+    };
+    let written = match write() {
+        Ok(n) => n,
+        Err(e) => {
+            // A partial file holds no state worth keeping, only disk.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     };
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -305,7 +377,7 @@ impl StateFile {
     pub fn save(&self, p: &super::Pipeline) -> Result<u64, SnapshotError> {
         let _one = self.saving.lock();
         let started = std::time::Instant::now();
-        let r = write_file(&self.path, |w| p.write_snapshot(w));
+        let r = write_file(&self.path, |w| p.write_snapshot(w, self.max_bytes));
         let counter = match &r {
             Ok(bytes) => {
                 tracing::debug!(

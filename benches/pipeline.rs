@@ -167,12 +167,20 @@ fn memory_per_client(_: &mut Criterion) {
         .write_snapshot(&mut snap, u64::MAX)
         .expect("a snapshot writes to memory");
     let write_s = t0.elapsed().as_secs_f64();
+    let restored = Pipeline::new(
+        Arc::new(Config::default()),
+        None,
+        Arc::new(ManualClock::new(CLOCK_MS)),
+    );
+    // From before the read to after the restore: what the restored state holds.
+    let rss_before_restore = rss_bytes();
     let t0 = std::time::Instant::now();
     let img =
         probewatch::pipeline::snapshot::read(std::io::Cursor::new(&snap), snap_bytes, p.config())
             .expect("its own snapshot reads back");
     let read_s = t0.elapsed().as_secs_f64();
-    drop(img);
+    let r = restored.restore(img);
+    let rss_after_restore = rss_bytes();
     let total = p.client_bytes();
     let clients = p.clients();
     assert_eq!(clients as u64, n_clients, "every client tracked");
@@ -192,6 +200,14 @@ fn memory_per_client(_: &mut Criterion) {
         snap_bytes as f64 / write_s / 1e6,
         read_s * 1e3,
         snap_bytes as f64 / read_s / 1e6,
+    );
+    eprintln!(
+        "restored: {} clients, RSS delta {} B/client",
+        r.clients,
+        match (rss_before_restore, rss_after_restore) {
+            (Some(b), Some(a)) => format!("{:.0}", a.saturating_sub(b) as f64 / r.clients as f64),
+            _ => "n/a".into(),
+        }
     );
 }
 

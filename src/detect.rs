@@ -97,6 +97,19 @@ pub struct Signals {
     pub campaign: Option<campaign::CampaignView>,
 }
 
+/// What a detector's state must be: shared across the scoring threads, and cloned and
+/// serialised whole into the pipeline's state snapshot, so that a restart
+/// restores it.
+pub trait DetectorState:
+    Send + Sync + std::fmt::Debug + Clone + serde::Serialize + serde::de::DeserializeOwned
+{
+}
+
+impl<T> DetectorState for T where
+    T: Send + Sync + std::fmt::Debug + Clone + serde::Serialize + serde::de::DeserializeOwned
+{
+}
+
 /// A detector: what it keeps per client and per model, and what it finds in one query.
 ///
 /// Adding a detector is one file (a type implementing this trait) and one line in
@@ -104,19 +117,9 @@ pub struct Signals {
 /// pick it up from there.
 pub trait Detector: Send + Sync + Sized {
     /// Per-client state, created on the client's first query.
-    type Client: Send
-        + Sync
-        + std::fmt::Debug
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned;
+    type Client: DetectorState;
     /// Model-wide state, shared by every client of one model (e.g. a cross-account table).
-    type Model: Send
-        + Sync
-        + std::fmt::Debug
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned;
+    type Model: DetectorState;
     /// The detector with its settings.
     fn from_config(cfg: &DetectConfig) -> Self;
     /// A fresh per-client state.

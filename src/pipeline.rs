@@ -169,10 +169,14 @@ impl Pipeline {
         for m in img.models {
             r.models += usize::from(self.models.restore(m));
         }
-        for c in img.clients {
-            if self.models.get(&c.model).is_none() || self.store.is_full() {
+        for mut c in img.clients {
+            let Some(model) = self.models.get(&c.model).filter(|_| !self.store.is_full()) else {
                 r.skipped += 1;
                 continue;
+            };
+            // Each client was read with its own copy of the model's byte grid: share one.
+            if let Some(g) = model.baseline().grid.as_ref() {
+                c.detectors.prada.share_grid(g);
             }
             let key = ClientKey {
                 model: c.model.clone(),

@@ -143,6 +143,10 @@ fn damaged_snapshots_are_refused_with_their_reason() {
         decode(&good, &other),
         Err(SnapshotError::Settings)
     ));
+    // A limit is not the state's shape: a larger store takes the snapshot.
+    let mut larger = (*cfg).clone();
+    larger.window.max_clients *= 2;
+    assert!(decode(&good, &larger).is_ok());
 
     // On disk: written atomically, owner-only, read back; a missing file is no snapshot.
     let tmp = tempfile::tempdir().unwrap();

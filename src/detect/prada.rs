@@ -84,6 +84,13 @@ pub struct PradaState {
 }
 
 impl PradaState {
+    /// Shares the model's `grid` if the client's growing set is on an equal one.
+    pub fn share_grid(&mut self, grid: &std::sync::Arc<crate::normal::grid::Grid>) {
+        if let Some(set) = &mut self.set {
+            set.share_grid(grid);
+        }
+    }
+
     /// Heap bytes held (capacity).
     pub fn heap_bytes(&self) -> usize {
         self.set.as_ref().map_or(0, GrowingSet::heap_bytes)

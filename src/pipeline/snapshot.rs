@@ -15,8 +15,8 @@
 //! trailer needs no seek back), so writing never holds a second copy of the client states;
 //! reading checks the trailer and the checksum before it decodes a byte. The file is
 //! written to a temporary name, fsynced and renamed over the old one, so a crash mid-write
-//! leaves the previous snapshot. One written under other detection settings (window,
-//! baseline, detectors, policy) is refused, because its state would be read against
+//! leaves the previous snapshot. One written under other detection settings (the window's
+//! length and buckets, baseline, detectors, policy) is refused, because its state would be read against
 //! thresholds and window shapes it was not built with. Any refusal is an error for the
 //! caller to log and count; the sidecar then starts cold.
 //!
@@ -100,10 +100,13 @@ pub struct Restored {
     pub skipped: usize,
 }
 
-/// A digest of the settings that a snapshot's state depends on.
+/// A digest of the settings that a snapshot's state depends on: the window's shape (not
+/// its limits: raising `max_clients` keeps the state), the baseline's, the detectors' and
+/// the policy's.
 pub fn settings_digest(cfg: &Config) -> u64 {
-    let parts = serde_json::to_vec(&(&cfg.window, &cfg.baseline, &cfg.detect, &cfg.policy))
-        .unwrap_or_default();
+    let shape = (cfg.window.length_ms, cfg.window.bucket_ms);
+    let parts =
+        serde_json::to_vec(&(shape, &cfg.baseline, &cfg.detect, &cfg.policy)).unwrap_or_default();
     let d = <sha2::Sha256 as sha2::Digest>::digest(&parts);
     d[..8].iter().fold(0u64, |v, &b| (v << 8) | u64::from(b))
 }

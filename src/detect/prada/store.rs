@@ -31,6 +31,14 @@ pub struct GrowingSet {
 }
 
 impl GrowingSet {
+    /// Shares `grid` in place of an equal copy of it (a restored snapshot deserialises
+    /// one per client).
+    pub fn share_grid(&mut self, grid: &Arc<Grid>) {
+        if !Arc::ptr_eq(&self.grid, grid) && *self.grid == **grid {
+            self.grid = grid.clone();
+        }
+    }
+
     /// An empty set on `grid` (allocated in full now, so its memory never grows later).
     pub fn new(grid: Arc<Grid>, cap: usize) -> Self {
         let dims = grid.dims();

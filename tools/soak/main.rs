@@ -328,6 +328,7 @@ fn main() {
             || l.starts_with("probewatch_source_dropped_total")
             || l.starts_with("probewatch_models_evicted_total")
             || l.starts_with("probewatch_memory_budget")
+            || l.starts_with("probewatch_state_snapshots_total")
             || l.starts_with("probewatch_connections_"))
             && !l.ends_with(" 0")
     }) {
@@ -338,8 +339,19 @@ fn main() {
         attackers.len() - missed.len(),
         attackers.len()
     );
+    // Every minute under load a state snapshot is written, and none fails.
+    let snapshots = |outcome: &str| -> f64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("probewatch_state_snapshots_total")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let snapshots_ok = snapshots("written") >= 1.0 && snapshots("failed") == 0.0;
     // Nothing leaked from the budget: what is left is at most one batch in flight.
-    let ok = peak_rss < limit && missed.is_empty() && used < (1u64 << 20) as f64;
+    let ok = peak_rss < limit && missed.is_empty() && used < (1u64 << 20) as f64 && snapshots_ok;
     println!("{}", if ok { "PASS" } else { "FAIL" });
     // `exit` skips destructors: stop the sidecar first.
     drop(side);

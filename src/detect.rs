@@ -97,16 +97,15 @@ pub struct Signals {
     pub campaign: Option<campaign::CampaignView>,
 }
 
-/// What a detector's state must be: shared across the scoring threads, and cloned and
-/// serialised whole into the pipeline's state snapshot, so that a restart
-/// restores it.
+/// What a detector's state must be: shared across the scoring threads, and serialised
+/// whole into the pipeline's state snapshot, so that a restart restores it.
 pub trait DetectorState:
-    Send + Sync + std::fmt::Debug + Clone + serde::Serialize + serde::de::DeserializeOwned
+    Send + Sync + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned
 {
 }
 
 impl<T> DetectorState for T where
-    T: Send + Sync + std::fmt::Debug + Clone + serde::Serialize + serde::de::DeserializeOwned
+    T: Send + Sync + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned
 {
 }
 
@@ -118,8 +117,9 @@ impl<T> DetectorState for T where
 pub trait Detector: Send + Sync + Sized {
     /// Per-client state, created on the client's first query.
     type Client: DetectorState;
-    /// Model-wide state, shared by every client of one model (e.g. a cross-account table).
-    type Model: DetectorState;
+    /// Model-wide state, shared by every client of one model (e.g. a cross-account table);
+    /// a snapshot copies it out under its lock.
+    type Model: DetectorState + Clone;
     /// The detector with its settings.
     fn from_config(cfg: &DetectConfig) -> Self;
     /// A fresh per-client state.
@@ -153,7 +153,7 @@ macro_rules! detector_set {
         }
 
         /// One client's state of every detector.
-        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[derive(Debug, serde::Serialize, serde::Deserialize)]
         pub struct ClientDetectors {
             $(#[allow(missing_docs)] pub $field: <$ty as Detector>::Client,)+
         }

@@ -136,7 +136,7 @@ impl Cohorts {
 }
 
 /// A client's part: its onset and the campaign it was attributed to.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Membership {
     onset_ms: Option<i64>,
     /// The campaign the client was alerted in, with its figures when last seen.

@@ -9,7 +9,7 @@ use crate::window::SlidingWindow;
 use std::sync::Arc;
 
 /// Per (model, client) state.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClientState {
     pub model: Arc<str>,
     pub client: Arc<str>,

@@ -109,13 +109,17 @@ impl ModelState {
     /// at most one refresh interval's worth of learner time), so that the restored model
     /// installs the same baseline at the same record.
     pub fn image(&self) -> ModelImage {
-        let pending = self.pending.lock().take().and_then(|p| {
+        // Held throughout: the record path neither lands nor replaces the refresh while it
+        // is out of its slot.
+        let mut slot = self.pending.lock();
+        let pending = slot.take().and_then(|p| {
             let due = p.due;
             p.wait().map(|b| (due, b))
         });
         if let Some((due, b)) = &pending {
-            *self.pending.lock() = Some(Pending::ready(*due, b.clone()));
+            *slot = Some(Pending::ready(*due, b.clone()));
         }
+        drop(slot);
         ModelImage {
             name: self.name.clone(),
             dims: self.dims(),

@@ -45,22 +45,8 @@ struct FrontierImage {
     seen: u64,
 }
 
-impl Clone for Frontier {
-    fn clone(&self) -> Self {
-        let f = Frontier::default();
-        for (a, b) in f.slots.iter().zip(&self.slots) {
-            a.store(b.load(Ordering::Acquire), Ordering::Relaxed);
-        }
-        f.cached
-            .store(self.cached.load(Ordering::Acquire), Ordering::Relaxed);
-        f.seen
-            .store(self.seen.load(Ordering::Relaxed), Ordering::Relaxed);
-        f
-    }
-}
-
-impl serde::Serialize for Frontier {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl Frontier {
+    fn image(&self) -> FrontierImage {
         FrontierImage {
             slots: self
                 .slots
@@ -70,7 +56,29 @@ impl serde::Serialize for Frontier {
             cached: self.cached.load(Ordering::Acquire),
             seen: self.seen.load(Ordering::Relaxed),
         }
-        .serialize(s)
+    }
+
+    /// The frontier of `img`, whose `slots` are [`FRONTIER_SLOTS`] long.
+    fn from_image(img: FrontierImage) -> Self {
+        let f = Frontier::default();
+        for (a, v) in f.slots.iter().zip(img.slots) {
+            a.store(v, Ordering::Relaxed);
+        }
+        f.cached.store(img.cached, Ordering::Relaxed);
+        f.seen.store(img.seen, Ordering::Relaxed);
+        f
+    }
+}
+
+impl Clone for Frontier {
+    fn clone(&self) -> Self {
+        Self::from_image(self.image())
+    }
+}
+
+impl serde::Serialize for Frontier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.image().serialize(s)
     }
 }
 
@@ -83,13 +91,7 @@ impl<'de> serde::Deserialize<'de> for Frontier {
                 &"one value per frontier slot",
             ));
         }
-        let f = Frontier::default();
-        for (a, v) in f.slots.iter().zip(img.slots) {
-            a.store(v, Ordering::Relaxed);
-        }
-        f.cached.store(img.cached, Ordering::Relaxed);
-        f.seen.store(img.seen, Ordering::Relaxed);
-        Ok(f)
+        Ok(Self::from_image(img))
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod alertmanager;
 pub mod cloudevents;
 pub mod delivery;
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod jsonl;
@@ -121,15 +122,44 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// Where an alert event is recorded: the spool (for the sinks) and the in-memory history
+/// (for the API).
+#[derive(Debug, Clone)]
+pub(crate) struct Book {
+    spool: Arc<Spool>,
+    history: Arc<history::AlertHistory>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Book {
+    fn record(&self, alert: Alert) {
+        let _span = tracing::info_span!(
+            "alert",
+            id = %alert.id,
+            event_id = %alert.event_id,
+            kind = alert.kind.as_str(),
+            severity = ?alert.severity,
+            model = %alert.model,
+            client = %alert.client,
+        )
+        .entered();
+        if let Err(e) = self.spool.append(&alert) {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, alert = %alert.id, kind = alert.kind.as_str(), "alert not spooled");
+        }
+        self.history.push(Arc::new(alert));
+    }
+}
+
 /// Writes alert events to the spool and runs one delivery task per sink.
 pub struct Dispatcher {
-    spool: Arc<Spool>,
+    book: Book,
     stats: Vec<Arc<SinkStats>>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     /// Events the spool could not take (full under `reject_new`, or a disk error).
-    pub lost: AtomicU64,
-    history: history::AlertHistory,
+    pub lost: Arc<AtomicU64>,
+    gate: Option<fleet::Gate>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -183,44 +213,67 @@ impl Dispatcher {
             stats.push(st);
             tasks.push(task);
         }
+        let lost = Arc::new(AtomicU64::new(0));
         Ok(Self {
-            spool,
+            book: Book {
+                spool,
+                history: Arc::new(history::AlertHistory::new(cfg.history)),
+                lost: lost.clone(),
+            },
             stats,
             tasks: parking_lot::Mutex::new(tasks),
             stop,
-            lost: AtomicU64::new(0),
-            history: history::AlertHistory::new(cfg.history),
+            lost,
+            gate: None,
         })
+    }
+
+    /// Claims every event in `store` before spooling it, so each alert is delivered once
+    /// across replicas ([`fleet`]). Must be called inside a tokio runtime.
+    pub fn with_fleet(
+        mut self,
+        store: Arc<dyn fleet::FleetStore>,
+        max_pending: usize,
+        renew_every: std::time::Duration,
+    ) -> Self {
+        self.gate = Some(fleet::Gate::start(
+            store,
+            self.book.clone(),
+            max_pending,
+            renew_every,
+        ));
+        self
+    }
+
+    /// The fleet gate's figures, when alerts are claimed fleet-wide.
+    pub fn fleet_stats(&self) -> Option<&fleet::GateStats> {
+        self.gate.as_ref().map(|g| &*g.stats)
     }
 
     /// Spools an alert event for every sink. Detection never waits on a sink: this is a local
     /// append (and fsync), whatever the sinks are doing.
+    ///
+    /// With a fleet gate, the event waits in a bounded queue for its claim and is spooled
+    /// by the gate's task; a full queue spools it at once, unclaimed.
     pub fn send(&self, alert: Alert) {
-        let _span = tracing::info_span!(
-            "alert",
-            id = %alert.id,
-            event_id = %alert.event_id,
-            kind = alert.kind.as_str(),
-            severity = ?alert.severity,
-            model = %alert.model,
-            client = %alert.client,
-        )
-        .entered();
-        if let Err(e) = self.spool.append(&alert) {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, alert = %alert.id, kind = alert.kind.as_str(), "alert not spooled");
-        }
-        self.history.push(Arc::new(alert));
+        let alert = match &self.gate {
+            Some(g) => match g.offer(alert) {
+                None => return,
+                Some(a) => a,
+            },
+            None => alert,
+        };
+        self.book.record(alert);
     }
 
     /// Recent events, for the query API.
     pub fn history(&self) -> &history::AlertHistory {
-        &self.history
+        &self.book.history
     }
 
     /// The spool.
     pub fn spool(&self) -> &Spool {
-        &self.spool
+        &self.book.spool
     }
 
     /// Per-sink counters, in sink order.
@@ -234,14 +287,14 @@ impl Dispatcher {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let (backlog, oldest) = self.spool.backlog(i);
+                let (backlog, oldest) = self.book.spool.backlog(i);
                 let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
                 SinkReport {
                     name: s.name.clone(),
                     sent: get(&s.sent),
                     failed: get(&s.failed),
                     retried: get(&s.retried),
-                    dropped: self.spool.dropped(i),
+                    dropped: self.book.spool.dropped(i),
                     filtered: get(&s.filtered),
                     rate_limited: get(&s.rate_limited),
                     backlog,
@@ -253,7 +306,13 @@ impl Dispatcher {
 
     /// Lets sinks deliver what is spooled, for at most `grace`; what is left stays spooled
     /// for the next start.
+    /// Events waiting for a fleet claim are settled first, within the same grace.
     pub async fn shutdown(&self, grace: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(g) = &self.gate {
+            g.close(grace).await;
+        }
+        let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock());
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();

@@ -5,6 +5,7 @@
 //! changes. `probewatch` exits with code 64 (`EX_USAGE`) on a bad config.
 
 mod checks;
+pub mod cluster;
 pub mod sink;
 
 pub use sink::{
@@ -12,6 +13,7 @@ pub use sink::{
     ResolvedSink, Secret, SinkConfig, SinkKind, SinkType, SlackConfig, SyslogConfig, WebhookConfig,
 };
 
+pub use cluster::{ClusterConfig, ResolvedCluster};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,9 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub sources: SourcesConfig,
     pub state: StateConfig,
+    /// Shared state of a replicated model on Redis; absent: one process, no Redis.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
@@ -396,6 +401,9 @@ impl Config {
         self.api.check()?;
         self.sources.check()?;
         self.state.check()?;
+        if let Some(c) = &self.cluster {
+            c.check()?;
+        }
         self.telemetry.check()?;
         self.tls.check()?;
         self.alerts.check()

@@ -25,7 +25,8 @@
 //!    by the sidecar and offline replay.
 //! 5. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format.
 //! 6. **Edges.** [`ingest`]: the gRPC ingest API and the Envoy ext_proc and KServe logger
-//!    mirrors; [`api`]: the SOC query API and dashboard; [`replay`]: offline replay.
+//!    mirrors; [`api`]: the SOC query API and dashboard; [`replay`]: offline replay;
+//!    [`cluster`]: the Redis that replicas share (alert ownership, the learned normal).
 //! 7. **Observers.** [`telemetry`]: logs, Prometheus `/metrics`, OTLP; [`send`]: streams
 //!    a trace to a running sidecar.
 //! 8. **Composition.** [`sidecar`]: builds and runs everything and drains it on SIGTERM.
@@ -37,6 +38,7 @@ pub mod api;
 pub mod budget;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod detect;

@@ -159,6 +159,28 @@ impl Pipeline {
         )
     }
 
+    /// Every model's learned normal that this replica can pass to others (its own, once
+    /// ready).
+    pub fn normals(&self) -> Vec<models::NormalImage> {
+        self.models
+            .iter()
+            .iter()
+            .filter_map(|m| m.normal_image())
+            .collect()
+    }
+
+    /// Whether some model has no ready normal yet (or none has been seen).
+    pub fn models_without_normal(&self) -> bool {
+        let models = self.models.iter();
+        models.is_empty() || models.iter().any(|m| !m.baseline().ready)
+    }
+
+    /// Installs another replica's learned normal for a model without a ready one here;
+    /// false when it is not taken.
+    pub fn adopt_normal(&self, img: models::NormalImage) -> bool {
+        self.models.adopt(img, &self.cfg, &self.detectors)
+    }
+
     /// Installs a snapshot's state, for a pipeline that has not taken records yet.
     pub fn restore(&self, img: snapshot::Image) -> snapshot::Restored {
         let mut r = snapshot::Restored {

@@ -19,7 +19,8 @@
 use crate::alert::Dispatcher;
 use crate::api::auth::Tokens;
 use crate::budget::MemoryBudget;
-use crate::config::{Config, ResolvedSink};
+use crate::cluster::Cluster;
+use crate::config::{Config, ResolvedCluster, ResolvedSink};
 use crate::conn::{Acceptor, ConnStats};
 use crate::ingest::identity::{Identity, KeyOrigin};
 use crate::ingest::scorer::Scorer;
@@ -57,6 +58,8 @@ pub enum SidecarError {
     Ingest(#[from] crate::ingest::server::ServerError),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Everything `serve` needs that can be wrong in the configuration, read and checked at
@@ -70,6 +73,7 @@ pub struct Settings {
     pub api_tls: Option<tokio_rustls::TlsAcceptor>,
     pub identity: Arc<Identity>,
     pub pseudonym: Option<Pseudonymiser>,
+    pub cluster: Option<ResolvedCluster>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -108,6 +112,7 @@ impl Settings {
         let pseudonym =
             Pseudonymiser::for_alerts(cfg.privacy.pseudonymize_clients, &cfg.privacy.key_env)
                 .map_err(|e| Parse(e.to_string()))?;
+        let cluster = cfg.cluster.as_ref().map(|c| c.resolve()).transpose()?;
         Ok(Self {
             cfg,
             schema,
@@ -117,6 +122,7 @@ impl Settings {
             api_tls,
             identity: Arc::new(identity),
             pseudonym,
+            cluster,
         })
     }
 }
@@ -244,6 +250,7 @@ struct Running {
     timers: Vec<JoinHandle<()>>,
     state: Option<Arc<StateFile>>,
     dispatcher: Arc<Dispatcher>,
+    cluster: Option<Cluster>,
     otel: Option<crate::telemetry::otel::Otel>,
 }
 
@@ -257,7 +264,16 @@ impl Running {
                 .map_err(std::io::Error::other)?
                 .map_err(SidecarError::Telemetry)?;
         let sources_cfg = s.cfg.sources.clone();
-        let dispatcher = Arc::new(Dispatcher::start(&s.cfg.alerts, s.sinks)?);
+        let cluster = match &s.cluster {
+            Some(c) => Some(Cluster::open(c, &s.cfg)?),
+            None => None,
+        };
+        let mut dispatcher = Dispatcher::start(&s.cfg.alerts, s.sinks)?;
+        if let (Some(cl), Some(c)) = (&cluster, &s.cluster) {
+            let sync = Duration::from_millis(c.config.sync_ms);
+            dispatcher = dispatcher.with_fleet(cl.alert_store(), c.config.max_pending, sync);
+        }
+        let dispatcher = Arc::new(dispatcher);
         let pipeline = Arc::new(
             Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
                 .with_pseudonym(s.pseudonym),
@@ -272,6 +288,11 @@ impl Running {
             tokio::task::spawn_blocking(move || st.restore(&p))
                 .await
                 .map_err(std::io::Error::other)?;
+        }
+        if let Some(cl) = &cluster {
+            // Models the snapshot did not bring start from the fleet's normal.
+            cl.adopt_normals(&pipeline).await;
+            cl.start(pipeline.clone());
         }
         let scorer = Scorer::start_default();
         let budget = MemoryBudget::new(pipeline.config().server.memory_budget_bytes);
@@ -336,6 +357,7 @@ impl Running {
                     scorer: Some(scorer.clone()),
                     budget: Some(budget.clone()),
                     listeners: conns,
+                    cluster: cluster.as_ref().map(Cluster::stats_arc),
                 },
             ));
             front.spawn(
@@ -358,6 +380,7 @@ impl Running {
             timers,
             state,
             dispatcher,
+            cluster,
             otel,
         })
     }
@@ -385,7 +408,12 @@ impl Running {
                 tracing::warn!("shutdown deadline passed while writing the state snapshot");
             }
         }
-        // Let the sinks deliver what is spooled, in the time left; the rest stays spooled.
+        if let Some(cl) = &self.cluster {
+            let left = deadline.saturating_duration_since(Instant::now());
+            cl.stop(&self.pipeline, left / 4).await;
+        }
+        // Claim and let the sinks deliver what is spooled, in the time left; the rest stays
+        // spooled.
         self.dispatcher
             .shutdown(deadline.saturating_duration_since(Instant::now()))
             .await;

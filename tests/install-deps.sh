@@ -2,6 +2,8 @@
 # What the integration tests need besides the Rust toolchain (idempotent; .ci/run calls it):
 # - a real Prometheus Alertmanager (Debian's prometheus-alertmanager) for tests/alertmanager.rs;
 # - promtool (Debian's prometheus) to lint /metrics in tests/cli.rs;
+# - Debian's redis-server for the replicas' shared store (tests/cluster.rs starts its own
+#   instances on loopback ports and stops them);
 # - Debian's chromium and playwright-core (npm, into target/test-node) for the dashboard test;
 # - Python's `standardwebhooks`, the spec's reference library, to verify webhook signatures;
 # - Python's `kubernetes-validate`, to validate deploy/kubernetes offline (deploy/check.sh);
@@ -13,6 +15,7 @@ need=()
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null \
     || need+=(prometheus-alertmanager)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v redis-server >/dev/null || need+=(redis-server)
 command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then

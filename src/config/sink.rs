@@ -474,14 +474,14 @@ fn check_url(u: &str) -> Result<(), String> {
     }
 }
 
-fn from_env(var: &str) -> Result<String, String> {
+pub(super) fn from_env(var: &str) -> Result<String, String> {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
         _ => Err(format!("environment variable {var} is not set")),
     }
 }
 
-fn from_file(path: &str) -> Result<String, String> {
+pub(super) fn from_file(path: &str) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
         Ok(_) => Err(format!("{path} is empty")),

@@ -28,7 +28,7 @@ use crate::window::frontier::Frontier;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Most distinct models tracked (a flood of model names is rejected, not stored).
@@ -59,6 +59,19 @@ pub struct ModelState {
     refreshed_at: AtomicU64,
     /// The refresh being computed off the record path ([`super::learner`]).
     pending: Mutex<Option<Pending<Baseline>>>,
+    /// The baseline came from another replica ([`NormalImage`]): kept until this replica's
+    /// own sample yields a ready one.
+    adopted: AtomicBool,
+}
+
+/// A model's learned normal as replicas share it: the baseline alone, which holds
+/// per-feature statistics and pseudonymous client tags, never a record (the sample it was
+/// learned from stays in its replica).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NormalImage {
+    pub name: Arc<str>,
+    pub dims: usize,
+    pub baseline: Baseline,
 }
 
 /// A model's state as a snapshot holds it ([`super::snapshot`]): everything but the
@@ -102,7 +115,23 @@ impl ModelState {
             pinned,
             refreshed_at: AtomicU64::new(0),
             pending: Mutex::new(None),
+            adopted: AtomicBool::new(false),
         }
+    }
+
+    /// The normal this replica learned, once ready (an adopted one is not passed on).
+    pub fn normal_image(&self) -> Option<NormalImage> {
+        let b = self.baseline();
+        (b.ready && !self.adopted.load(Ordering::Relaxed)).then(|| NormalImage {
+            name: self.name.clone(),
+            dims: self.dims(),
+            baseline: (*b).clone(),
+        })
+    }
+
+    /// Whether the baseline came from another replica and none of its own is ready yet.
+    pub fn adopted(&self) -> bool {
+        self.adopted.load(Ordering::Relaxed)
     }
 
     /// The model's state for a snapshot. A refresh in flight is waited for (it is due in
@@ -150,6 +179,7 @@ impl ModelState {
             pinned: img.pinned,
             refreshed_at: AtomicU64::new(img.refreshed_at),
             pending: Mutex::new(img.pending.map(|(due, b)| Pending::ready(due, b))),
+            adopted: AtomicBool::new(false),
         }
     }
 
@@ -262,6 +292,14 @@ impl ModelState {
             return 0;
         };
         let prev = self.baseline();
+        if self.adopted.load(Ordering::Relaxed) {
+            if !next.ready {
+                // The fleet's normal stays until this replica has learned one of its own.
+                return 0;
+            }
+            self.adopted.store(false, Ordering::Relaxed);
+            tracing::info!(model = %self.name, "own baseline ready: the fleet's is replaced");
+        }
         if next.ready && !prev.ready {
             tracing::info!(model = %self.name, samples = next.samples, clients = next.clients, "baseline ready");
         }
@@ -381,6 +419,52 @@ impl Models {
     pub fn images(&self) -> Vec<ModelImage> {
         let models: Vec<Arc<ModelState>> = self.map.iter().map(|m| m.value().clone()).collect();
         models.iter().map(|m| m.image()).collect()
+    }
+
+    /// Installs another replica's learned normal for a model that has none ready: a new
+    /// model is created with it; false when the model has a ready baseline of its own (or
+    /// another dimension), or the table is full.
+    pub fn adopt(&self, img: NormalImage, cfg: &Config, detectors: &Detectors) -> bool {
+        if !img.baseline.ready || img.dims == 0 || img.dims > cfg.server.max_input_dim {
+            return false;
+        }
+        let model = match self.map.get(&img.name).map(|m| m.value().clone()) {
+            Some(m) => m,
+            None => {
+                if self.map.len() >= MAX_MODELS {
+                    return false;
+                }
+                let dims = self.schema_for(&img.name).map_or(0, |s| s.n_features);
+                let pinned = self.pins(&img.name);
+                let m = Arc::new(ModelState::new(
+                    img.name.clone(),
+                    dims,
+                    pinned,
+                    cfg,
+                    detectors,
+                ));
+                self.map
+                    .entry(img.name.clone())
+                    .or_insert(m)
+                    .value()
+                    .clone()
+            }
+        };
+        let dims_ok =
+            match model
+                .dims
+                .compare_exchange(0, img.dims, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => true,
+                Err(d) => d == img.dims,
+            };
+        let mut slot = model.baseline.write();
+        if !dims_ok || slot.ready {
+            return false;
+        }
+        *slot = Arc::new(img.baseline);
+        model.adopted.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Installs a restored model (replacing one of the same name); false when the table is

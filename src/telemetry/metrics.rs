@@ -8,6 +8,7 @@
 
 use crate::alert::Dispatcher;
 use crate::budget::MemoryBudget;
+use crate::cluster::ClusterStats;
 use crate::conn::ConnStats;
 use crate::ingest::scorer::Scorer;
 use crate::ingest::source::SourceStats;
@@ -34,6 +35,8 @@ pub struct Figures {
     pub budget: Option<Arc<MemoryBudget>>,
     /// Each listener's connection counters.
     pub listeners: Vec<(&'static str, Arc<ConnStats>)>,
+    /// The shared store's figures, with `[cluster]`.
+    pub cluster: Option<Arc<ClusterStats>>,
 }
 
 /// A series' labels (bounded sets only: never a client id).
@@ -101,6 +104,7 @@ impl Collector for Figures {
         self.records(&mut e)?;
         self.sources(&mut e)?;
         self.alerts(&mut e)?;
+        self.cluster(&mut e)?;
         self.sinks(&mut e)
     }
 }
@@ -318,6 +322,56 @@ impl Figures {
             "Bytes of undelivered alert events in the spool.",
             Some(&Unit::Bytes),
             &one(self.alerts.spool().stats().bytes as f64),
+        )
+    }
+
+    /// The shared store (`[cluster]`), when configured.
+    fn cluster(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        gauge(
+            e,
+            "cluster_up",
+            "1 when the last command to the shared Redis succeeded.",
+            None,
+            &one(f64::from(u8::from(crate::cluster::up(c)))),
+        )?;
+        counter(
+            e,
+            "cluster_sync_failures",
+            "Failed round trips to the shared Redis (timeouts, refused connections, errors).",
+            &one(get(&c.sync_failures)),
+        )?;
+        counter(
+            e,
+            "cluster_commands",
+            "Commands sent to the shared Redis.",
+            &one(get(&c.commands)),
+        )?;
+        counter(
+            e,
+            "cluster_normals",
+            "Learned normals shared with the fleet, by outcome (published; adopted from another replica; refused: other settings or unreadable).",
+            &vec![
+                (labels(&[("outcome", "published")]), get(&c.normals_published)),
+                (labels(&[("outcome", "adopted")]), get(&c.normals_adopted)),
+                (labels(&[("outcome", "refused")]), get(&c.normals_refused)),
+            ],
+        )?;
+        let Some(g) = self.alerts.fleet_stats() else {
+            return Ok(());
+        };
+        counter(
+            e,
+            "cluster_alert_events",
+            "Alert events by fleet claim (owned: delivered by this replica; deduplicated: another replica owns the alert; unclaimed: delivered without a claim, Redis failing or the claim queue full).",
+            &vec![
+                (labels(&[("outcome", "owned")]), get(&g.owned)),
+                (labels(&[("outcome", "deduplicated")]), get(&g.deduplicated)),
+                (labels(&[("outcome", "unclaimed")]), get(&g.unclaimed)),
+            ],
         )
     }
 

@@ -1,0 +1,294 @@
+//! One alert per (model, client, kind) across the replicas of a model.
+//!
+//! Every replica's pipeline decides on its own view, so two replicas that both see a client
+//! probing would each raise its alert. Before an event is spooled, the [`Gate`] claims it in a
+//! store that every replica shares ([`FleetStore`], on Redis in production): the first
+//! replica to raise becomes the alert's owner, and its fleet-wide id is the one every later
+//! event carries; other replicas' events for it are dropped (counted as deduplicated). An
+//! owner holds its alerts for a lease that it renews every sync while they stay open, so a
+//! replica that dies hands them on: the next replica with evidence continues the same id,
+//! its events numbered after the last one delivered.
+//!
+//! The store is never allowed to stop alerting. Claims run on their own task, behind a
+//! bounded queue; an event whose claim fails (the store is down or slow) or that finds the
+//! queue full is spooled as it is, unclaimed: delivered, perhaps twice across the fleet,
+//! never lost. Delivery stays at least once with stable event ids, since the id is fixed
+//! before the spool append.
+
+use super::Book;
+use crate::vocab::{Alert, Event, Kind};
+use futures::future::BoxFuture;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// One event's question to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: AlertKey,
+    /// The id this replica's pipeline gave the alert.
+    pub local_id: String,
+    pub event: Event,
+}
+
+/// What an alert is, fleet-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AlertKey {
+    pub model: String,
+    pub client: String,
+    pub kind: Kind,
+}
+
+impl AlertKey {
+    fn of(a: &Alert) -> Self {
+        Self {
+            model: a.model.clone(),
+            client: a.client.clone(),
+            kind: a.kind,
+        }
+    }
+}
+
+/// The store's answer to one [`Claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This replica owns the alert: deliver the event as `<id>.<seq>`. `seq` 0 opens the
+    /// alert fleet-wide.
+    Own { id: String, seq: u64 },
+    /// Another replica owns it, within its lease.
+    Other,
+    /// A resolve for an alert that is not open fleet-wide (its owner resolved it).
+    Closed,
+}
+
+/// Where the fleet's alert ownership lives.
+pub trait FleetStore: Send + Sync + 'static {
+    /// Answers the claims in order, in one round trip.
+    fn claim<'a>(&'a self, claims: &'a [Claim]) -> BoxFuture<'a, Result<Vec<Verdict>, String>>;
+    /// Extends this replica's lease on alerts it owns that are still open; answers, for
+    /// each, whether this replica still owns it (another may have taken over an alert
+    /// whose lease lapsed while this one could not reach the store).
+    fn renew<'a>(&'a self, owned: &'a [AlertKey]) -> BoxFuture<'a, Result<Vec<bool>, String>>;
+}
+
+/// The gate's figures.
+#[derive(Debug, Default)]
+pub struct GateStats {
+    /// Events delivered under this replica's ownership.
+    pub owned: AtomicU64,
+    /// Events dropped because another replica owns the alert (or already resolved it).
+    pub deduplicated: AtomicU64,
+    /// Events spooled without a claim: the store failed, or the queue was full.
+    pub unclaimed: AtomicU64,
+    /// Failed store round trips (claims and renewals).
+    pub store_failures: AtomicU64,
+}
+
+/// The gate: a bounded queue in front of the claim task.
+#[derive(Debug)]
+pub struct Gate {
+    tx: parking_lot::Mutex<Option<mpsc::Sender<Alert>>>,
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set late in a shutdown: what is still queued is spooled without asking the store.
+    hurry: Arc<AtomicBool>,
+    pub stats: Arc<GateStats>,
+}
+
+/// Claims taken from the queue in one round trip.
+const MAX_CLAIM_BATCH: usize = 256;
+
+impl Gate {
+    /// Starts the claim task. `renew_every` is the sync interval. Must be called inside a
+    /// tokio runtime.
+    pub(super) fn start(
+        store: Arc<dyn FleetStore>,
+        book: Book,
+        max_pending: usize,
+        renew_every: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(max_pending.max(1));
+        let stats = Arc::new(GateStats::default());
+        let hurry = Arc::new(AtomicBool::new(false));
+        let ctx = Ctx {
+            store,
+            book,
+            stats: stats.clone(),
+            hurry: hurry.clone(),
+        };
+        let task = tokio::spawn(run(ctx, rx, renew_every));
+        Self {
+            tx: parking_lot::Mutex::new(Some(tx)),
+            task: parking_lot::Mutex::new(Some(task)),
+            hurry,
+            stats,
+        }
+    }
+
+    /// Queues an event for its claim; gives it back when it must be spooled now (the queue
+    /// is full or closed).
+    pub(super) fn offer(&self, alert: Alert) -> Option<Alert> {
+        let guard = self.tx.lock();
+        let Some(tx) = guard.as_ref() else {
+            return Some(alert);
+        };
+        match tx.try_send(alert) {
+            Ok(()) => None,
+            Err(e) => {
+                self.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
+                Some(e.into_inner())
+            }
+        }
+    }
+
+    /// Stops taking events; the queued ones are claimed and spooled for half of `grace`,
+    /// and what is left after that is spooled unclaimed.
+    pub(super) async fn close(&self, grace: Duration) {
+        drop(self.tx.lock().take());
+        let task = self.task.lock().take();
+        if let Some(mut t) = task {
+            if tokio::time::timeout(grace / 2, &mut t).await.is_err() {
+                self.hurry.store(true, Ordering::Relaxed);
+                if tokio::time::timeout(grace / 2, &mut t).await.is_err() {
+                    t.abort();
+                    tracing::warn!("alert claims did not finish within the grace period");
+                }
+            }
+        }
+    }
+}
+
+/// What the claim task works with.
+struct Ctx {
+    store: Arc<dyn FleetStore>,
+    book: Book,
+    stats: Arc<GateStats>,
+    hurry: Arc<AtomicBool>,
+}
+
+async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, renew_every: Duration) {
+    let Ctx { store, stats, .. } = &ctx;
+    let mut owned: HashSet<AlertKey> = HashSet::new();
+    let mut tick = tokio::time::interval(renew_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(MAX_CLAIM_BATCH);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_CLAIM_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                settle(&ctx, std::mem::take(&mut batch), &mut owned).await;
+            }
+            _ = tick.tick() => {
+                if owned.is_empty() {
+                    continue;
+                }
+                let keys: Vec<AlertKey> = owned.iter().cloned().collect();
+                match store.renew(&keys).await {
+                    Ok(held) => {
+                        for (k, held) in keys.into_iter().zip(held) {
+                            if !held {
+                                owned.remove(&k);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "alert lease renewal failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Claims a batch and spools what this replica delivers.
+async fn settle(ctx: &Ctx, batch: Vec<Alert>, owned: &mut HashSet<AlertKey>) {
+    let (book, stats) = (&ctx.book, &*ctx.stats);
+    if ctx.hurry.load(Ordering::Relaxed) {
+        return unclaimed(ctx, batch);
+    }
+    let claims: Vec<Claim> = batch
+        .iter()
+        .map(|a| Claim {
+            key: AlertKey::of(a),
+            local_id: a.id.clone(),
+            event: a.event,
+        })
+        .collect();
+    let verdicts = match ctx.store.claim(&claims).await {
+        Ok(v) if v.len() == claims.len() => v,
+        Ok(_) | Err(_) => {
+            stats.store_failures.fetch_add(1, Ordering::Relaxed);
+            return unclaimed(ctx, batch);
+        }
+    };
+    for ((mut a, claim), verdict) in batch.into_iter().zip(claims).zip(verdicts) {
+        match verdict {
+            Verdict::Own { id, seq } => {
+                relabel(&mut a, id, seq);
+                if a.event == Event::Resolved {
+                    owned.remove(&claim.key);
+                } else {
+                    owned.insert(claim.key);
+                }
+                stats.owned.fetch_add(1, Ordering::Relaxed);
+                book.record(a);
+            }
+            Verdict::Other | Verdict::Closed => {
+                owned.remove(&claim.key);
+                stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Spools events as this replica's pipeline made them: delivered, if perhaps by two
+/// replicas, rather than lost.
+fn unclaimed(ctx: &Ctx, batch: Vec<Alert>) {
+    ctx.stats
+        .unclaimed
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    for a in batch {
+        ctx.book.record(a);
+    }
+}
+
+/// Gives an event its fleet-wide id and number. The first event of an alert fleet-wide is
+/// its raise, whatever it was locally, and a replica that takes over an alert open
+/// elsewhere continues it with an update.
+fn relabel(a: &mut Alert, id: String, seq: u64) {
+    a.event_id = format!("{id}.{seq}");
+    a.id = id;
+    a.event = match (a.event, seq) {
+        (Event::Resolved, _) => Event::Resolved,
+        (_, 0) => Event::Raised,
+        (_, _) => Event::Updated,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_numbering_decides_raise_and_update() {
+        let mut a = Alert::example("pw-local");
+        a.event = Event::Updated;
+        relabel(&mut a, "pw-fleet".into(), 0);
+        assert_eq!(
+            (a.id.as_str(), a.event_id.as_str()),
+            ("pw-fleet", "pw-fleet.0")
+        );
+        assert_eq!(a.event, Event::Raised);
+        let mut b = Alert::example("pw-other");
+        relabel(&mut b, "pw-fleet".into(), 4);
+        assert_eq!(b.event, Event::Updated);
+        assert_eq!(b.event_id, "pw-fleet.4");
+        b.event = Event::Resolved;
+        relabel(&mut b, "pw-fleet".into(), 5);
+        assert_eq!(b.event, Event::Resolved);
+    }
+}

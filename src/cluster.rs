@@ -1,0 +1,170 @@
+//! Replicas of one model sharing state on Redis (`[cluster]`).
+//!
+//! Behind a load balancer, each replica's sidecar sees a share of every client's queries.
+//! What the fleet shares here:
+//! - **Alerts.** Each alert event is claimed in Redis before it is spooled, so one (model,
+//!   client, kind) is one alert with one id and one owner across the fleet, and a replica
+//!   that dies hands its alerts on when its lease lapses (the gate is
+//!   `alert::fleet`; the store is [`redis::RedisStore`]).
+//! - **The learned normal.** Each replica publishes every model's baseline once it has
+//!   learned one, and a replica without one (new, or restarted without a snapshot) adopts
+//!   the fleet's, so it does not judge traffic blind while its own sample fills
+//!   ([`normal`]).
+//!
+//! Redis is never on the record path. Claims wait in a bounded queue on their own task, the
+//! normal moves every `publish_normal_ms`, and every command has a timeout: a Redis that is
+//! down, slow or flushed costs duplicates across replicas and a colder start, never an
+//! ingest stall or a lost alert. Failures are counted (`probewatch_cluster_sync_failures_total`)
+//! and `probewatch_cluster_up` says whether the last command succeeded.
+
+pub mod normal;
+pub mod redis;
+
+use crate::alert::fleet::FleetStore;
+use crate::config::{Config, ResolvedCluster};
+use crate::pipeline::Pipeline;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Cluster errors (all of them configuration errors, found at start).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.redis_url: {0}")]
+    Url(String),
+}
+
+/// The cluster's figures.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Whether the last Redis command succeeded.
+    pub up: AtomicBool,
+    /// Redis commands sent (a pipeline counts each of its commands).
+    pub commands: AtomicU64,
+    /// Failed Redis round trips (timeouts, refused connections, errors).
+    pub sync_failures: AtomicU64,
+    pub normals_published: AtomicU64,
+    pub normals_adopted: AtomicU64,
+    /// Published normals not taken: learned under other settings, or unreadable.
+    pub normals_refused: AtomicU64,
+}
+
+/// A sidecar's part in the fleet.
+#[derive(Debug)]
+pub struct Cluster {
+    store: Arc<redis::RedisStore>,
+    sync: Duration,
+    publish: Option<Duration>,
+    stop: watch::Sender<bool>,
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Cluster {
+    /// Opens the store (lazily: nothing is sent yet).
+    pub fn open(c: &ResolvedCluster, cfg: &Config) -> Result<Self, ClusterError> {
+        // An open alert's record outlives the quiet time that resolves it, in case every
+        // replica goes quiet on it at once.
+        let ttl = cfg
+            .policy
+            .quiet_ms
+            .saturating_add(cfg.window.length_ms)
+            .max(0) as u64;
+        let store = Arc::new(redis::RedisStore::open(c, ttl)?);
+        let publish = (c.config.publish_normal_ms > 0)
+            .then(|| Duration::from_millis(c.config.publish_normal_ms));
+        Ok(Self {
+            store,
+            sync: Duration::from_millis(c.config.sync_ms),
+            publish,
+            stop: watch::channel(false).0,
+            task: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The alert-ownership store, for the dispatcher's fleet gate.
+    pub fn alert_store(&self) -> Arc<dyn FleetStore> {
+        self.store.clone()
+    }
+
+    /// The cluster's figures.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.store.stats
+    }
+
+    /// Shares of the cluster's figures that outlive `self` (for `/metrics`).
+    pub fn stats_arc(&self) -> Arc<ClusterStats> {
+        self.store.stats.clone()
+    }
+
+    /// Adopts the fleet's learned normal for every model without one here; returns how many
+    /// were taken. Bounded by the store's timeouts: at start, a Redis that is down delays
+    /// the sources by at most one timeout.
+    pub async fn adopt_normals(&self, p: &Pipeline) -> usize {
+        if self.publish.is_none() {
+            return 0;
+        }
+        normal::adopt(&self.store, p).await
+    }
+
+    /// Publishes every model's learned normal now (the sync loop does it every
+    /// `publish_normal_ms`).
+    pub async fn publish_normals(&self, p: &Pipeline) {
+        normal::publish(&self.store, p).await;
+    }
+
+    /// Starts the sync loop: a health check every `sync_ms`, and the learned normal
+    /// published (and adopted, for models still without one) every `publish_normal_ms`.
+    pub fn start(&self, p: Arc<Pipeline>) {
+        let store = self.store.clone();
+        let (sync, publish) = (self.sync, self.publish);
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sync);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_publish = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let due = publish.filter(|d| last_publish.elapsed() >= *d);
+                if due.is_some() {
+                    last_publish = tokio::time::Instant::now();
+                    normal::publish(&store, &p).await;
+                    if p.models_without_normal() {
+                        normal::adopt(&store, &p).await;
+                    }
+                } else {
+                    ping(&store).await;
+                }
+            }
+        });
+        *self.task.lock() = Some(task);
+    }
+
+    /// Publishes the learned normal one last time and stops the loop, within `grace`.
+    pub async fn stop(&self, p: &Pipeline, grace: Duration) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().take();
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(grace, t).await;
+        }
+        if self.publish.is_some() {
+            let _ = tokio::time::timeout(grace, normal::publish(&self.store, p)).await;
+        }
+    }
+}
+
+async fn ping(store: &redis::RedisStore) {
+    let mut conn = store.conn();
+    let r: ::redis::RedisResult<String> = ::redis::cmd("PING").query_async(&mut conn).await;
+    if let Err(e) = store.note(r) {
+        tracing::debug!(error = %e, "redis unreachable");
+    }
+}
+
+/// Whether Redis answered the last command.
+pub fn up(stats: &ClusterStats) -> bool {
+    stats.up.load(Ordering::Relaxed)
+}

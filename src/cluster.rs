@@ -17,10 +17,12 @@
 //! ingest stall or a lost alert. Failures are counted (`probewatch_cluster_sync_failures_total`)
 //! and `probewatch_cluster_up` says whether the last command succeeded.
 
+pub mod echo;
 pub mod normal;
 pub mod redis;
 
 use crate::alert::fleet::FleetStore;
+use crate::alert::Dispatcher;
 use crate::config::{Config, ResolvedCluster};
 use crate::pipeline::Pipeline;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +46,12 @@ pub struct ClusterStats {
     pub commands: AtomicU64,
     /// Failed Redis round trips (timeouts, refused connections, errors).
     pub sync_failures: AtomicU64,
+    /// Echoes sent to the other replicas, absorbed from them (for a client tracked here),
+    /// unmatched (for a client not seen here), and refused (an unreadable batch).
+    pub echoes_sent: AtomicU64,
+    pub echoes_absorbed: AtomicU64,
+    pub echoes_unmatched: AtomicU64,
+    pub echoes_refused: AtomicU64,
     pub normals_published: AtomicU64,
     pub normals_adopted: AtomicU64,
     /// Published normals not taken: learned under other settings, or unreadable.
@@ -56,6 +64,8 @@ pub struct Cluster {
     store: Arc<redis::RedisStore>,
     sync: Duration,
     publish: Option<Duration>,
+    /// The echo exchange, with `share_windows`.
+    echoes: Option<Arc<tokio::sync::Mutex<echo::Echoes>>>,
     stop: watch::Sender<bool>,
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -73,10 +83,17 @@ impl Cluster {
         let store = Arc::new(redis::RedisStore::open(c, ttl)?);
         let publish = (c.config.publish_normal_ms > 0)
             .then(|| Duration::from_millis(c.config.publish_normal_ms));
+        let echoes = c.config.share_windows.then(|| {
+            Arc::new(tokio::sync::Mutex::new(echo::Echoes::new(
+                c.replica.clone(),
+                c.config.lease_ms,
+            )))
+        });
         Ok(Self {
             store,
             sync: Duration::from_millis(c.config.sync_ms),
             publish,
+            echoes,
             stop: watch::channel(false).0,
             task: parking_lot::Mutex::new(None),
         })
@@ -113,10 +130,18 @@ impl Cluster {
         normal::publish(&self.store, p).await;
     }
 
-    /// Starts the sync loop: a health check every `sync_ms`, and the learned normal
-    /// published (and adopted, for models still without one) every `publish_normal_ms`.
-    pub fn start(&self, p: Arc<Pipeline>) {
+    /// Exchanges echoes with the other replicas once (the sync loop does it every
+    /// `sync_ms`); returns the alert events that the others' evidence raised here. Without
+    /// `share_windows`, a health check.
+    pub async fn sync_now(&self, p: &Arc<Pipeline>) -> Vec<crate::vocab::Alert> {
+        sync_once(&self.store, self.echoes.as_deref(), p).await
+    }
+
+    /// Starts the sync loop: echoes every `sync_ms`, and the learned normal published
+    /// (and adopted, for models still without one) every `publish_normal_ms`.
+    pub fn start(&self, p: Arc<Pipeline>, alerts: Arc<Dispatcher>) {
         let store = self.store.clone();
+        let echoes = self.echoes.clone();
         let (sync, publish) = (self.sync, self.publish);
         let mut stop = self.stop.subscribe();
         let task = tokio::spawn(async move {
@@ -128,15 +153,15 @@ impl Cluster {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                let due = publish.filter(|d| last_publish.elapsed() >= *d);
-                if due.is_some() {
+                for a in sync_once(&store, echoes.as_deref(), &p).await {
+                    alerts.send(a);
+                }
+                if publish.is_some_and(|d| last_publish.elapsed() >= d) {
                     last_publish = tokio::time::Instant::now();
                     normal::publish(&store, &p).await;
                     if p.models_without_normal() {
                         normal::adopt(&store, &p).await;
                     }
-                } else {
-                    ping(&store).await;
                 }
             }
         });
@@ -156,10 +181,24 @@ impl Cluster {
     }
 }
 
+async fn sync_once(
+    store: &redis::RedisStore,
+    echoes: Option<&tokio::sync::Mutex<echo::Echoes>>,
+    p: &Arc<Pipeline>,
+) -> Vec<crate::vocab::Alert> {
+    match echoes {
+        Some(e) => e.lock().await.sync(store, p).await,
+        None => {
+            ping(store).await;
+            Vec::new()
+        }
+    }
+}
+
 async fn ping(store: &redis::RedisStore) {
     let mut conn = store.conn();
-    let r: ::redis::RedisResult<String> = ::redis::cmd("PING").query_async(&mut conn).await;
-    if let Err(e) = store.note(r) {
+    let cmd = ::redis::cmd("PING");
+    if let Err(e) = store.call(cmd.query_async::<String>(&mut conn)).await {
         tracing::debug!(error = %e, "redis unreachable");
     }
 }

@@ -23,6 +23,7 @@
 
 mod alerts;
 pub mod client;
+pub mod echo;
 pub mod inspect;
 pub mod learner;
 pub mod models;
@@ -70,6 +71,8 @@ pub struct Pipeline {
     processed: AtomicU64,
     /// Recomputes baselines off the record path.
     learner: learner::Learner,
+    /// Echoes shared with other replicas, when the pipeline is one of several.
+    echo: Option<echo::Outbox>,
     /// Counters.
     pub stats: Stats,
 }
@@ -103,9 +106,38 @@ impl Pipeline {
             pseudonym: None,
             processed: AtomicU64::new(0),
             learner: learner::Learner::spawn(MAX_MODELS),
+            echo: None,
             clock,
             cfg,
         }
+    }
+
+    /// Shares what each query adds to its client with other replicas ([`echo`]): clients
+    /// are named by a 64-bit pseudonym under `key` (the same on every replica), and at
+    /// most `cap` echoes wait to be sent.
+    pub fn with_echoes(mut self, key: &[u8], cap: usize) -> Self {
+        self.echo = Some(echo::Outbox::new(key, cap));
+        self
+    }
+
+    /// The echoes queued since the last call, to send to the other replicas.
+    pub fn take_echoes(&self) -> Vec<echo::Echo> {
+        self.echo.as_ref().map(|o| o.take()).unwrap_or_default()
+    }
+
+    /// Gives back echoes that could not be sent (they go out first next time; past the
+    /// outbox's cap the oldest are dropped and counted).
+    pub fn return_echoes(&self, v: Vec<echo::Echo>) {
+        if let Some(o) = &self.echo {
+            o.put_back(v);
+        }
+    }
+
+    /// Echoes dropped because the outbox was full.
+    pub fn echoes_dropped(&self) -> u64 {
+        self.echo
+            .as_ref()
+            .map_or(0, |o| o.dropped.load(Ordering::Relaxed))
     }
 
     /// Shows client ids in alerts and the API as pseudonyms under `p` (`None`: as they are).
@@ -204,6 +236,7 @@ impl Pipeline {
                 model: c.model.clone(),
                 client: c.client.clone(),
             };
+            c.fleet = self.echo.as_ref().map_or(0, |o| o.enrol(&key));
             self.store.map().insert(key, c);
             r.clients += 1;
         }
@@ -296,7 +329,29 @@ impl Pipeline {
             let st = entry.value_mut();
             st.note_query(rec.ts_ms);
             let sig = self.detect(&rec, &sketch, answer, &view, &model, st);
-            record_window(&mut st.window, &rec, &sig, answer, base.ready, &self.stats);
+            record_window(
+                &mut st.window,
+                rec.ts_ms,
+                &sig,
+                answer,
+                base.ready,
+                &self.stats,
+            );
+            if let Some(o) = &self.echo {
+                let fp = self
+                    .detectors
+                    .fingerprint
+                    .last_entry(&st.detectors.fingerprint);
+                let e = echo::Echo::of(
+                    rec.model.clone(),
+                    st.fleet,
+                    rec.ts_ms,
+                    &sig,
+                    answer,
+                    base.ready,
+                );
+                o.push(e.with_fingerprint(fp));
+            }
             self.sample(&model, st, &sketch, answer, &sig, !base.ready);
             let decisions = self.decide(st, &sig, answer, &base, rec.ts_ms);
             let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, alerts);
@@ -334,13 +389,28 @@ impl Pipeline {
         }
         for gone in self.store.make_room() {
             self.stats.evicted_capacity.fetch_add(1, Ordering::Relaxed);
+            self.forget(&gone);
             alerts.extend(self.resolve_all(&gone, ts));
         }
     }
 
     fn new_client(&self, rec: &Record, tag: u64) -> ClientState {
         let window = SlidingWindow::new(self.cfg.window.buckets(), self.cfg.window.bucket_ms);
-        ClientState::new(rec, tag, window, &self.detectors)
+        let mut st = ClientState::new(rec, tag, window, &self.detectors);
+        if let Some(o) = &self.echo {
+            st.fleet = o.enrol(&ClientKey {
+                model: rec.model.clone(),
+                client: rec.client.clone(),
+            });
+        }
+        st
+    }
+
+    /// Drops a client that left the store from the echo index.
+    fn forget(&self, gone: &ClientState) {
+        if let Some(o) = &self.echo {
+            o.forget(gone.fleet);
+        }
     }
 
     /// Step 5: every detector on one query.
@@ -497,6 +567,7 @@ impl Pipeline {
         });
         for gone in gone {
             self.stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
+            self.forget(&gone);
             out.extend(self.resolve_all(&gone, now_of(&gone.model)));
         }
         let quiet = self.policy.config().quiet_ms;
@@ -544,13 +615,13 @@ pub fn limits(cfg: &Config) -> Limits {
 /// Step 6: the query's signals into the client's current bucket.
 fn record_window(
     w: &mut SlidingWindow,
-    rec: &Record,
+    ts_ms: i64,
     sig: &Signals,
     answer: Answer,
     scored: bool,
     stats: &Stats,
 ) {
-    match w.slot(rec.ts_ms) {
+    match w.slot(ts_ms) {
         Slot::At(p) => {
             let b = w.bucket_mut(p);
             let c = &mut b.counts;

@@ -56,6 +56,20 @@ impl Pseudonymiser {
         Ok(Some(Self::new("p", key.as_bytes())))
     }
 
+    /// A 64-bit pseudonym of several parts (each length-prefixed, so that no two
+    /// sequences of parts collide by concatenation).
+    pub fn tag64(&self, parts: &[&[u8]]) -> u64 {
+        let mut mac = self.mac.clone();
+        for p in parts {
+            mac.update(&(p.len() as u64).to_le_bytes());
+            mac.update(p);
+        }
+        let out = mac.finalize().into_bytes();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&out[..8]);
+        u64::from_le_bytes(b)
+    }
+
     /// The pseudonym of `id`.
     pub fn label(&self, id: &str) -> String {
         let mut mac = self.mac.clone();

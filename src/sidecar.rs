@@ -274,10 +274,13 @@ impl Running {
             dispatcher = dispatcher.with_fleet(cl.alert_store(), c.config.max_pending, sync);
         }
         let dispatcher = Arc::new(dispatcher);
-        let pipeline = Arc::new(
-            Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
-                .with_pseudonym(s.pseudonym),
-        );
+        let mut pipeline = Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
+            .with_pseudonym(s.pseudonym);
+        if let Some(key) = s.cluster.as_ref().and_then(|c| c.key.as_ref()) {
+            let cap = s.cluster.as_ref().map_or(1, |c| c.config.max_echoes);
+            pipeline = pipeline.with_echoes(&key.0, cap);
+        }
+        let pipeline = Arc::new(pipeline);
         if let Some(o) = &otel {
             o.register(pipeline.clone(), dispatcher.clone());
         }
@@ -292,7 +295,7 @@ impl Running {
         if let Some(cl) = &cluster {
             // Models the snapshot did not bring start from the fleet's normal.
             cl.adopt_normals(&pipeline).await;
-            cl.start(pipeline.clone());
+            cl.start(pipeline.clone(), dispatcher.clone());
         }
         let scorer = Scorer::start_default();
         let budget = MemoryBudget::new(pipeline.config().server.memory_budget_bytes);

@@ -15,7 +15,7 @@ use probewatch::pipeline::Pipeline;
 use probewatch::trace::{TraceLine, TraceReader};
 use probewatch::vocab::{Alert, Event, Kind};
 use redis_server::RedisServer;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,9 +23,13 @@ use std::time::{Duration, Instant};
 
 const DIGITS: &str = "tests/data/public";
 
+/// The key every replica pseudonymises clients under in Redis.
+const CLUSTER_KEY: &str = "test-cluster-key-0123456789";
+
 fn cluster_cfg(url: &str, replica: &str, extra: &str) -> Config {
+    std::env::set_var("PROBEWATCH_CLUSTER_KEY", CLUSTER_KEY);
     Config::from_toml_str(&format!(
-        "[cluster]\nredis_url = \"{url}\"\nreplica = \"{replica}\"\n{extra}\n[alerts]\nspool_dir = \"\"\n"
+        "[cluster]\nredis_url = \"{url}\"\nreplica = \"{replica}\"\n{extra}\n[alerts]\nspool_dir = \"\"\nhistory = 100000\n"
     ))
     .expect("cluster config")
 }
@@ -144,111 +148,166 @@ fn trace(dir: &str) -> Vec<TraceLine> {
 }
 
 struct Replica {
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     clock: Arc<ManualClock>,
     dispatcher: Dispatcher,
-    /// Every event this replica's pipeline produced, before the fleet gate.
-    local: Vec<Alert>,
+    cluster: Option<Cluster>,
 }
 
 impl Replica {
-    fn new(cfg: &Config, fleet: Option<Arc<dyn FleetStore>>) -> Self {
+    /// A replica; with `redis` (URL, deployment, replica), one of a fleet that claims its
+    /// alerts there, and shares echoes there when `share` is set.
+    fn new(dir: &str, redis: Option<(&str, &str, &str)>, share: bool) -> Self {
+        let cfg = match redis {
+            Some((url, deployment, name)) => {
+                let extra = format!("key_prefix = \"{deployment}:\"\nshare_windows = {share}");
+                cluster_cfg(url, name, &extra)
+            }
+            None => {
+                Config::from_toml_str("[alerts]\nspool_dir = \"\"\nhistory = 100000\n").unwrap()
+            }
+        };
         let clock = Arc::new(ManualClock::new(0));
+        let mut pipeline = Pipeline::new(Arc::new(cfg.clone()), schema(dir), clock.clone());
         let mut dispatcher = Dispatcher::start(&cfg.alerts, vec![]).unwrap();
-        if let Some(s) = fleet {
-            dispatcher = dispatcher.with_fleet(s, 4096, Duration::from_millis(500));
+        let mut cluster = None;
+        if redis.is_some() {
+            let r = resolved(&cfg);
+            if let Some(k) = &r.key {
+                pipeline = pipeline.with_echoes(&k.0, 1 << 16);
+            }
+            let cl = Cluster::open(&r, &cfg).unwrap();
+            dispatcher = dispatcher.with_fleet(cl.alert_store(), 4096, Duration::from_millis(500));
+            cluster = Some(cl);
         }
         Self {
-            pipeline: Pipeline::new(Arc::new(cfg.clone()), None, clock.clone()),
+            pipeline: Arc::new(pipeline),
             clock,
             dispatcher,
-            local: Vec::new(),
+            cluster,
         }
     }
 
-    fn feed(&mut self, l: &TraceLine) {
+    fn feed(&self, l: &TraceLine) -> Vec<Alert> {
         self.clock.set(l.ts_ms);
         let mut out = Vec::new();
         let _ = self
             .pipeline
             .process_wire(l.clone().into_record(), &mut out);
-        self.send(out);
+        self.send(&out);
+        out
     }
 
-    fn send(&mut self, alerts: Vec<Alert>) {
+    async fn sync(&self) -> Vec<Alert> {
+        let out = match &self.cluster {
+            Some(c) => c.sync_now(&self.pipeline).await,
+            None => Vec::new(),
+        };
+        self.send(&out);
+        out
+    }
+
+    fn send(&self, alerts: &[Alert]) {
         for a in alerts {
-            self.local.push(a.clone());
-            self.dispatcher.send(a);
+            self.dispatcher.send(a.clone());
         }
     }
 }
 
-type Key = (String, Kind);
-
-fn raised_keys(events: &[Alert]) -> BTreeSet<Key> {
-    events
-        .iter()
-        .filter(|a| a.event == Event::Raised)
-        .map(|a| (a.client.clone(), a.kind))
-        .collect()
+fn everything() -> probewatch::alert::history::AlertFilter {
+    probewatch::alert::history::AlertFilter {
+        limit: Some(usize::MAX),
+        ..Default::default()
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_raise_each_alert_once() {
-    let redis = RedisServer::start();
-    let mut replicas: Vec<Replica> = ["a", "b", "c"]
-        .iter()
-        .map(|r| {
-            let cfg = cluster_cfg(&redis.url(), r, "");
-            let cl = Cluster::open(&resolved(&cfg), &cfg).unwrap();
-            Replica::new(&cfg, Some(cl.alert_store()))
-        })
-        .collect();
-    // Round-robin per record, as a load balancer spreads requests.
-    for (i, l) in trace(DIGITS).iter().enumerate() {
-        replicas[i % 3].feed(l);
-    }
-    let mut fleet = Vec::new();
-    for r in &mut replicas {
-        let swept = r.pipeline.sweep();
-        r.send(swept);
-        r.dispatcher.shutdown(Duration::from_secs(10)).await;
-        let g = r.dispatcher.fleet_stats().unwrap();
-        assert_eq!(
-            g.unclaimed.load(Ordering::Relaxed),
-            0,
-            "Redis was up throughout"
-        );
-        fleet.extend(r.dispatcher.history().query(&Default::default()));
-    }
-    let local: Vec<Alert> = replicas.iter().flat_map(|r| r.local.clone()).collect();
-    let local_raises = local.iter().filter(|a| a.event == Event::Raised).count();
-    let want = raised_keys(&local);
-    assert!(
-        local_raises > want.len(),
-        "the replicas raised duplicates to remove: {local_raises} raises of {} alerts",
-        want.len()
-    );
+fn schema(dir: &str) -> Option<probewatch::schema::Schema> {
+    probewatch::schema::Schema::from_file(&Path::new(dir).join("schema.json")).ok()
+}
 
-    eprintln!(
-        "three replicas: {local_raises} local raises of {} (client, kind) alerts",
-        want.len()
-    );
-    let fleet: Vec<Alert> = fleet.iter().map(|a| (**a).clone()).collect();
-    assert_eq!(raised_keys(&fleet), want, "every alert reaches the sinks");
+type Key = (String, Kind);
+
+/// The client's queries (fleet-wide) when each (client, kind) was first raised.
+#[derive(Default)]
+struct FirstRaise {
+    queries: HashMap<String, u64>,
+    at: BTreeMap<Key, u64>,
+}
+
+impl FirstRaise {
+    fn query(&mut self, client: &str) {
+        *self.queries.entry(client.to_string()).or_default() += 1;
+    }
+
+    fn note(&mut self, alerts: &[Alert]) {
+        for a in alerts.iter().filter(|a| a.event == Event::Raised) {
+            let q = self.queries.get(&a.client).copied().unwrap_or(0);
+            self.at.entry((a.client.clone(), a.kind)).or_insert(q);
+        }
+    }
+}
+
+/// Records between two syncs of each replica: 2,000 records/s over the fleet with the
+/// default `sync_ms` of 100.
+const SYNC_RECORDS: usize = 200;
+
+/// Sends `dir`'s trace round-robin per record over replicas, syncing every
+/// [`SYNC_RECORDS`]; returns the first raises and every event the fleet delivered.
+async fn run_fleet(dir: &str, replicas: &[Replica]) -> (FirstRaise, Vec<Alert>) {
+    let mut first = FirstRaise::default();
+    for (i, l) in trace(dir).iter().enumerate() {
+        first.query(&l.client);
+        let out = replicas[i % replicas.len()].feed(l);
+        first.note(&out);
+        if (i + 1) % SYNC_RECORDS == 0 {
+            for r in replicas {
+                let out = r.sync().await;
+                first.note(&out);
+            }
+        }
+    }
+    let mut delivered = Vec::new();
+    for r in replicas {
+        let swept = r.pipeline.sweep();
+        r.send(&swept);
+        r.dispatcher.shutdown(Duration::from_secs(10)).await;
+        if let Some(g) = r.dispatcher.fleet_stats() {
+            assert_eq!(
+                g.unclaimed.load(Ordering::Relaxed),
+                0,
+                "Redis was up throughout"
+            );
+        }
+        let events = r.dispatcher.history().query(&everything());
+        delivered.extend(events.iter().map(|a| (**a).clone()));
+    }
+    (first, delivered)
+}
+
+/// Each alert is raised once fleet-wide, every event of it carries its id, and no event id
+/// is delivered twice.
+fn assert_once_each(delivered: &[Alert]) {
     let mut per_key: BTreeMap<Key, Vec<&Alert>> = BTreeMap::new();
-    for a in &fleet {
-        per_key
-            .entry((a.client.clone(), a.kind))
-            .or_default()
-            .push(a);
+    for a in delivered {
+        // A corrected alert (`previous_kind`) is still the alert it was raised as.
+        let kind = a.previous_kind.unwrap_or(a.kind);
+        per_key.entry((a.client.clone(), kind)).or_default().push(a);
     }
     let mut event_ids = HashSet::new();
     for (k, events) in &per_key {
         let raises = events.iter().filter(|a| a.event == Event::Raised).count();
         let ids: BTreeSet<&str> = events.iter().map(|a| a.id.as_str()).collect();
         // An alert resolved fleet-wide and raised again later is a new alert.
-        assert_eq!(raises, ids.len(), "{k:?}: one raise per alert id: {ids:?}");
+        let seen: Vec<String> = events
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {:?} {:?}<-{:?}",
+                    a.event_id, a.event, a.kind, a.previous_kind
+                )
+            })
+            .collect();
+        assert_eq!(raises, ids.len(), "{k:?}: one raise per alert id: {seen:?}");
         for a in events {
             assert!(
                 event_ids.insert(a.event_id.clone()),
@@ -257,11 +316,106 @@ async fn three_replicas_raise_each_alert_once() {
             );
         }
     }
-    assert_eq!(
-        fleet.iter().filter(|a| a.event == Event::Raised).count(),
-        want.len(),
-        "one raise per (client, kind)"
-    );
+}
+
+fn labels(dir: &str) -> serde_json::Map<String, serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(dir).join("labels.json")).unwrap())
+            .unwrap();
+    v.get("clients").unwrap_or(&v).as_object().unwrap().clone()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Three replicas, one Redis, each set sent round-robin per record. With echoes shared,
+/// each alert is raised once fleet-wide; on the tabular sets no benign client is alerted
+/// and every campaign member the single process alerts is alerted; and sharing brings the
+/// queries each attack needs before its first alert closer to the single process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_decide_on_every_query_of_a_client() {
+    let redis = RedisServer::start();
+    let sets = [
+        "tests/data/public-tabular/breast_cancer",
+        "tests/data/public-tabular/wine",
+        DIGITS,
+    ];
+    for (n, dir) in sets.iter().enumerate() {
+        let labels = labels(dir);
+        let benign = |c: &str| labels[c]["kind"] == "benign";
+        let sybil = |c: &str| labels[c].get("group").is_some_and(|g| !g.is_null());
+
+        let single = Replica::new(dir, None, false);
+        let mut want = FirstRaise::default();
+        for l in trace(dir) {
+            want.query(&l.client);
+            let out = single.feed(&l);
+            want.note(&out);
+        }
+        // Without echoes each replica decides alone: the first raises are what matter.
+        let alone: Vec<Replica> = (0..3).map(|_| Replica::new(dir, None, false)).collect();
+        let (split, _) = run_fleet(dir, &alone).await;
+        let fleet: Vec<Replica> = ["a", "b", "c"]
+            .iter()
+            .map(|r| {
+                // A deployment of its own per set: nothing of the last one is read.
+                let deployment = format!("set-{n}");
+                Replica::new(dir, Some((&redis.url(), &deployment, r)), true)
+            })
+            .collect();
+        let (merged, delivered) = run_fleet(dir, &fleet).await;
+        assert_once_each(&delivered);
+
+        let ratio = |got: &FirstRaise| -> Vec<f64> {
+            want.at
+                .iter()
+                .filter(|(k, _)| !benign(&k.0))
+                .filter_map(|(k, q)| got.at.get(k).map(|g| *g as f64 / *q as f64))
+                .collect()
+        };
+        let (r_split, r_merged) = (ratio(&split), ratio(&merged));
+        let attacks = want.at.keys().filter(|k| !benign(&k.0)).count();
+        let missed: Vec<&Key> = want
+            .at
+            .keys()
+            .filter(|k| !merged.at.contains_key(*k))
+            .collect();
+        let extra: Vec<&Key> = merged
+            .at
+            .keys()
+            .filter(|k| !want.at.contains_key(*k))
+            .collect();
+        let benign_alerted: BTreeSet<&str> = merged
+            .at
+            .keys()
+            .filter(|k| benign(&k.0))
+            .map(|k| k.0.as_str())
+            .collect();
+        eprintln!(
+            "{dir}: {attacks} attack alerts single-process; fleet with echoes: {} detected, \
+             queries to first alert {:.2}x median, {:.2}x max ({:.2}x median without echoes); \
+             missed {missed:?}; extra {extra:?}; benign alerted {benign_alerted:?}",
+            r_merged.len(),
+            median(r_merged.clone()),
+            r_merged.iter().copied().fold(0.0, f64::max),
+            median(r_split.clone()),
+        );
+        assert!(
+            median(r_merged) < median(r_split),
+            "{dir}: echoes bring first alerts earlier"
+        );
+        if *dir != DIGITS {
+            assert!(benign_alerted.is_empty(), "{dir}: {benign_alerted:?}");
+            for k in want.at.keys().filter(|k| sybil(&k.0)) {
+                assert!(
+                    merged.at.contains_key(k),
+                    "{dir}: campaign member {k:?} missed"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,12 +433,13 @@ async fn a_redis_outage_costs_duplicates_never_alerts() {
         None,
         Arc::new(ManualClock::new(0)),
     ));
-    cl.start(p.clone());
     let d = Dispatcher::start(&cfg.alerts, vec![]).unwrap().with_fleet(
         cl.alert_store(),
         64,
         Duration::from_millis(100),
     );
+    let d = Arc::new(d);
+    cl.start(p.clone(), d.clone());
     let alert = |n: usize| {
         let mut a = Alert::example(&format!("pw-{n}"));
         a.client = format!("client-{n}");
@@ -311,7 +466,7 @@ async fn a_redis_outage_costs_duplicates_never_alerts() {
     wait_for("unclaimed spooling", &|| {
         g.unclaimed.load(Ordering::Relaxed) == 5
     });
-    assert_eq!(d.history().query(&Default::default()).len(), 6, "none lost");
+    assert_eq!(d.history().query(&everything()).len(), 6, "none lost");
     wait_for("the up gauge to fall", &|| {
         !probewatch::cluster::up(cl.stats())
     });
@@ -323,7 +478,7 @@ async fn a_redis_outage_costs_duplicates_never_alerts() {
     });
     d.send(alert(6));
     wait_for("claims to resume", &|| g.owned.load(Ordering::Relaxed) == 2);
-    assert_eq!(d.history().query(&Default::default()).len(), 7);
+    assert_eq!(d.history().query(&everything()).len(), 7);
     d.shutdown(Duration::from_secs(5)).await;
     cl.stop(&p, Duration::from_secs(1)).await;
 }
@@ -332,7 +487,7 @@ async fn a_redis_outage_costs_duplicates_never_alerts() {
 async fn a_new_replica_starts_from_the_fleet_normal() {
     let redis = RedisServer::start();
     let cfg = cluster_cfg(&redis.url(), "a", "");
-    let mut first = Replica::new(&cfg, None);
+    let first = Replica::new(DIGITS, None, false);
     let lines = trace(DIGITS);
     let model = lines[0].model.clone();
     let mut fed = 0;
@@ -350,7 +505,7 @@ async fn a_new_replica_starts_from_the_fleet_normal() {
 
     let cfg_b = cluster_cfg(&redis.url(), "b", "");
     let b = Cluster::open(&resolved(&cfg_b), &cfg_b).unwrap();
-    let fresh = Replica::new(&cfg_b, None);
+    let fresh = Replica::new(DIGITS, None, false);
     assert_eq!(b.adopt_normals(&fresh.pipeline).await, 1);
     let got = fresh.pipeline.model(&model).expect("the model is created");
     assert!(got.adopted());
@@ -369,8 +524,8 @@ async fn a_new_replica_starts_from_the_fleet_normal() {
     // A replica under other detection settings refuses it, and says so.
     let cfg_c = cluster_cfg(&redis.url(), "c", "[policy]\nalpha = 0.0001");
     let c = Cluster::open(&resolved(&cfg_c), &cfg_c).unwrap();
-    let other = Replica::new(&cfg_c, None);
-    assert_eq!(c.adopt_normals(&other.pipeline).await, 0);
+    let other = Pipeline::new(Arc::new(cfg_c.clone()), None, Arc::new(ManualClock::new(0)));
+    assert_eq!(c.adopt_normals(&other).await, 0);
     assert_eq!(c.stats().normals_refused.load(Ordering::Relaxed), 1);
-    assert!(other.pipeline.model(&model).is_none());
+    assert!(other.model(&model).is_none());
 }

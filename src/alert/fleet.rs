@@ -38,15 +38,18 @@ pub struct Claim {
 pub struct AlertKey {
     pub model: String,
     pub client: String,
+    /// The kind the alert was raised as: an alert whose kind later evidence corrected
+    /// stays the alert it was (same id, `previous_kind`), so it keeps its key.
     pub kind: Kind,
 }
 
 impl AlertKey {
-    fn of(a: &Alert) -> Self {
+    /// The key of an event's alert.
+    pub fn of(a: &Alert) -> Self {
         Self {
             model: a.model.clone(),
             client: a.client.clone(),
-            kind: a.kind,
+            kind: a.previous_kind.unwrap_or(a.kind),
         }
     }
 }

@@ -60,9 +60,8 @@ pub async fn publish(store: &RedisStore, p: &Pipeline) {
     }
     pipe.pexpire(&key, NORMAL_TTL_MS as i64).ignore();
     let mut conn = store.conn();
-    let r: ::redis::RedisResult<()> = pipe.query_async(&mut conn).await;
     store.stats.commands.fetch_add(n, Ordering::Relaxed);
-    match store.note(r) {
+    match store.call(pipe.query_async::<()>(&mut conn)).await {
         Ok(()) => {
             store
                 .stats
@@ -76,11 +75,12 @@ pub async fn publish(store: &RedisStore, p: &Pipeline) {
 /// Adopts the fleet's normal for every model without a ready one; returns how many.
 pub async fn adopt(store: &RedisStore, p: &Pipeline) -> usize {
     let mut conn = store.conn();
-    let r: ::redis::RedisResult<Vec<(String, Vec<u8>)>> = ::redis::cmd("HGETALL")
-        .arg(store.key("normal"))
-        .query_async(&mut conn)
+    let mut cmd = ::redis::cmd("HGETALL");
+    cmd.arg(store.key("normal"));
+    let r = store
+        .call(cmd.query_async::<Vec<(String, Vec<u8>)>>(&mut conn))
         .await;
-    let Ok(fields) = store.note(r) else {
+    let Ok(fields) = r else {
         return 0;
     };
     let digest = settings_digest(p.config());

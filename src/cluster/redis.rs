@@ -18,10 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Claims a batch of alert events. ARGV: replica, lease (ms), key TTL (ms), then one
-/// (local id, event) pair per key. An alert record is a hash {owner, id, seq, until}: the
-/// first claim opens it with the claimer's id; its owner, or anyone once the owner's lease
-/// (`until`, on the server's clock) has passed, continues it with the next `seq`; a resolve
-/// by the owner deletes it.
+/// (local id, event) pair per key. An alert record is a hash {owner, id, seq, until, open,
+/// gen}: a claim on a record that is not open opens it with the claimer's id; its owner,
+/// or anyone once the owner's lease (`until`, on the server's clock) has passed, continues
+/// it with the next `seq`; a resolve closes it. A closed record is kept until its TTL, so
+/// that a replica whose pipeline gives a new alert the id of the one just closed (alert
+/// ids come from the raising query, and two replicas can raise on the same one) opens it
+/// under a new id (`<id>-<gen>`), never under the old one.
 const CLAIM: &str = r#"
 local replica = ARGV[1]
 local lease = tonumber(ARGV[2])
@@ -32,23 +35,28 @@ local out = {}
 for i, k in ipairs(KEYS) do
   local id = ARGV[2 + 2 * i]
   local ev = ARGV[3 + 2 * i]
-  local cur = redis.call('HMGET', k, 'owner', 'id', 'seq', 'until')
-  if not cur[2] then
+  local cur = redis.call('HMGET', k, 'owner', 'id', 'seq', 'until', 'open', 'gen')
+  if cur[5] ~= '1' then
     if ev == 'resolved' then
       out[i] = {'closed'}
     else
-      redis.call('HSET', k, 'owner', replica, 'id', id, 'seq', 0, 'until', now + lease)
+      local gen = tonumber(cur[6] or '0') + 1
+      if cur[2] == id then
+        id = id .. '-' .. gen
+      end
+      redis.call('HSET', k, 'owner', replica, 'id', id, 'seq', 0, 'until', now + lease,
+        'open', 1, 'gen', gen)
       redis.call('PEXPIRE', k, ttl)
       out[i] = {'own', id, 0}
     end
   elseif cur[1] == replica or tonumber(cur[4]) < now then
     local seq = tonumber(cur[3]) + 1
+    local open = 1
     if ev == 'resolved' then
-      redis.call('DEL', k)
-    else
-      redis.call('HSET', k, 'owner', replica, 'seq', seq, 'until', now + lease)
-      redis.call('PEXPIRE', k, ttl)
+      open = 0
     end
+    redis.call('HSET', k, 'owner', replica, 'seq', seq, 'until', now + lease, 'open', open)
+    redis.call('PEXPIRE', k, ttl)
     out[i] = {'own', cur[2], seq}
   else
     out[i] = {'other'}
@@ -67,7 +75,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for i, k in ipairs(KEYS) do
-  if redis.call('HGET', k, 'owner') == replica then
+  local cur = redis.call('HMGET', k, 'owner', 'open')
+  if cur[1] == replica and cur[2] == '1' then
     redis.call('HSET', k, 'until', now + lease)
     redis.call('PEXPIRE', k, ttl)
     out[i] = 1
@@ -88,6 +97,8 @@ pub struct RedisStore {
     alert_ttl_ms: u64,
     claim: Script,
     renew: Script,
+    /// Deadline of every round trip.
+    timeout: Duration,
     pub(super) stats: Arc<ClusterStats>,
 }
 
@@ -131,7 +142,8 @@ impl RedisStore {
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_millis(c.sync_ms.max(1_000)));
+            .set_max_delay(Duration::from_millis(c.sync_ms.max(1_000)))
+            .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(bad)?;
         Ok(Self {
             conn,
@@ -141,6 +153,7 @@ impl RedisStore {
             alert_ttl_ms: alert_ttl_ms.max(2 * c.lease_ms),
             claim: Script::new(CLAIM),
             renew: Script::new(RENEW),
+            timeout,
             stats: Arc::new(ClusterStats::default()),
         })
     }
@@ -169,9 +182,19 @@ impl RedisStore {
         self.key(&format!("alert:{}", hex::encode(&h.finalize()[..16])))
     }
 
-    /// Counts one command's outcome, and keeps the up gauge.
-    pub(super) fn note<T>(&self, r: redis::RedisResult<T>) -> Result<T, String> {
+    /// Runs one round trip under the hard timeout, counts its outcome, and keeps the up
+    /// gauge. The connection's own timeouts bound each attempt, but a command issued while
+    /// the connection is being re-established waits for the reconnection: this deadline
+    /// is what bounds it.
+    pub(super) async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let r = match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        };
         match r {
             Ok(v) => {
                 self.stats.up.store(true, Ordering::Relaxed);
@@ -180,7 +203,7 @@ impl RedisStore {
             Err(e) => {
                 self.stats.up.store(false, Ordering::Relaxed);
                 self.stats.sync_failures.fetch_add(1, Ordering::Relaxed);
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -195,7 +218,7 @@ impl RedisStore {
             inv.arg(&c.local_id).arg(event_name(c.event));
         }
         let mut conn = self.conn();
-        let raw: Vec<Vec<redis::Value>> = self.note(inv.invoke_async(&mut conn).await)?;
+        let raw: Vec<Vec<redis::Value>> = self.call(inv.invoke_async(&mut conn)).await?;
         raw.into_iter().map(verdict).collect()
     }
 
@@ -208,7 +231,7 @@ impl RedisStore {
             inv.key(self.alert_key(k));
         }
         let mut conn = self.conn();
-        let held: Vec<i64> = self.note(inv.invoke_async(&mut conn).await)?;
+        let held: Vec<i64> = self.call(inv.invoke_async(&mut conn)).await?;
         Ok(held.into_iter().map(|h| h == 1).collect())
     }
 }

@@ -12,8 +12,13 @@ use serde::{Deserialize, Serialize};
 
 /// Key prefix when none is set: one deployment per Redis database.
 pub const DEFAULT_KEY_PREFIX: &str = "probewatch:";
-/// Interval between syncs (lease renewals, publishing the learned normal).
-pub const DEFAULT_SYNC_MS: u64 = 500;
+/// Interval between syncs: echoes sent and received, leases renewed. A client's evidence
+/// from other replicas reaches a replica at most about one sync late.
+pub const DEFAULT_SYNC_MS: u64 = 100;
+/// Echoes waiting to be sent; past it the oldest are dropped and counted.
+pub const DEFAULT_MAX_ECHOES: usize = 65_536;
+/// Environment variable holding the key that names clients in Redis.
+pub const DEFAULT_CLUSTER_KEY_ENV: &str = "PROBEWATCH_CLUSTER_KEY";
 /// Shortest sync interval: each sync is a few Redis commands, whatever the traffic.
 pub const MIN_SYNC_MS: u64 = 50;
 /// Connect and response timeout of every Redis command.
@@ -63,6 +68,26 @@ pub struct ClusterConfig {
     /// Interval between publications of the learned normal; 0 disables sharing it.
     #[serde(default = "default_publish")]
     pub publish_normal_ms: u64,
+    /// Share what each query adds to its client's window and evidence with the other
+    /// replicas, so that decisions rest on all of a client's queries.
+    #[serde(default = "default_true")]
+    pub share_windows: bool,
+    /// Environment variable holding the key (at least 16 bytes, the same on every replica)
+    /// under which clients are pseudonymised in Redis.
+    #[serde(default = "default_key_env")]
+    pub key_env: String,
+    #[serde(default = "default_echoes")]
+    pub max_echoes: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_key_env() -> String {
+    DEFAULT_CLUSTER_KEY_ENV.into()
+}
+fn default_echoes() -> usize {
+    DEFAULT_MAX_ECHOES
 }
 
 fn default_prefix() -> String {
@@ -92,6 +117,8 @@ pub struct ResolvedCluster {
     /// The CA bundle's PEM bytes (`ca_file`).
     pub ca_pem: Option<Vec<u8>>,
     pub replica: String,
+    /// The client pseudonym key, with `share_windows`.
+    pub key: Option<Secret<Vec<u8>>>,
 }
 
 impl ClusterConfig {
@@ -145,6 +172,9 @@ impl ClusterConfig {
         if self.max_pending == 0 {
             return Err(invalid("cluster.max_pending", "must be at least 1"));
         }
+        if self.max_echoes == 0 {
+            return Err(invalid("cluster.max_echoes", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -165,11 +195,24 @@ impl ClusterConfig {
                 )
             })?)
         };
+        let key = if self.share_windows {
+            let k = from_env(&self.key_env).map_err(|r| invalid("cluster.key_env", r))?;
+            if k.len() < 16 {
+                return Err(invalid(
+                    "cluster.key_env",
+                    format!("${} must hold at least 16 bytes", self.key_env),
+                ));
+            }
+            Some(Secret(k.into_bytes()))
+        } else {
+            None
+        };
         Ok(ResolvedCluster {
             config: self.clone(),
             password: password.map(Secret),
             ca_pem,
             replica: self.replica_name(),
+            key,
         })
     }
 
@@ -219,7 +262,7 @@ mod tests {
     #[test]
     fn the_password_comes_from_the_environment_and_never_prints() {
         let c = Config::from_toml_str(
-            "[cluster]\nredis_url = \"redis://r\"\npassword_env = \"PW_TEST_REDIS_PASSWORD\"\nreplica = \"a\"\n",
+            "[cluster]\nredis_url = \"redis://r\"\npassword_env = \"PW_TEST_REDIS_PASSWORD\"\nreplica = \"a\"\nshare_windows = false\n",
         )
         .unwrap();
         let cl = c.cluster.unwrap();
@@ -230,5 +273,22 @@ mod tests {
         assert_eq!(r.password.as_ref().unwrap().0, "s3cret-pass");
         assert!(!format!("{r:?}").contains("s3cret"));
         assert_eq!(r.replica, "a");
+    }
+
+    #[test]
+    fn shared_windows_need_a_key_of_sixteen_bytes() {
+        let text =
+            |var: &str| format!("[cluster]\nredis_url = \"redis://r\"\nkey_env = \"{var}\"\n");
+        let c = Config::from_toml_str(&text("PW_TEST_CLUSTER_KEY_UNSET")).unwrap();
+        let e = c.cluster.unwrap().resolve().unwrap_err().to_string();
+        assert!(e.contains("cluster.key_env"), "{e}");
+        std::env::set_var("PW_TEST_CLUSTER_KEY_SHORT", "short");
+        let c = Config::from_toml_str(&text("PW_TEST_CLUSTER_KEY_SHORT")).unwrap();
+        let e = c.cluster.unwrap().resolve().unwrap_err().to_string();
+        assert!(e.contains("16 bytes") && !e.contains("short\""), "{e}");
+        std::env::set_var("PW_TEST_CLUSTER_KEY_OK", "0123456789abcdef");
+        let c = Config::from_toml_str(&text("PW_TEST_CLUSTER_KEY_OK")).unwrap();
+        let r = c.cluster.unwrap().resolve().unwrap();
+        assert_eq!(r.key.unwrap().0, b"0123456789abcdef");
     }
 }

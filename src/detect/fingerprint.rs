@@ -290,6 +290,52 @@ impl Fingerprint {
     }
 }
 
+/// One query's entry in a client's fingerprint history, as replicas share it (the kept
+/// hashes' high bits, their Bloom signature, the answer's class tag and the exact-input
+/// hash: salted hashes of the quantised input, not the input).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FpEntry {
+    hashes: Vec<u16>,
+    bloom: u64,
+    class: u16,
+    exact: u32,
+}
+
+impl Fingerprint {
+    /// The entry the client's latest query left in its history.
+    pub fn last_entry(&self, st: &FingerprintState) -> Option<FpEntry> {
+        if st.filled == 0 {
+            return None;
+        }
+        let h = self.cfg.history;
+        let i = (st.next + h - 1) % h;
+        let top = self.cfg.top_n.min(64);
+        let len = st.lens[i] as usize;
+        Some(FpEntry {
+            hashes: st.hashes[i * top..i * top + len].to_vec(),
+            bloom: st.blooms[i],
+            class: st.classes[i],
+            exact: st.exact[i],
+        })
+    }
+
+    /// Appends another replica's entry for the client to its history, so that the
+    /// client's later queries here are compared with it too.
+    pub fn push_entry(&self, st: &mut FingerprintState, e: &FpEntry) {
+        let top = self.cfg.top_n.min(64);
+        let len = e.hashes.len().min(top);
+        let i = st.next;
+        st.hashes[i * top..i * top + len].copy_from_slice(&e.hashes[..len]);
+        st.blooms[i] = e.bloom;
+        st.lens[i] = len as u8;
+        st.classes[i] = e.class;
+        st.exact[i] = e.exact;
+        st.next = (i + 1) % self.cfg.history;
+        st.filled = (st.filled + 1).min(self.cfg.history);
+        st.seq = st.seq.wrapping_add(1);
+    }
+}
+
 impl Detector for Fingerprint {
     type Client = FingerprintState;
     type Model = GlobalTable;

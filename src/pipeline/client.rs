@@ -15,6 +15,9 @@ pub struct ClientState {
     pub client: Arc<str>,
     /// Stable tag of (model, client), used in model-wide tables.
     pub tag: u64,
+    /// Keyed pseudonym of (model, client) that replicas share ([`super::echo`]); 0 when
+    /// the pipeline shares nothing.
+    pub fleet: u64,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     /// Accepted queries since first seen.
@@ -35,6 +38,7 @@ impl ClientState {
             model: rec.model.clone(),
             client: rec.client.clone(),
             tag,
+            fleet: 0,
             first_seen_ms: rec.ts_ms,
             last_seen_ms: rec.ts_ms,
             total: 0,

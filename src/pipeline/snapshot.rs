@@ -31,7 +31,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Format version; a snapshot of another version is refused.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"PWSTATE\0";
 /// Magic and version.
 const HEADER: u64 = 8 + 4;

@@ -1,0 +1,220 @@
+//! Echoes between replicas, over Redis streams.
+//!
+//! Each replica appends its echoes (`crate::pipeline::echo`) to its own stream once per
+//! sync, as one entry whatever the traffic, and reads every other live replica's stream
+//! from where it last stopped. Replicas find each other in a sorted set scored by their
+//! last heartbeat. Per sync that is one `XADD` and one `XREAD`; the heartbeat and the keys'
+//! TTLs are refreshed every [`MEMBERSHIP_EVERY`] syncs. Streams are capped at about
+//! [`STREAM_MAXLEN`] entries and expire with their replica, so Redis holds a few seconds of
+//! each replica's echoes, never more.
+//!
+//! A sync that fails gives its echoes back to the pipeline's bounded outbox, so a Redis
+//! outage delays echoes (dropping the oldest past the outbox's cap, counted) instead of
+//! losing them at once; reads resume from each stream's last position, and what a stream
+//! dropped in the meantime is gone. A replica reads only what was appended after it
+//! started: a restarted replica does not count again what it absorbed before.
+
+use super::redis::RedisStore;
+use super::ClusterStats;
+use crate::pipeline::echo::Echo;
+use crate::pipeline::Pipeline;
+use crate::vocab::Alert;
+use bincode::Options;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Entries each replica's stream keeps (approximately: `MAXLEN ~`).
+pub const STREAM_MAXLEN: usize = 64;
+/// Syncs between heartbeats (and TTL refreshes).
+pub const MEMBERSHIP_EVERY: u64 = 5;
+/// Largest echo batch read back.
+pub const MAX_BATCH_BYTES: u64 = 32 << 20;
+/// Entries read per stream per sync.
+const READ_COUNT: usize = 256;
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .with_limit(MAX_BATCH_BYTES)
+}
+
+/// One replica's view of the others' streams.
+#[derive(Debug)]
+pub struct Echoes {
+    replica: String,
+    /// Milliseconds a replica stays live after its last heartbeat.
+    lease_ms: u64,
+    /// Where each other replica's stream was last read.
+    cursors: HashMap<String, String>,
+    /// The first id this replica reads (its start, on Redis's stream clock).
+    since: String,
+    live: Vec<String>,
+    syncs: u64,
+}
+
+impl Echoes {
+    /// A replica that reads what others append from now on.
+    pub fn new(replica: String, lease_ms: u64) -> Self {
+        let now = crate::clock::system().now_ms().max(0);
+        Self {
+            replica,
+            lease_ms,
+            cursors: HashMap::new(),
+            since: format!("{now}-0"),
+            live: Vec::new(),
+            syncs: 0,
+        }
+    }
+
+    /// Sends this replica's echoes and absorbs the others'; returns the alerts that
+    /// absorbing raised.
+    pub async fn sync(&mut self, store: &RedisStore, p: &Arc<Pipeline>) -> Vec<Alert> {
+        let out = p.take_echoes();
+        if !self.send(store, &out).await {
+            p.return_echoes(out);
+        } else {
+            let n = out.len() as u64;
+            store.stats.echoes_sent.fetch_add(n, Ordering::Relaxed);
+        }
+        let batches = self.read(store).await;
+        if batches.is_empty() {
+            return Vec::new();
+        }
+        let (p, stats) = (p.clone(), store.stats.clone());
+        tokio::task::spawn_blocking(move || absorb(&p, &stats, batches))
+            .await
+            .unwrap_or_default()
+    }
+
+    fn stream(&self, store: &RedisStore, replica: &str) -> String {
+        store.key(&format!("echo:{replica}"))
+    }
+
+    /// Appends one entry (and, every few syncs, the heartbeat); true when Redis took it.
+    async fn send(&mut self, store: &RedisStore, out: &[Echo]) -> bool {
+        self.syncs += 1;
+        let beat = self.syncs % MEMBERSHIP_EVERY == 1 || self.live.is_empty();
+        if out.is_empty() && !beat {
+            return true;
+        }
+        let own = self.stream(store, &self.replica);
+        let members = store.key("replicas");
+        let ttl = (self.lease_ms * 4) as i64;
+        let mut pipe = ::redis::pipe();
+        let mut n = 0;
+        if !out.is_empty() {
+            let Ok(blob) = codec().serialize(out) else {
+                return true;
+            };
+            pipe.cmd("XADD")
+                .arg(&own)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAXLEN)
+                .arg("*")
+                .arg("e")
+                .arg(blob)
+                .ignore();
+            n += 1;
+        }
+        let now = crate::clock::system().now_ms();
+        if beat {
+            pipe.zadd(&members, &self.replica, now).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&members)
+                .arg("-inf")
+                .arg(now - ttl)
+                .ignore();
+            pipe.pexpire(&members, ttl).ignore();
+            pipe.pexpire(&own, ttl).ignore();
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(&members)
+                .arg(now - self.lease_ms as i64)
+                .arg("+inf");
+            n += 5;
+        }
+        let mut conn = store.conn();
+        store
+            .stats
+            .commands
+            .fetch_add(n.max(1) - 1, Ordering::Relaxed);
+        let r = store
+            .call(pipe.query_async::<Vec<Vec<String>>>(&mut conn))
+            .await;
+        match r {
+            Ok(mut v) => {
+                if let Some(live) = v.pop().filter(|_| beat) {
+                    self.live = live.into_iter().filter(|r| *r != self.replica).collect();
+                    let live = &self.live;
+                    self.cursors.retain(|r, _| live.contains(r));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "echoes not sent");
+                false
+            }
+        }
+    }
+
+    /// Reads every other live replica's new entries.
+    async fn read(&mut self, store: &RedisStore) -> Vec<Vec<u8>> {
+        if self.live.is_empty() {
+            return Vec::new();
+        }
+        let keys: HashMap<String, String> = self
+            .live
+            .iter()
+            .map(|r| (self.stream(store, r), r.clone()))
+            .collect();
+        let mut cmd = ::redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(READ_COUNT).arg("STREAMS");
+        for r in &self.live {
+            cmd.arg(self.stream(store, r));
+        }
+        for r in &self.live {
+            cmd.arg(self.cursors.get(r).unwrap_or(&self.since));
+        }
+        let mut conn = store.conn();
+        let r = store
+            .call(cmd.query_async::<Option<::redis::streams::StreamReadReply>>(&mut conn))
+            .await;
+        let Ok(Some(reply)) = r else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for k in reply.keys {
+            let Some(replica) = keys.get(&k.key).cloned() else {
+                continue;
+            };
+            for id in k.ids {
+                if let Some(::redis::Value::BulkString(b)) = id.map.get("e") {
+                    out.push(b.clone());
+                }
+                self.cursors.insert(replica.clone(), id.id);
+            }
+        }
+        out
+    }
+}
+
+/// Decodes and absorbs echo batches (off the async threads: it is the record path's work).
+fn absorb(p: &Pipeline, stats: &ClusterStats, batches: Vec<Vec<u8>>) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    for b in batches {
+        let Ok(echoes) = codec().deserialize::<Vec<Echo>>(&b) else {
+            stats.echoes_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let r = p.absorb(&echoes, &mut alerts);
+        stats
+            .echoes_absorbed
+            .fetch_add(r.matched as u64, Ordering::Relaxed);
+        stats
+            .echoes_unmatched
+            .fetch_add(r.unmatched as u64, Ordering::Relaxed);
+    }
+    alerts
+}

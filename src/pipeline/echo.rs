@@ -1,0 +1,406 @@
+//! Echoes: what one replica's queries add to a client's window and evidence, for the
+//! replicas that see the same client's other queries.
+//!
+//! Behind a load balancer every replica sees a share of each client's queries. After its
+//! detectors have run on a query, a replica keeps an [`Echo`] of the query's findings: a
+//! dozen flags, the answer's margin and class, the feature-space cell, and the event time;
+//! no input, and the client named only by a keyed 64-bit pseudonym. Other replicas
+//! [`absorb`](super::Pipeline::absorb) echoes into their own state of that client: the
+//! window's counters, histograms and cell bitmap (which merge exactly: sums and ORs), and
+//! the policy's sequential tests, stepped once per echoed query. A client's decisions then
+//! rest on all of its queries, wherever they landed.
+//!
+//! What does not merge, and why:
+//! - **The order of evidence.** Each replica steps its CUSUMs over its own queries as they
+//!   arrive and over the others' as their echoes arrive, a sync later. Every replica sees
+//!   the same events, in a slightly different order; a CUSUM over a reordered sequence of
+//!   events drawn at one rate has the same distribution, so the false-alarm budget per
+//!   replica holds, and an attack's evidence arrives at most one sync late.
+//! - **History-based findings** (near-duplicates, structured steps, PRADA's distances) are
+//!   computed against the queries this replica saw of the client, not all of them: the
+//!   histories hold inputs, which never leave the replica.
+//! - **A client not yet seen here.** Its echoes are counted and dropped (`unmatched`):
+//!   the replica that does see it has the full picture of it.
+
+use crate::detect::fingerprint::FpEntry;
+use crate::detect::{ModelView, Query, Signals};
+use crate::pseudonym::Pseudonymiser;
+use crate::record::Answer;
+use crate::window::store::ClientKey;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One query's findings, as other replicas absorb them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Echo {
+    pub model: Arc<str>,
+    /// Keyed pseudonym of (model, client): replicas sharing the cluster key agree on it,
+    /// Redis and anyone reading it cannot tell the client.
+    pub client: u64,
+    pub ts_ms: i64,
+    flags: u16,
+    margin: Option<f32>,
+    class: Option<u32>,
+    cell: Option<u64>,
+    /// The query's entry in the client's fingerprint history.
+    fp: Option<FpEntry>,
+}
+
+const EXACT_DUP: u16 = 1;
+const NEAR_DUP: u16 = 1 << 1;
+const GLOBAL_NEAR_DUP: u16 = 1 << 2;
+const FLIP: u16 = 1 << 3;
+const LOW_MARGIN: u16 = 1 << 4;
+const NEAR_OWN: u16 = 1 << 5;
+const OUT_OF_RANGE: u16 = 1 << 6;
+const EXCURSION: u16 = 1 << 7;
+const OFF_TAIL: u16 = 1 << 8;
+const STRUCTURED: u16 = 1 << 9;
+const INVALID: u16 = 1 << 10;
+const PRADA_ALARM: u16 = 1 << 11;
+/// The origin judged the query against a ready baseline.
+const SCORED: u16 = 1 << 12;
+
+impl Echo {
+    /// The echo of a query whose detectors found `sig`.
+    pub fn of(
+        model: Arc<str>,
+        client: u64,
+        ts_ms: i64,
+        sig: &Signals,
+        answer: Answer,
+        scored: bool,
+    ) -> Self {
+        let bits = [
+            (sig.exact_dup, EXACT_DUP),
+            (sig.near_dup, NEAR_DUP),
+            (sig.global_near_dup, GLOBAL_NEAR_DUP),
+            (sig.flip, FLIP),
+            (sig.low_margin, LOW_MARGIN),
+            (sig.near_own, NEAR_OWN),
+            (sig.out_of_range, OUT_OF_RANGE),
+            (sig.excursion, EXCURSION),
+            (sig.off_tail, OFF_TAIL),
+            (sig.structured, STRUCTURED),
+            (sig.domain_violations > 0, INVALID),
+            (sig.prada_alarm, PRADA_ALARM),
+            (scored, SCORED),
+        ];
+        let flags = bits
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |f, (_, bit)| f | bit);
+        Self {
+            model,
+            client,
+            ts_ms,
+            flags,
+            margin: answer.margin,
+            class: answer.class,
+            cell: sig.cell,
+            fp: None,
+        }
+    }
+
+    /// With the query's fingerprint entry.
+    pub fn with_fingerprint(mut self, fp: Option<FpEntry>) -> Self {
+        self.fp = fp;
+        self
+    }
+
+    fn has(&self, bit: u16) -> bool {
+        self.flags & bit != 0
+    }
+
+    /// Whether the origin judged the query against a ready baseline.
+    pub fn scored(&self) -> bool {
+        self.has(SCORED)
+    }
+
+    /// The findings, as the window and the policy read them.
+    pub fn signals(&self) -> Signals {
+        Signals {
+            exact_dup: self.has(EXACT_DUP),
+            near_dup: self.has(NEAR_DUP),
+            global_near_dup: self.has(GLOBAL_NEAR_DUP),
+            flip: self.has(FLIP),
+            low_margin: self.has(LOW_MARGIN),
+            near_own: self.has(NEAR_OWN),
+            out_of_range: self.has(OUT_OF_RANGE),
+            excursion: self.has(EXCURSION),
+            off_tail: self.has(OFF_TAIL),
+            structured: self.has(STRUCTURED),
+            domain_violations: u32::from(self.has(INVALID)),
+            prada_alarm: self.has(PRADA_ALARM),
+            cell: self.cell,
+            ..Signals::default()
+        }
+    }
+
+    /// The answer, as the window reads it.
+    pub fn answer(&self) -> Answer {
+        Answer {
+            margin: self.margin,
+            class: self.class,
+        }
+    }
+}
+
+/// A pipeline's echo state: the bounded outbox of its own queries' echoes, and which of
+/// its clients each pseudonym names.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    key: Pseudonymiser,
+    queue: Mutex<VecDeque<Echo>>,
+    cap: usize,
+    /// Echoes dropped, oldest first, because the outbox was full (Redis slow or down).
+    pub(super) dropped: AtomicU64,
+    /// Pseudonym to client, for the clients in the store.
+    index: DashMap<u64, ClientKey>,
+}
+
+impl Outbox {
+    pub(super) fn new(key: &[u8], cap: usize) -> Self {
+        Self {
+            key: Pseudonymiser::new("e", key),
+            queue: Mutex::new(VecDeque::new()),
+            cap: cap.max(1),
+            dropped: AtomicU64::new(0),
+            index: DashMap::new(),
+        }
+    }
+
+    /// The pseudonym of a client, and the client indexed under it.
+    pub(super) fn enrol(&self, key: &ClientKey) -> u64 {
+        let t = self
+            .key
+            .tag64(&[key.model.as_bytes(), key.client.as_bytes()])
+            .max(1);
+        self.index.insert(t, key.clone());
+        t
+    }
+
+    /// Forgets a client that left the store.
+    pub(super) fn forget(&self, fleet: u64) {
+        self.index.remove(&fleet);
+    }
+
+    pub(super) fn lookup(&self, fleet: u64) -> Option<ClientKey> {
+        self.index.get(&fleet).map(|k| k.value().clone())
+    }
+
+    /// Queues an echo; a full outbox drops its oldest.
+    pub(super) fn push(&self, e: Echo) {
+        let mut q = self.queue.lock();
+        if q.len() >= self.cap {
+            q.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(e);
+    }
+
+    /// Takes every queued echo.
+    pub(super) fn take(&self) -> Vec<Echo> {
+        self.queue.lock().drain(..).collect()
+    }
+
+    /// Puts back echoes that could not be sent, before newer ones, within the cap.
+    pub(super) fn put_back(&self, v: Vec<Echo>) {
+        let mut q = self.queue.lock();
+        let room = self.cap.saturating_sub(q.len());
+        let skip = v.len().saturating_sub(room);
+        self.dropped.fetch_add(skip as u64, Ordering::Relaxed);
+        for e in v.into_iter().skip(skip).rev() {
+            q.push_front(e);
+        }
+    }
+
+    /// Clients indexed (tests, and the index's bound).
+    pub(super) fn indexed(&self) -> usize {
+        self.index.len()
+    }
+}
+
+impl super::Pipeline {
+    /// Folds other replicas' echoes into this replica's state of their clients, as if the
+    /// queries had arrived here after their detectors ran: the window counts them and the
+    /// policy steps on them, raising, updating or resolving alerts into `alerts`. Echoes of
+    /// clients not tracked here are counted and dropped.
+    pub fn absorb(&self, echoes: &[Echo], alerts: &mut Vec<crate::vocab::Alert>) -> Absorbed {
+        let mut r = Absorbed::default();
+        let Some(o) = &self.echo else {
+            r.unmatched = echoes.len();
+            return r;
+        };
+        for e in echoes {
+            let key = o.lookup(e.client).filter(|k| k.model == e.model);
+            let model = key.as_ref().and_then(|k| self.models.get(&k.model));
+            let (Some(key), Some(model)) = (key, model) else {
+                r.unmatched += 1;
+                continue;
+            };
+            let base = model.baseline();
+            let raised = {
+                let Some(mut entry) = self.store.map().get_mut(&key) else {
+                    r.unmatched += 1;
+                    continue;
+                };
+                let st = entry.value_mut();
+                st.note_query(e.ts_ms);
+                let (mut sig, answer) = (e.signals(), e.answer());
+                self.replay_detectors(e, &model, st, &base, &mut sig);
+                super::record_window(
+                    &mut st.window,
+                    e.ts_ms,
+                    &sig,
+                    answer,
+                    e.scored(),
+                    &self.stats,
+                );
+                let decisions = self.decide(st, &sig, answer, &base, e.ts_ms);
+                let raised = self.apply(st, &decisions, e.ts_ms, &base, &sig, alerts);
+                if raised {
+                    st.exclude_from_baseline();
+                }
+                r.matched += 1;
+                raised.then_some(st.tag)
+            };
+            if let Some(tag) = raised {
+                let n = model.purge(tag);
+                self.stats
+                    .baseline_purged
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// The detectors whose state an echo updates: the fingerprint history takes the
+    /// query's entry, and the campaign detector counts the query for the client's cohorts
+    /// (it reads only the findings of the detectors before it).
+    fn replay_detectors(
+        &self,
+        e: &Echo,
+        model: &super::models::ModelState,
+        st: &mut super::ClientState,
+        base: &crate::normal::baseline::Baseline,
+        sig: &mut Signals,
+    ) {
+        if let Some(fp) = &e.fp {
+            self.detectors
+                .fingerprint
+                .push_entry(&mut st.detectors.fingerprint, fp);
+        }
+        let q = Query {
+            ts_ms: e.ts_ms,
+            input: &[],
+            sketch: &[],
+            answer: e.answer(),
+            client_tag: st.tag,
+        };
+        let view = ModelView {
+            baseline: base,
+            schema: self.models.schema_for(&model.name),
+        };
+        use crate::detect::Detector;
+        self.detectors.campaign.observe(
+            &q,
+            &view,
+            &model.detectors.campaign,
+            &mut st.detectors.campaign,
+            sig,
+        );
+    }
+
+    /// Clients this replica can match echoes to.
+    pub fn echo_clients(&self) -> usize {
+        self.echo.as_ref().map_or(0, Outbox::indexed)
+    }
+}
+
+/// What [`absorb`](super::Pipeline::absorb) did with a batch of echoes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Absorbed {
+    /// Folded into a client this replica tracks.
+    pub matched: usize,
+    /// For a client (or model) this replica has not seen.
+    pub unmatched: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_outbox_drops_its_oldest_and_counts_them() {
+        let o = Outbox::new(b"0123456789abcdef", 3);
+        let e = |ts| {
+            Echo::of(
+                "m".into(),
+                1,
+                ts,
+                &Signals::default(),
+                Answer {
+                    class: None,
+                    margin: None,
+                },
+                true,
+            )
+        };
+        for ts in 0..5 {
+            o.push(e(ts));
+        }
+        assert_eq!(o.dropped.load(Ordering::Relaxed), 2);
+        let got = o.take();
+        assert_eq!(
+            got.iter().map(|e| e.ts_ms).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        o.push(e(9));
+        o.put_back(got);
+        assert_eq!(
+            o.dropped.load(Ordering::Relaxed),
+            3,
+            "one of the returned did not fit"
+        );
+        let order: Vec<i64> = o.take().iter().map(|e| e.ts_ms).collect();
+        assert_eq!(order, vec![3, 4, 9], "the returned go first, oldest first");
+    }
+
+    #[test]
+    fn an_echo_carries_every_finding_the_window_and_policy_read() {
+        let sig = Signals {
+            near_dup: true,
+            low_margin: true,
+            off_tail: true,
+            structured: true,
+            domain_violations: 3,
+            prada_alarm: true,
+            cell: Some(77),
+            // Not echoed: the window and the policy never read them.
+            best_match: 9,
+            ..Signals::default()
+        };
+        let answer = Answer {
+            margin: Some(0.25),
+            class: Some(4),
+        };
+        let e = Echo::of("m".into(), 5, 1_000, &sig, answer, true);
+        let back = e.signals();
+        assert_eq!(
+            back,
+            Signals {
+                best_match: 0,
+                domain_violations: 1,
+                ..sig
+            }
+        );
+        assert_eq!(e.answer(), answer);
+        assert!(e.scored());
+        assert!(!Echo::of("m".into(), 5, 1, &Signals::default(), answer, false).scored());
+    }
+}

@@ -48,8 +48,10 @@ pub struct ReplayArgs {
 pub enum Command {
     /// Run the sidecar (embedded default config unless --config).
     Serve {
+        /// A config file over the embedded default; several are merged in order (a base,
+        /// then an overlay's section).
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
         /// Ingest gRPC address (overrides server.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -76,11 +78,8 @@ pub enum Command {
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<Config, crate::config::ConfigError> {
-    match path {
-        Some(p) => Config::from_file(p),
-        None => Config::from_toml_str(""),
-    }
+fn load_config(paths: &[PathBuf]) -> Result<Config, crate::config::ConfigError> {
+    Config::from_files(paths)
 }
 
 fn load_schema(
@@ -128,12 +127,12 @@ pub fn main() -> ExitCode {
 /// `serve`: the config with the flags over it; every setting that can be wrong is resolved
 /// before anything runs.
 fn serve(
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     listen: Option<SocketAddr>,
     alerts_file: Option<String>,
     schema: Option<PathBuf>,
 ) -> ExitCode {
-    let mut cfg = match load_config(config.as_ref()) {
+    let mut cfg = match load_config(&config) {
         Ok(c) => c,
         Err(e) => return bad_config(e),
     };
@@ -175,7 +174,7 @@ fn replay(a: ReplayArgs) -> ExitCode {
         diagnostics,
         decode_only,
     } = a;
-    let cfg = match load_config(config.as_ref()) {
+    let cfg = match load_config(config.as_slice()) {
         Ok(c) => c,
         Err(e) => return bad_config(e),
     };

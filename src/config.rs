@@ -369,11 +369,19 @@ impl Default for Config {
 impl Config {
     /// Parses `text` as a user's file merged over the embedded default, then validates.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_strs(&[text])
+    }
+
+    /// Parses several files, each merged over the embedded default and the ones before it
+    /// (a deployment's base config, then an overlay's section), then validates.
+    pub fn from_toml_strs(texts: &[&str]) -> Result<Self, ConfigError> {
         let mut base: toml::Value =
             toml::from_str(DEFAULT_CONFIG_TOML).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let user: toml::Value =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        merge(&mut base, user);
+        for text in texts {
+            let user: toml::Value =
+                toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            merge(&mut base, user);
+        }
         let cfg: Config = base
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
@@ -383,11 +391,22 @@ impl Config {
 
     /// Reads and parses a config file (see [`Config::from_toml_str`]).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml_str(&text)
+        Self::from_files(&[path.to_owned()])
+    }
+
+    /// Reads several files, each merged over the ones before it.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self, ConfigError> {
+        let texts = paths
+            .iter()
+            .map(|path| {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        Self::from_toml_strs(&texts)
     }
 
     /// Checks every value a user can get wrong, section by section.

@@ -529,3 +529,107 @@ async fn a_new_replica_starts_from_the_fleet_normal() {
     assert_eq!(c.stats().normals_refused.load(Ordering::Relaxed), 1);
     assert!(other.model(&model).is_none());
 }
+
+/// The ACL line of the shipped Redis (deploy/kubernetes/replicated/redis.yaml), with
+/// `password` for `$REDIS_PASSWORD`.
+fn shipped_acl(password: &str) -> Vec<String> {
+    let yaml = std::fs::read_to_string("deploy/kubernetes/replicated/redis.yaml").unwrap();
+    let block: String = yaml
+        .lines()
+        .skip_while(|l| !l.contains("- >-"))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("env:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words: Vec<String> = block
+        .split_whitespace()
+        .skip_while(|w| *w != "--user")
+        .map(|w| {
+            w.replace("$REDIS_PASSWORD", password)
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect();
+    assert!(words.len() > 10, "the ACL is in the manifest: {block}");
+    words
+}
+
+/// The shipped Redis ACL (default user off, probewatch's user limited to its commands and
+/// keys) is all a fleet needs: claims, renewals, echoes and the learned normal work under
+/// it with AUTH, and another key prefix is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_redis_acl_is_enough() {
+    let redis = RedisServer::start_with(&shipped_acl("acl-test-password"));
+    assert!(
+        redis.command(&["PING"]).starts_with("-NOAUTH"),
+        "the default user is off"
+    );
+    std::env::set_var("PW_TEST_ACL_PASSWORD", "acl-test-password");
+    let auth = "username = \"probewatch\"\npassword_env = \"PW_TEST_ACL_PASSWORD\"";
+    let store = |replica: &str, prefix: &str| {
+        let cfg = cluster_cfg(
+            &redis.url(),
+            replica,
+            &format!("{auth}\nkey_prefix = \"{prefix}\""),
+        );
+        let r = resolved(&cfg);
+        (
+            Cluster::open(&r, &cfg).unwrap(),
+            RedisStore::open(&r, 60_000).unwrap(),
+            cfg,
+        )
+    };
+    let (_, a, _) = store("a", "probewatch:acl:");
+    let v = a.claim(&[claim("client-one", "pw-a", Event::Raised)]).await;
+    assert_eq!(
+        v.unwrap(),
+        vec![Verdict::Own {
+            id: "pw-a".into(),
+            seq: 0
+        }]
+    );
+    assert_eq!(a.renew(&[key("client-one")]).await.unwrap(), vec![true]);
+
+    let (ca, _, cfg) = store("a", "probewatch:acl:");
+    let (cb, _, _) = store("b", "probewatch:acl:");
+    let p = |cfg: &Config| {
+        let key = resolved(cfg).key.unwrap();
+        Arc::new(
+            Pipeline::new(Arc::new(cfg.clone()), None, Arc::new(ManualClock::new(0)))
+                .with_echoes(&key.0, 1024),
+        )
+    };
+    let (pa, pb) = (p(&cfg), p(&cfg));
+    let lines = trace(DIGITS);
+    for l in lines.iter().filter(|l| l.client == lines[0].client).take(3) {
+        let mut out = Vec::new();
+        let _ = pa.process_wire(l.clone().into_record(), &mut out);
+        let _ = pb.process_wire(l.clone().into_record(), &mut out);
+    }
+    for _ in 0..2 {
+        ca.sync_now(&pa).await;
+        cb.sync_now(&pb).await;
+    }
+    let accepted = pa.stats.accepted.load(Ordering::Relaxed);
+    assert!(accepted > 0);
+    assert_eq!(ca.stats().echoes_sent.load(Ordering::Relaxed), accepted);
+    assert_eq!(cb.stats().echoes_absorbed.load(Ordering::Relaxed), accepted);
+    assert_eq!(ca.stats().sync_failures.load(Ordering::Relaxed), 0);
+    ca.publish_normals(&pa).await;
+    ca.adopt_normals(&pa).await;
+    assert_eq!(
+        ca.stats().sync_failures.load(Ordering::Relaxed),
+        0,
+        "HSET and HGETALL allowed"
+    );
+
+    let (_, other, _) = store("a", "elsewhere:");
+    let e = other
+        .claim(&[claim("client-one", "pw-a", Event::Raised)])
+        .await;
+    let e = e.unwrap_err();
+    assert!(
+        e.contains("NOPERM") || e.contains("permission"),
+        "keys outside probewatch:* are refused: {e}"
+    );
+}

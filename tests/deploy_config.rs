@@ -6,10 +6,16 @@ use std::path::Path;
 
 /// The `probewatch.toml: |` block of a ConfigMap, unindented.
 fn embedded_toml(configmap: &str) -> String {
-    let mut lines = configmap
-        .lines()
-        .skip_while(|l| !l.contains("probewatch.toml: |"));
-    lines.next().expect("no probewatch.toml in the ConfigMap");
+    embedded(configmap, "probewatch.toml")
+}
+
+/// The `<key>: |` block of a ConfigMap, unindented.
+fn embedded(configmap: &str, key: &str) -> String {
+    let head = format!("{key}: |");
+    let mut lines = configmap.lines().skip_while(|l| !l.contains(&head));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("no {key} in the ConfigMap"));
     let block: Vec<&str> = lines
         .take_while(|l| l.is_empty() || l.starts_with("    "))
         .collect();
@@ -130,6 +136,28 @@ fn shipped_configmaps_hold_valid_configs() {
         assert_eq!(!cfg.sources.envoy_listen.is_empty(), envoy_on, "{base}");
         assert_eq!(cfg.alerts.spool_dir, "/var/lib/probewatch/spool", "{base}");
     }
+    // The replicated overlay's section, merged over the base's file as its pods pass them.
+    let read = |p: &str| std::fs::read_to_string(root.join("deploy/kubernetes").join(p)).unwrap();
+    let base = embedded_toml(&read("base/configmap.yaml"));
+    let cluster = embedded(&read("replicated/cluster-configmap.yaml"), "cluster.toml");
+    let cfg = Config::from_toml_strs(&[&base, &cluster]).unwrap_or_else(|e| panic!("{e}"));
+    let c = cfg.cluster.as_ref().expect("the overlay sets [cluster]");
+    assert_eq!(c.password_env, "PROBEWATCH_REDIS_PASSWORD");
+    assert!(
+        c.share_windows && c.replica.is_empty(),
+        "named by $POD_NAME"
+    );
+    let patch = read("replicated/deployment-patch.yaml");
+    for var in ["POD_NAME", &c.key_env, &c.password_env] {
+        assert!(
+            patch.contains(&format!("name: {var}")),
+            "the pods set ${var}"
+        );
+    }
+    assert_eq!(
+        cfg.window.max_clients,
+        Config::from_toml_str(&base).unwrap().window.max_clients
+    );
     // And the check can fail: a misspelt key is refused.
     let bad = embedded_toml("data:\n  probewatch.toml: |\n    [api]\n    lissen = \"x\"\n");
     assert!(Config::from_toml_str(&bad).is_err());

@@ -352,6 +352,18 @@ impl Figures {
         )?;
         counter(
             e,
+            "cluster_echoes",
+            "Query echoes exchanged with the other replicas, by outcome (sent; absorbed into a client tracked here; unmatched: a client not seen here; dropped: the outbox was full, Redis slow or down; refused: an unreadable batch).",
+            &vec![
+                (labels(&[("outcome", "sent")]), get(&c.echoes_sent)),
+                (labels(&[("outcome", "absorbed")]), get(&c.echoes_absorbed)),
+                (labels(&[("outcome", "unmatched")]), get(&c.echoes_unmatched)),
+                (labels(&[("outcome", "dropped")]), self.pipeline.echoes_dropped()),
+                (labels(&[("outcome", "refused")]), get(&c.echoes_refused)),
+            ],
+        )?;
+        counter(
+            e,
             "cluster_normals",
             "Learned normals shared with the fleet, by outcome (published; adopted from another replica; refused: other settings or unreadable).",
             &vec![

@@ -17,12 +17,17 @@ impl RedisServer {
     /// released, so another process may take it first: then Redis fails to bind, exits, and
     /// the next free port is tried.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments.
+    pub fn start_with(extra: &[String]) -> Self {
         for _ in 0..8 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            if let Some(r) = Self::start_on(port) {
+            if let Some(r) = Self::start_on_with(port, extra) {
                 return r;
             }
         }
@@ -31,12 +36,17 @@ impl RedisServer {
 
     /// Starts Redis on `port`; `None` if it exits (the port is taken).
     pub fn start_on(port: u16) -> Option<Self> {
+        Self::start_on_with(port, &[])
+    }
+
+    fn start_on_with(port: u16, extra: &[String]) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -46,7 +56,8 @@ impl RedisServer {
             if child.try_wait().ok().flatten().is_some() {
                 return None;
             }
-            if ping(port) {
+            // A server whose default user is off answers NOAUTH: it is up.
+            if ping(port) || command(port, &["PING"]).is_some_and(|r| r.starts_with("-NOAUTH")) {
                 return Some(Self {
                     child,
                     port,

@@ -234,13 +234,13 @@ impl Dispatcher {
         mut self,
         store: Arc<dyn fleet::FleetStore>,
         max_pending: usize,
-        renew_every: std::time::Duration,
+        pace: fleet::Pace,
     ) -> Self {
         self.gate = Some(fleet::Gate::start(
             store,
             self.book.clone(),
             max_pending,
-            renew_every,
+            pace,
         ));
         self
     }

@@ -64,12 +64,18 @@ pub enum Command {
     },
     /// Run the pipeline offline over a recorded trace.
     Replay(ReplayArgs),
-    /// Stream a trace into a running sidecar.
+    /// Stream a trace into running sidecars.
     Send {
         trace: PathBuf,
-        /// Sidecar ingest address, e.g. 127.0.0.1:50051.
-        #[arg(long)]
-        to: String,
+        /// Sidecar ingest address, e.g. 127.0.0.1:50051; several spread the trace over
+        /// them (see --spread).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// With several --to: `record` sends each record to the next sidecar in turn (a
+        /// round-robin load balancer), `client` each client to one sidecar (a hash of its
+        /// id, like Envoy's ring_hash on an API-key header).
+        #[arg(long, value_enum, default_value_t = crate::send::Spread::Record)]
+        spread: crate::send::Spread,
         #[arg(long, default_value_t = 256)]
         batch: usize,
         /// Records per second (default: as fast as acknowledged).
@@ -111,10 +117,11 @@ pub fn main() -> ExitCode {
         Command::Send {
             trace,
             to,
+            spread,
             batch,
             rate,
         } => run_async(async move {
-            let r = crate::send::send(&trace, &to, batch, rate).await?;
+            let r = crate::send::send(&trace, &to, batch, rate, spread).await?;
             eprintln!(
                 "sent {} batches: {} accepted, {} rejected, {} alerts, {} unreadable lines",
                 r.batches, r.accepted, r.rejected, r.alerts, r.bad_lines

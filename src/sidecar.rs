@@ -270,8 +270,11 @@ impl Running {
         };
         let mut dispatcher = Dispatcher::start(&s.cfg.alerts, s.sinks)?;
         if let (Some(cl), Some(c)) = (&cluster, &s.cluster) {
-            let sync = Duration::from_millis(c.config.sync_ms);
-            dispatcher = dispatcher.with_fleet(cl.alert_store(), c.config.max_pending, sync);
+            let pace = crate::alert::fleet::Pace {
+                linger: Duration::from_millis(c.config.sync_ms),
+                lease: Duration::from_millis(c.config.lease_ms),
+            };
+            dispatcher = dispatcher.with_fleet(cl.alert_store(), c.config.max_pending, pace);
         }
         let dispatcher = Arc::new(dispatcher);
         let mut pipeline = Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())

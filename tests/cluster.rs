@@ -43,6 +43,13 @@ fn store(url: &str, replica: &str, extra: &str) -> RedisStore {
     RedisStore::open(&resolved(&cfg), 60_000).unwrap()
 }
 
+fn pace(linger_ms: u64, lease_ms: u64) -> probewatch::alert::fleet::Pace {
+    probewatch::alert::fleet::Pace {
+        linger: Duration::from_millis(linger_ms),
+        lease: Duration::from_millis(lease_ms),
+    }
+}
+
 fn key(client: &str) -> AlertKey {
     AlertKey {
         model: "m".into(),
@@ -177,7 +184,7 @@ impl Replica {
                 pipeline = pipeline.with_echoes(&k.0, 1 << 16);
             }
             let cl = Cluster::open(&r, &cfg).unwrap();
-            dispatcher = dispatcher.with_fleet(cl.alert_store(), 4096, Duration::from_millis(500));
+            dispatcher = dispatcher.with_fleet(cl.alert_store(), 4096, pace(100, 10_000));
             cluster = Some(cl);
         }
         Self {
@@ -436,7 +443,7 @@ async fn a_redis_outage_costs_duplicates_never_alerts() {
     let d = Dispatcher::start(&cfg.alerts, vec![]).unwrap().with_fleet(
         cl.alert_store(),
         64,
-        Duration::from_millis(100),
+        pace(10, 2_000),
     );
     let d = Arc::new(d);
     cl.start(p.clone(), d.clone());

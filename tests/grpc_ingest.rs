@@ -231,9 +231,15 @@ async fn streaming_the_trace_raises_the_same_alerts_as_replay() {
     let mut cfg = Config::default();
     cfg.alerts.sinks = vec![SinkConfig::jsonl(&served.display().to_string())];
     let srv = start(cfg.clone(), Some(schema.clone())).await;
-    let rep = probewatch::send::send(&data("trace.jsonl.gz"), &srv.addr, 512, None)
-        .await
-        .unwrap();
+    let rep = probewatch::send::send(
+        &data("trace.jsonl.gz"),
+        std::slice::from_ref(&srv.addr),
+        512,
+        None,
+        probewatch::send::Spread::Record,
+    )
+    .await
+    .unwrap();
     assert_eq!(rep.rejected, 0);
     assert!(rep.accepted > 40_000);
     srv.stop.send(()).unwrap();

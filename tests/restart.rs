@@ -289,9 +289,10 @@ fn serve_keeps_its_state_across_a_restart() {
         let rep = rt
             .block_on(probewatch::send::send(
                 &dir.path().join(part),
-                &format!("http://{addr}"),
+                &[format!("http://{addr}")],
                 512,
                 None,
+                probewatch::send::Spread::Record,
             ))
             .unwrap();
         assert_eq!(rep.rejected, 0);

@@ -18,11 +18,12 @@
 use super::Book;
 use crate::vocab::{Alert, Event, Kind};
 use futures::future::BoxFuture;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// One event's question to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +103,19 @@ pub struct Gate {
 /// Claims taken from the queue in one round trip.
 const MAX_CLAIM_BATCH: usize = 256;
 
+/// The gate's pace.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// How long the first event of a batch waits for others to join it: claims cost one
+    /// round trip per batch, and a busy replica's updates come in bursts.
+    pub linger: Duration,
+    /// The lease: an owner renews its alerts every quarter of it, and an answer that
+    /// another replica owns an alert is trusted for half of it (its later updates are
+    /// dropped without asking), so a dead owner's alerts are taken over within about one
+    /// and a half leases.
+    pub lease: Duration,
+}
+
 impl Gate {
     /// Starts the claim task. `renew_every` is the sync interval. Must be called inside a
     /// tokio runtime.
@@ -109,7 +123,7 @@ impl Gate {
         store: Arc<dyn FleetStore>,
         book: Book,
         max_pending: usize,
-        renew_every: Duration,
+        pace: Pace,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_pending.max(1));
         let stats = Arc::new(GateStats::default());
@@ -120,7 +134,7 @@ impl Gate {
             stats: stats.clone(),
             hurry: hurry.clone(),
         };
-        let task = tokio::spawn(run(ctx, rx, renew_every));
+        let task = tokio::spawn(run(ctx, rx, pace));
         Self {
             tx: parking_lot::Mutex::new(Some(tx)),
             task: parking_lot::Mutex::new(Some(task)),
@@ -170,10 +184,37 @@ struct Ctx {
     hurry: Arc<AtomicBool>,
 }
 
-async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, renew_every: Duration) {
+/// What this replica knows of who owns which alert.
+#[derive(Debug, Default)]
+struct Ledger {
+    owned: HashSet<AlertKey>,
+    /// Alerts another replica owns, and until when that answer is trusted.
+    elsewhere: HashMap<AlertKey, Instant>,
+}
+
+impl Ledger {
+    /// Whether an event can be dropped without asking: another replica owns its alert
+    /// (a raise always asks: it may open a new alert).
+    fn owned_elsewhere(&mut self, a: &Alert, now: Instant) -> bool {
+        if a.event == Event::Raised {
+            return false;
+        }
+        let key = AlertKey::of(a);
+        match self.elsewhere.get(&key) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                self.elsewhere.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, pace: Pace) {
     let Ctx { store, stats, .. } = &ctx;
-    let mut owned: HashSet<AlertKey> = HashSet::new();
-    let mut tick = tokio::time::interval(renew_every);
+    let mut ledger = Ledger::default();
+    let mut tick = tokio::time::interval(pace.lease / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(MAX_CLAIM_BATCH);
     loop {
@@ -182,18 +223,29 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, renew_every: Duration) {
                 if n == 0 {
                     return;
                 }
-                settle(&ctx, std::mem::take(&mut batch), &mut owned).await;
+                if n < MAX_CLAIM_BATCH && !ctx.hurry.load(Ordering::Relaxed) {
+                    tokio::time::sleep(pace.linger).await;
+                    while batch.len() < MAX_CLAIM_BATCH {
+                        match rx.try_recv() {
+                            Ok(a) => batch.push(a),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                settle(&ctx, std::mem::take(&mut batch), &mut ledger, pace).await;
             }
             _ = tick.tick() => {
-                if owned.is_empty() {
+                let now = Instant::now();
+                ledger.elsewhere.retain(|_, until| *until > now);
+                if ledger.owned.is_empty() {
                     continue;
                 }
-                let keys: Vec<AlertKey> = owned.iter().cloned().collect();
+                let keys: Vec<AlertKey> = ledger.owned.iter().cloned().collect();
                 match store.renew(&keys).await {
                     Ok(held) => {
                         for (k, held) in keys.into_iter().zip(held) {
                             if !held {
-                                owned.remove(&k);
+                                ledger.owned.remove(&k);
                             }
                         }
                     }
@@ -208,10 +260,19 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, renew_every: Duration) {
 }
 
 /// Claims a batch and spools what this replica delivers.
-async fn settle(ctx: &Ctx, batch: Vec<Alert>, owned: &mut HashSet<AlertKey>) {
+async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pace) {
     let (book, stats) = (&ctx.book, &*ctx.stats);
     if ctx.hurry.load(Ordering::Relaxed) {
         return unclaimed(ctx, batch);
+    }
+    let now = Instant::now();
+    let before = batch.len();
+    batch.retain(|a| !ledger.owned_elsewhere(a, now));
+    stats
+        .deduplicated
+        .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+    if batch.is_empty() {
+        return;
     }
     let claims: Vec<Claim> = batch
         .iter()
@@ -232,16 +293,22 @@ async fn settle(ctx: &Ctx, batch: Vec<Alert>, owned: &mut HashSet<AlertKey>) {
         match verdict {
             Verdict::Own { id, seq } => {
                 relabel(&mut a, id, seq);
+                ledger.elsewhere.remove(&claim.key);
                 if a.event == Event::Resolved {
-                    owned.remove(&claim.key);
+                    ledger.owned.remove(&claim.key);
                 } else {
-                    owned.insert(claim.key);
+                    ledger.owned.insert(claim.key);
                 }
                 stats.owned.fetch_add(1, Ordering::Relaxed);
                 book.record(a);
             }
-            Verdict::Other | Verdict::Closed => {
-                owned.remove(&claim.key);
+            Verdict::Other => {
+                ledger.owned.remove(&claim.key);
+                ledger.elsewhere.insert(claim.key, now + pace.lease / 2);
+                stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Closed => {
+                ledger.owned.remove(&claim.key);
                 stats.deduplicated.fetch_add(1, Ordering::Relaxed);
             }
         }

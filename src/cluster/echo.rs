@@ -27,7 +27,7 @@ use std::sync::Arc;
 /// Entries each replica's stream keeps (approximately: `MAXLEN ~`).
 pub const STREAM_MAXLEN: usize = 64;
 /// Syncs between heartbeats (and TTL refreshes).
-pub const MEMBERSHIP_EVERY: u64 = 5;
+pub const MEMBERSHIP_EVERY: u64 = 10;
 /// Largest echo batch read back.
 pub const MAX_BATCH_BYTES: u64 = 32 << 20;
 /// Entries read per stream per sync.

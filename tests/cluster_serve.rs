@@ -1,0 +1,278 @@
+//! Three real sidecars and one real Redis, the way a replicated model runs them: a tabular
+//! set sent round-robin per record with `probewatch send --to A --to B --to C --rate 2000`.
+//! Each alert is raised once fleet-wide, the fleet alerts every attack client that a
+//! single-process replay alerts and no benign one, and Redis sees few commands per record.
+
+#[path = "support/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+use probewatch::config::Config;
+use probewatch::replay::{replay, ReplayOptions};
+use probewatch::schema::Schema;
+use redis_server::RedisServer;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+const SET: &str = "tests/data/public-tabular/breast_cancer";
+
+fn data(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(SET).join(p)
+}
+
+/// A sidecar process, killed if the test fails before stopping it.
+struct Sidecar {
+    child: Child,
+    ingest: String,
+    metrics: String,
+    alerts: PathBuf,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, redis: &str, replica: &str) -> Sidecar {
+    let alerts = dir.join("alerts.jsonl");
+    std::fs::write(
+        dir.join("pw.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [api]\nlisten = \"\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [sources]\nenvoy_listen = \"\"\nkserve_listen = \"\"\n\
+             [alerts]\nspool_dir = \"spool\"\n\
+             [[alerts.sinks]]\ntype = \"jsonl\"\npath = \"{}\"\n\
+             [cluster]\nredis_url = \"{redis}\"\nreplica = \"{replica}\"\n",
+            alerts.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_probewatch"))
+        .current_dir(dir)
+        .args(["serve", "--config", "pw.toml", "--schema"])
+        .arg(data("schema.json"))
+        .env("PROBEWATCH_IDENTITY_KEY", "cluster-identity-key")
+        .env("PROBEWATCH_CLUSTER_KEY", "cluster-serve-test-key")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut ingest, mut metrics) = (None, None);
+    while ingest.is_none() || metrics.is_none() {
+        let l = log.next().expect("serve exited").unwrap();
+        match probewatch::sidecar::parse_listening(&l) {
+            Some((w, a)) if w == "ingest" => ingest = Some(a),
+            Some((w, a)) if w == "metrics" => metrics = Some(a),
+            _ => {}
+        }
+    }
+    // Keep reading the log so the sidecar never blocks on a full pipe.
+    std::thread::spawn(move || for _ in log {});
+    Sidecar {
+        child,
+        ingest: ingest.unwrap(),
+        metrics: metrics.unwrap(),
+        alerts,
+    }
+}
+
+fn stop(s: &mut Sidecar) {
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        s.child.wait().unwrap().success(),
+        "serve drains and exits 0"
+    );
+}
+
+/// The value of an unlabelled or labelled series in a Prometheus text page.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+fn scrape(addr: &str) -> String {
+    reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// `used_memory` of `INFO memory`.
+fn redis_memory(r: &RedisServer) -> i64 {
+    r.command(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+        .unwrap()
+}
+
+type Key = (String, String);
+
+fn single_process() -> BTreeSet<Key> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("alerts.jsonl");
+    let opts = ReplayOptions {
+        diagnostics: None,
+        labels: None,
+        alerts_out: Some(&out),
+        progress: false,
+        decode_only: false,
+    };
+    let schema = Schema::from_file(&data("schema.json")).unwrap();
+    replay(
+        Arc::new(Config::default()),
+        Some(schema),
+        &data("trace.jsonl.gz"),
+        &opts,
+    )
+    .unwrap();
+    raised(&events(&out))
+}
+
+fn events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn raised(events: &[serde_json::Value]) -> BTreeSet<Key> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "raised")
+        .map(|e| {
+            (
+                e["client"].as_str().unwrap().into(),
+                e["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn three_sidecars_one_redis_one_alert_each() {
+    let want = single_process();
+    let redis = RedisServer::start();
+    let before = redis_memory(&redis);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut sidecars: Vec<Sidecar> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| start(d.path(), &redis.url(), &format!("replica-{i}")))
+        .collect();
+
+    let commands_of = |sidecars: &[Sidecar]| -> f64 {
+        sidecars
+            .iter()
+            .map(|s| metric(&scrape(&s.metrics), "probewatch_cluster_commands_total"))
+            .sum()
+    };
+    let idle = commands_of(&sidecars);
+    let mut send = Command::new(env!("CARGO_BIN_EXE_probewatch"));
+    send.arg("send").arg(data("trace.jsonl.gz"));
+    for s in &sidecars {
+        send.args(["--to", &s.ingest]);
+    }
+    let out = send
+        .args(["--spread", "record", "--rate", "2000", "--batch", "64"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Redis commands while the trace was sent (syncs, claims, the normal's publication).
+    let commands = commands_of(&sidecars) - idle;
+    // The last syncs: every replica has absorbed the others' last echoes.
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+
+    let mut records = 0.0;
+    for s in &sidecars {
+        let page = scrape(&s.metrics);
+        assert_eq!(metric(&page, "probewatch_cluster_up"), 1.0);
+        assert!(
+            metric(
+                &page,
+                "probewatch_cluster_echoes_total{outcome=\"absorbed\"}"
+            ) > 0.0
+        );
+        assert_eq!(
+            metric(
+                &page,
+                "probewatch_cluster_echoes_total{outcome=\"dropped\"}"
+            ),
+            0.0
+        );
+        records += metric(&page, "probewatch_records_accepted_total");
+    }
+    let used = redis_memory(&redis) - before;
+    for s in &mut sidecars {
+        stop(s);
+    }
+
+    let mut fleet = Vec::new();
+    for s in &sidecars {
+        fleet.extend(events(&s.alerts));
+    }
+    let mut per_key: BTreeMap<Key, Vec<&serde_json::Value>> = BTreeMap::new();
+    let mut event_ids = HashSet::new();
+    for e in &fleet {
+        let kind = e.get("previous_kind").unwrap_or(&e["kind"]);
+        let k = (
+            e["client"].as_str().unwrap().into(),
+            kind.as_str().unwrap().into(),
+        );
+        per_key.entry(k).or_default().push(e);
+        assert!(
+            event_ids.insert(e["event_id"].to_string()),
+            "{} delivered twice",
+            e["event_id"]
+        );
+    }
+    for (k, events) in &per_key {
+        let raises = events.iter().filter(|e| e["event"] == "raised").count();
+        let ids: BTreeSet<String> = events.iter().map(|e| e["id"].to_string()).collect();
+        assert_eq!(raises, ids.len(), "{k:?}: one raise per alert");
+    }
+    let got = raised(&fleet);
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("labels.json")).unwrap()).unwrap();
+    let benign = |c: &str| labels[c]["kind"] == "benign";
+    eprintln!(
+        "three sidecars: {} alerts raised fleet-wide ({} single-process); {:.4} Redis commands \
+         per record ({commands} / {records}); Redis memory {used} B after the run",
+        got.len(),
+        want.len(),
+        commands / records
+    );
+    let missed: Vec<&Key> = want.iter().filter(|k| !got.contains(*k)).collect();
+    assert!(
+        missed.is_empty(),
+        "alerted single-process, not by the fleet: {missed:?}"
+    );
+    let benign_alerted: Vec<&Key> = got.iter().filter(|k| benign(&k.0)).collect();
+    assert!(benign_alerted.is_empty(), "{benign_alerted:?}");
+    assert!(
+        commands / records <= 0.05,
+        "{commands} commands for {records} records"
+    );
+}

@@ -353,19 +353,9 @@ impl Pipeline {
                 o.push(e.with_fingerprint(fp));
             }
             self.sample(&model, st, &sketch, answer, &sig, !base.ready);
-            let decisions = self.decide(st, &sig, answer, &base, rec.ts_ms);
-            let raised = self.apply(st, &decisions, rec.ts_ms, &base, &sig, alerts);
-            if raised {
-                st.exclude_from_baseline();
-            }
-            raised.then_some(st.tag)
+            self.decide_and_apply(st, &sig, answer, &base, rec.ts_ms, alerts)
         };
-        if let Some(tag) = raised {
-            let n = model.purge(tag);
-            self.stats
-                .baseline_purged
-                .fetch_add(n as u64, Ordering::Relaxed);
-        }
+        self.purge_alerted(&model, raised);
         let (mut installed, due) = model.count_record(base.ready, self.cfg.baseline.refresh_every);
         if let Some(lag) = due {
             let schema = self.models.schema_arc_for(&model.name).cloned();
@@ -378,6 +368,35 @@ impl Pipeline {
             alerts.extend(self.sweep());
         }
         Ok(())
+    }
+
+    /// Steps 9 and 10: the policy's decision and its alert events; returns the client's tag
+    /// when it raised a new alert (the client then leaves the baseline sample).
+    fn decide_and_apply(
+        &self,
+        st: &mut ClientState,
+        sig: &Signals,
+        answer: Answer,
+        base: &Baseline,
+        ts: i64,
+        alerts: &mut Vec<Alert>,
+    ) -> Option<u64> {
+        let decisions = self.decide(st, sig, answer, base, ts);
+        let raised = self.apply(st, &decisions, ts, base, sig, alerts);
+        if raised {
+            st.exclude_from_baseline();
+        }
+        raised.then_some(st.tag)
+    }
+
+    /// Removes a client that was just alerted from its model's baseline sample.
+    fn purge_alerted(&self, model: &ModelState, raised: Option<u64>) {
+        if let Some(tag) = raised {
+            let n = model.purge(tag);
+            self.stats
+                .baseline_purged
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Before a new client is added to a full store, evicts the idlest and resolves their

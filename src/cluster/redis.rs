@@ -17,6 +17,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What both scripts start with: their common arguments (replica, lease and key TTL in
+/// ms) and the server's clock, in ms.
+const PREAMBLE: &str = r#"
+local replica = ARGV[1]
+local lease = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+"#;
+
 /// Claims a batch of alert events. ARGV: replica, lease (ms), key TTL (ms), then one
 /// (local id, event) pair per key. An alert record is a hash {owner, id, seq, until, open,
 /// gen}: a claim on a record that is not open opens it with the claimer's id; its owner,
@@ -26,12 +37,6 @@ use std::time::Duration;
 /// ids come from the raising query, and two replicas can raise on the same one) opens it
 /// under a new id (`<id>-<gen>`), never under the old one.
 const CLAIM: &str = r#"
-local replica = ARGV[1]
-local lease = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
 for i, k in ipairs(KEYS) do
   local id = ARGV[2 + 2 * i]
   local ev = ARGV[3 + 2 * i]
@@ -68,12 +73,6 @@ return out
 /// Renews this replica's leases. ARGV: replica, lease (ms), key TTL (ms). Answers 1 for
 /// each key still owned.
 const RENEW: &str = r#"
-local replica = ARGV[1]
-local lease = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
 for i, k in ipairs(KEYS) do
   local cur = redis.call('HMGET', k, 'owner', 'open')
   if cur[1] == replica and cur[2] == '1' then
@@ -151,8 +150,8 @@ impl RedisStore {
             replica: cluster.replica.clone(),
             lease_ms: c.lease_ms,
             alert_ttl_ms: alert_ttl_ms.max(2 * c.lease_ms),
-            claim: Script::new(CLAIM),
-            renew: Script::new(RENEW),
+            claim: Script::new(&format!("{PREAMBLE}{CLAIM}")),
+            renew: Script::new(&format!("{PREAMBLE}{RENEW}")),
             timeout,
             stats: Arc::new(ClusterStats::default()),
         })

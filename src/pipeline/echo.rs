@@ -261,20 +261,10 @@ impl super::Pipeline {
                     e.scored(),
                     &self.stats,
                 );
-                let decisions = self.decide(st, &sig, answer, &base, e.ts_ms);
-                let raised = self.apply(st, &decisions, e.ts_ms, &base, &sig, alerts);
-                if raised {
-                    st.exclude_from_baseline();
-                }
                 r.matched += 1;
-                raised.then_some(st.tag)
+                self.decide_and_apply(st, &sig, answer, &base, e.ts_ms, alerts)
             };
-            if let Some(tag) = raised {
-                let n = model.purge(tag);
-                self.stats
-                    .baseline_purged
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
+            self.purge_alerted(&model, raised);
         }
         r
     }

@@ -7,6 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use probewatch::clock::ManualClock;
+use probewatch::cluster::echo::{decode_batch, encode_batch};
 use probewatch::config::Config;
 use probewatch::pipeline::Pipeline;
 use probewatch::proto::v1::QueryRecord;
@@ -212,5 +213,87 @@ fn memory_per_client(_: &mut Criterion) {
 }
 
 // Memory first: RSS deltas are only meaningful in a process that has not yet allocated much.
-criterion_group!(benches, memory_per_client, bench_pipeline);
+/// The key replicas share in the replica bench.
+const FLEET_KEY: &[u8] = b"bench-cluster-key-0123456789";
+
+fn warm_replica(recs: &[QueryRecord]) -> Pipeline {
+    let p = Pipeline::new(
+        Arc::new(Config::default()),
+        None,
+        Arc::new(ManualClock::new(CLOCK_MS)),
+    )
+    .with_echoes(FLEET_KEY, 1 << 20);
+    let mut out = Vec::new();
+    for r in recs.iter().cloned() {
+        let _ = p.process_wire(r, &mut out);
+    }
+    p.take_echoes();
+    p
+}
+
+/// One sidecar of three behind a round-robin balancer, against one alone, in one run: per
+/// record of its own it also encodes its echo, and decodes and absorbs the echoes of two
+/// other replicas' records (their batches are made outside the timing). The Redis round
+/// trips are not in it (they are a few per sync, not per record: tests/cluster_serve.rs).
+fn bench_replica(c: &mut Criterion) {
+    let recs = records(20_000);
+    let mut g = c.benchmark_group("replica");
+    g.throughput(Throughput::Elements(recs.len() as u64));
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("local_only", DIM), |b| {
+        let p = warm(&recs);
+        let mut out = Vec::new();
+        let mut shift = 0i64;
+        b.iter_batched(
+            || {
+                shift += 200_000;
+                batch(&recs, shift, false)
+            },
+            |rs| {
+                out.clear();
+                for r in rs {
+                    let _ = p.process_wire(r, &mut out);
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.bench_function(BenchmarkId::new("one_of_three_with_echoes", DIM), |b| {
+        let p = warm_replica(&recs);
+        let peers = [warm_replica(&recs), warm_replica(&recs)];
+        let mut out = Vec::new();
+        let mut shift = 0i64;
+        b.iter_batched(
+            || {
+                shift += 200_000;
+                let mut peer_out = Vec::new();
+                let blobs: Vec<Vec<u8>> = peers
+                    .iter()
+                    .map(|q| {
+                        for r in batch(&recs, shift, false) {
+                            let _ = q.process_wire(r, &mut peer_out);
+                        }
+                        encode_batch(&q.take_echoes()).expect("echoes encode")
+                    })
+                    .collect();
+                (batch(&recs, shift, false), blobs)
+            },
+            |(rs, blobs)| {
+                out.clear();
+                for r in rs {
+                    let _ = p.process_wire(r, &mut out);
+                }
+                std::hint::black_box(encode_batch(&p.take_echoes()));
+                for b in &blobs {
+                    let echoes = decode_batch(b).expect("echoes decode");
+                    p.absorb(&echoes, &mut out);
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, memory_per_client, bench_pipeline, bench_replica);
 criterion_main!(benches);

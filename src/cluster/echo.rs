@@ -40,6 +40,16 @@ fn codec() -> impl Options {
         .with_limit(MAX_BATCH_BYTES)
 }
 
+/// One sync's echoes as a stream entry holds them.
+pub fn encode_batch(echoes: &[Echo]) -> Option<Vec<u8>> {
+    codec().serialize(echoes).ok()
+}
+
+/// A stream entry's echoes; `None` for an unreadable (or oversized) entry.
+pub fn decode_batch(bytes: &[u8]) -> Option<Vec<Echo>> {
+    codec().deserialize(bytes).ok()
+}
+
 /// One replica's view of the others' streams.
 #[derive(Debug)]
 pub struct Echoes {
@@ -105,7 +115,7 @@ impl Echoes {
         let mut pipe = ::redis::pipe();
         let mut n = 0;
         if !out.is_empty() {
-            let Ok(blob) = codec().serialize(out) else {
+            let Some(blob) = encode_batch(out) else {
                 return true;
             };
             pipe.cmd("XADD")
@@ -204,7 +214,7 @@ impl Echoes {
 fn absorb(p: &Pipeline, stats: &ClusterStats, batches: Vec<Vec<u8>>) -> Vec<Alert> {
     let mut alerts = Vec::new();
     for b in batches {
-        let Ok(echoes) = codec().deserialize::<Vec<Echo>>(&b) else {
+        let Some(echoes) = decode_batch(&b) else {
             stats.echoes_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };

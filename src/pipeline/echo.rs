@@ -236,37 +236,57 @@ impl super::Pipeline {
             r.unmatched = echoes.len();
             return r;
         };
-        for e in echoes {
-            let key = o.lookup(e.client).filter(|k| k.model == e.model);
+        // Grouped by client (stable: each client's echoes keep their order), so that each
+        // client is looked up and locked once per batch, not once per echo.
+        let mut order: Vec<usize> = (0..echoes.len()).collect();
+        order.sort_by_key(|&i| echoes[i].client);
+        for run in order.chunk_by(|&a, &b| echoes[a].client == echoes[b].client) {
+            let first = &echoes[run[0]];
+            let key = o.lookup(first.client).filter(|k| k.model == first.model);
             let model = key.as_ref().and_then(|k| self.models.get(&k.model));
             let (Some(key), Some(model)) = (key, model) else {
-                r.unmatched += 1;
+                r.unmatched += run.len();
                 continue;
             };
             let base = model.baseline();
-            let raised = {
+            let mut raised = None;
+            {
                 let Some(mut entry) = self.store.map().get_mut(&key) else {
-                    r.unmatched += 1;
+                    r.unmatched += run.len();
                     continue;
                 };
                 let st = entry.value_mut();
-                st.note_query(e.ts_ms);
-                let (mut sig, answer) = (e.signals(), e.answer());
-                self.replay_detectors(e, &model, st, &base, &mut sig);
-                super::record_window(
-                    &mut st.window,
-                    e.ts_ms,
-                    &sig,
-                    answer,
-                    e.scored(),
-                    &self.stats,
-                );
-                r.matched += 1;
-                self.decide_and_apply(st, &sig, answer, &base, e.ts_ms, alerts)
-            };
+                for e in run.iter().map(|&i| &echoes[i]) {
+                    raised = raised.or(self.absorb_one(e, &model, st, &base, alerts));
+                }
+                r.matched += run.len();
+            }
             self.purge_alerted(&model, raised);
         }
         r
+    }
+
+    /// One echoed query into its client's state; the client's tag if it raised an alert.
+    fn absorb_one(
+        &self,
+        e: &Echo,
+        model: &super::models::ModelState,
+        st: &mut super::ClientState,
+        base: &crate::normal::baseline::Baseline,
+        alerts: &mut Vec<crate::vocab::Alert>,
+    ) -> Option<u64> {
+        st.note_query(e.ts_ms);
+        let (mut sig, answer) = (e.signals(), e.answer());
+        self.replay_detectors(e, model, st, base, &mut sig);
+        super::record_window(
+            &mut st.window,
+            e.ts_ms,
+            &sig,
+            answer,
+            e.scored(),
+            &self.stats,
+        );
+        self.decide_and_apply(st, &sig, answer, base, e.ts_ms, alerts)
     }
 
     /// The detectors whose state an echo updates: the fingerprint history takes the

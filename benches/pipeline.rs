@@ -81,6 +81,27 @@ fn batch(recs: &[QueryRecord], shift: i64, fresh_clients: bool) -> Vec<QueryReco
         .collect()
 }
 
+/// Times a warm pipeline over `recs` again and again, each time later (and, with
+/// `fresh_clients`, from clients never seen).
+fn stream_batches(b: &mut criterion::Bencher<'_>, recs: &[QueryRecord], fresh_clients: bool) {
+    let p = warm(recs);
+    let mut out = Vec::new();
+    let mut shift = 0i64;
+    b.iter_batched(
+        || {
+            shift += 200_000;
+            batch(recs, shift, fresh_clients)
+        },
+        |rs| {
+            out.clear();
+            for r in rs {
+                let _ = p.process_wire(r, &mut out);
+            }
+        },
+        criterion::BatchSize::LargeInput,
+    )
+}
+
 fn bench_pipeline(c: &mut Criterion) {
     let recs = records(20_000);
     let mut g = c.benchmark_group("per_record");
@@ -104,22 +125,7 @@ fn bench_pipeline(c: &mut Criterion) {
         ("all_detectors_new_clients", true),
     ] {
         g.bench_function(BenchmarkId::new(name, DIM), |b| {
-            let p = warm(&recs);
-            let mut out = Vec::new();
-            let mut shift = 0i64;
-            b.iter_batched(
-                || {
-                    shift += 200_000;
-                    batch(&recs, shift, fresh_clients)
-                },
-                |rs| {
-                    out.clear();
-                    for r in rs {
-                        let _ = p.process_wire(r, &mut out);
-                    }
-                },
-                criterion::BatchSize::LargeInput,
-            )
+            stream_batches(b, &recs, fresh_clients)
         });
     }
     g.finish();
@@ -241,22 +247,7 @@ fn bench_replica(c: &mut Criterion) {
     g.throughput(Throughput::Elements(recs.len() as u64));
     g.sample_size(10);
     g.bench_function(BenchmarkId::new("local_only", DIM), |b| {
-        let p = warm(&recs);
-        let mut out = Vec::new();
-        let mut shift = 0i64;
-        b.iter_batched(
-            || {
-                shift += 200_000;
-                batch(&recs, shift, false)
-            },
-            |rs| {
-                out.clear();
-                for r in rs {
-                    let _ = p.process_wire(r, &mut out);
-                }
-            },
-            criterion::BatchSize::LargeInput,
-        )
+        stream_batches(b, &recs, false)
     });
     g.bench_function(BenchmarkId::new("one_of_three_with_echoes", DIM), |b| {
         let p = warm_replica(&recs);

@@ -298,7 +298,7 @@ impl Pipeline {
     }
 
     /// Steps 2–10 for one validated record.
-    fn process(&self, rec: Record, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
+    fn process(&self, mut rec: Record, alerts: &mut Vec<Alert>) -> Result<(), Reject> {
         let tag = crate::hash::client_tag(&rec.model, &rec.client);
         let now = self.clock.now_ms();
         let (model, evicted) = self
@@ -307,6 +307,9 @@ impl Pipeline {
         if evicted {
             self.stats.models_evicted.fetch_add(1, Ordering::Relaxed);
         }
+        // The model's own name from here on: every client key of a model then shares one
+        // allocation, and comparing keys compares pointers, not bytes in another cache line.
+        rec.model = model.name.clone();
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let sketch = model.sketch(&rec.input);
         let base = model.baseline();
@@ -491,14 +494,14 @@ impl Pipeline {
         base: &Baseline,
         ts: i64,
     ) -> Vec<Decision> {
-        let events = st.window.total_counts();
+        let window = &st.window;
         let decisions = self.policy.observe(
             &mut st.policy,
             sig,
             answer.margin.is_some(),
             base,
             st.total,
-            &events,
+            || window.total_counts(),
         );
         if let Slot::At(pos) = st.window.slot(ts) {
             let c = st.policy.cusum;
@@ -551,8 +554,10 @@ impl Pipeline {
             if let Slot::At(p) = st.window.slot(ts) {
                 st.window.bucket_mut(p).counts.invalid += 1;
             }
-            let c = st.window.total_counts();
-            let decisions = self.policy.observe_invalid(&mut st.policy, st.total, &c);
+            let window = &st.window;
+            let decisions = self
+                .policy
+                .observe_invalid(&mut st.policy, st.total, || window.total_counts());
             self.apply(st, &decisions, ts, &base, &Signals::default(), &mut out);
         }
         out

@@ -51,10 +51,10 @@ impl Coverage {
         let mut h = 0u64;
         for p in 0..self.projections {
             let signs = &self.signs[p * SKETCH_DIM..p * SKETCH_DIM + d];
-            let acc: f32 = signs.iter().zip(&z[..d]).map(|(s, z)| s * z).sum();
-            // ~N(0, 0.3²) for natural data; 4 slices of width 0.25 around 0.
+            let acc = crate::sketch::dot(signs, &z[..d]);
+            // ~N(0, 0.3²) for natural data; 4 slices of width 0.25 around 0. Clamped
+            // first, truncation is the floor (and needs no libm call).
             let level = ((acc / norm) * 4.0 + self.levels as f32 / 2.0)
-                .floor()
                 .clamp(0.0, (self.levels - 1) as f32) as u64;
             h = mix64(h ^ (level << (p * 4)));
         }

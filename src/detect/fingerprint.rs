@@ -177,10 +177,13 @@ impl Fingerprint {
         let w = self.cfg.window.min(d).max(1);
         // Quantised codes, then a polynomial hash of every window via prefix powers.
         let mut codes = [0u8; crate::sketch::SKETCH_DIM];
+        let inv_step = 1.0 / step;
         for (j, &x) in sketch.iter().enumerate() {
             let (lo, scale) = b.norm(j);
-            let v = ((x - lo) / scale * 255.0 + b.salt(j)).rem_euclid(255.0);
-            codes[j] = (v / step).round() as u8;
+            let v = fold255((x - lo) / scale * 255.0 + b.salt(j));
+            // `v` is in [0, 255): adding a half and truncating rounds it, without a libm
+            // call (the record path's baseline target has no rounding instruction).
+            codes[j] = (v * inv_step + 0.5) as u8;
         }
         let mut all = [0u64; crate::sketch::SKETCH_DIM];
         let nwin = d + 1 - w;
@@ -201,6 +204,19 @@ impl Fingerprint {
             }
         }
         let all = &mut all[..nwin];
+        let top = self.cfg.top_n.min(64);
+        if nwin > top {
+            // The `top` largest first, unordered: when their high halves are distinct
+            // (nearly always), they are the fingerprint, and sorting all windows is spared.
+            all.select_nth_unstable_by(top - 1, |a, b| b.cmp(a));
+            for (o, &v) in out.iter_mut().zip(all[..top].iter()) {
+                *o = (v >> 32) as u32;
+            }
+            out[..top].sort_unstable();
+            if out[..top].windows(2).all(|w| w[0] != w[1]) {
+                return top;
+            }
+        }
         all.sort_unstable_by(|a, b| b.cmp(a));
         let mut n = 0;
         let mut last = None;
@@ -212,7 +228,7 @@ impl Fingerprint {
             last = Some(v32);
             out[n] = v32;
             n += 1;
-            if n == self.cfg.top_n.min(64) {
+            if n == top {
                 break;
             }
         }
@@ -406,16 +422,46 @@ pub fn class_tag(class: Option<u32>) -> u16 {
     class.map_or(u16::MAX, |c| c.min(u32::from(u16::MAX) - 1) as u16)
 }
 
-/// Hash of the exact input bits (for retries).
+/// Hash of the exact input bits (for retries): two values per step in four independent
+/// lanes, so the mixing steps overlap instead of forming one chain as long as the input.
 pub fn exact_hash(input: &[f32]) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    for &x in input {
+    let mut lanes = [
+        0xCBF2_9CE4_8422_2325u64,
+        0x8422_2325_CBF2_9CE4,
+        0x9E37_79B9_7F4A_7C15,
+        0x7F4A_7C15_9E37_79B9,
+    ];
+    let pair = |p: &[f32]| u64::from(p[0].to_bits()) | u64::from(p[1].to_bits()) << 32;
+    let mut chunks = input.chunks_exact(8);
+    for c in &mut chunks {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            *lane = mix64(*lane ^ pair(&c[2 * k..2 * k + 2]));
+        }
+    }
+    let mut h = mix64(lanes[0] ^ mix64(lanes[1] ^ mix64(lanes[2] ^ mix64(lanes[3]))));
+    for &x in chunks.remainder() {
         h = mix64(h ^ u64::from(x.to_bits()));
     }
-    h
+    // The length, so that inputs differing only by trailing zeros differ.
+    mix64(h ^ input.len() as u64)
 }
 
-/// Size of the intersection of two ascending slices.
+/// `v` modulo 255 in [0, 255), as `rem_euclid` but without a libm `fmod` call for the
+/// values a scaled input takes (magnitudes below 2²³, where the quotient is exact to one).
+fn fold255(v: f32) -> f32 {
+    if v.abs() >= 8_388_608.0 {
+        return v.rem_euclid(255.0);
+    }
+    let r = v - (v * (1.0 / 255.0)) as i32 as f32 * 255.0;
+    // The truncated quotient can be one off either way; at most one step corrects it.
+    let r = if r < 0.0 { r + 255.0 } else { r };
+    if r >= 255.0 {
+        r - 255.0
+    } else {
+        r
+    }
+}
+
 /// 64-bit Bloom signature of a fingerprint (one bit per hash).
 fn bloom(fp: &[u32]) -> u64 {
     fp.iter()
@@ -427,6 +473,7 @@ fn high16(h: u32) -> u16 {
     (h >> 16) as u16
 }
 
+/// Size of the intersection of two ascending slices.
 fn intersect_sorted<T: Ord>(a: &[T], b: &[T]) -> u32 {
     let (mut i, mut j, mut c) = (0, 0, 0);
     while i < a.len() && j < b.len() {
@@ -552,6 +599,20 @@ mod tests {
             "same client is not cross-account"
         );
         assert!(d.check_global(&t, &fp[..n], 2, &a));
+    }
+
+    #[test]
+    fn folding_matches_rem_euclid() {
+        for i in 0..200_000u64 {
+            let v = (crate::hash::unit(7, i) as f32 - 0.3) * 10f32.powi((i % 9) as i32);
+            let (got, want) = (fold255(v), v.rem_euclid(255.0));
+            assert!((0.0..255.0).contains(&got), "{v}: {got}");
+            // Equal, but where rem_euclid returns 255 itself (a tiny negative v).
+            assert!(
+                got == want || (want == 255.0 && got == 0.0),
+                "{v}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -214,7 +214,8 @@ impl Policy {
     }
 
     /// Feeds one query's signals; returns the kinds whose evidence is over the threshold.
-    /// `events` are the client's window totals.
+    /// `events` gives the client's window totals; it is called only when a test is past
+    /// its threshold (summing the window on every query cost more than the tests).
     pub fn observe(
         &self,
         st: &mut PolicyState,
@@ -222,7 +223,7 @@ impl Policy {
         has_margin: bool,
         base: &Baseline,
         total: u64,
-        events: &Counts,
+        events: impl FnOnce() -> Counts,
     ) -> Vec<Decision> {
         // A retry repeats evidence already counted; it is not new evidence.
         if base.ready && !sig.exact_dup {
@@ -278,7 +279,7 @@ impl Policy {
         &self,
         st: &mut PolicyState,
         total: u64,
-        events: &Counts,
+        events: impl FnOnce() -> Counts,
     ) -> Vec<Decision> {
         step(&mut st.cusum.invalid, true, INVALID_BASE_RATE, 0.5);
         self.decide(st, false, total, events)
@@ -289,7 +290,7 @@ impl Policy {
         st: &PolicyState,
         prada_alarm: bool,
         total: u64,
-        events: &Counts,
+        events: impl FnOnce() -> Counts,
     ) -> Vec<Decision> {
         let mut out = Vec::new();
         if total < u64::from(self.cfg.min_queries) {
@@ -297,6 +298,13 @@ impl Policy {
         }
         let c = &st.cusum;
         let (h, h2) = (self.h, self.h2);
+        let ex = c.out_of_range.max(c.tail).max(c.structured);
+        let over = |x: f64| x >= h2 || (prada_alarm && x >= h2 / 2.0);
+        // Every decision below needs one of these; most queries of most clients meet none.
+        if !(c.low_margin >= h2 || over(ex) || c.invalid >= h) {
+            return out;
+        }
+        let events = &events();
         let (scored, low) = (events.scored, events.low_margin);
         // Baseline-relative events are shares of the scored queries; invalid inputs can be
         // seen from the first query.
@@ -308,11 +316,9 @@ impl Policy {
                 strength: c.low_margin / h2,
             });
         }
-        let ex = c.out_of_range.max(c.tail).max(c.structured);
         // Each kind of extraction evidence stands on its own CUSUM and its own events: past
         // the threshold, or past half of it with PRADA's alarm, and carried by its share of
         // the window.
-        let over = |x: f64| x >= h2 || (prada_alarm && x >= h2 / 2.0);
         let region_events = events.out_of_range.max(events.tail);
         let by_region =
             over(c.out_of_range.max(c.tail)) && region_events >= MIN_EVENTS && share(region_events);
@@ -394,7 +400,7 @@ mod tests {
         let b = Baseline::unit_scale(2, 1.0);
         let mut last = vec![];
         for i in 0..n {
-            last = p.observe(st, sig, true, &b, 100 + i, &ev(events));
+            last = p.observe(st, sig, true, &b, 100 + i, || ev(events));
         }
         last
     }
@@ -425,14 +431,9 @@ mod tests {
                 ..Default::default()
             };
             assert!(
-                p.observe(
-                    &mut st,
-                    &sig,
-                    true,
-                    &b,
-                    100 + i,
-                    &ev([10_000, 99, 99, 99, 0])
-                )
+                p.observe(&mut st, &sig, true, &b, 100 + i, || ev([
+                    10_000, 99, 99, 99, 0
+                ]))
                 .is_empty(),
                 "query {i}"
             );
@@ -475,7 +476,7 @@ mod tests {
             true,
             &Baseline::unit_scale(2, 1.0),
             500,
-            &ev([10, 0, 0, 5, 0]),
+            || ev([10, 0, 0, 5, 0]),
         );
         assert_eq!(d[0].kind, Kind::Extraction);
     }
@@ -495,7 +496,7 @@ mod tests {
                 st.out.s = [over; 2];
                 ev([400, 0, 60, 0, 0])
             };
-            p.observe(&mut st, &Signals::default(), true, &b, 400, &counts)
+            p.observe(&mut st, &Signals::default(), true, &b, 400, || counts)
         };
         assert_eq!(decide(true)[0].kind, Kind::Extraction);
         assert!(decide(false).is_empty());
@@ -513,7 +514,7 @@ mod tests {
         for i in 0..15 {
             // Fewer than min_queries queries in total.
             assert!(p
-                .observe(&mut st, &sig, true, &b, i, &ev([15, 15, 0, 0, 0]))
+                .observe(&mut st, &sig, true, &b, i, || ev([15, 15, 0, 0, 0]))
                 .is_empty());
         }
     }

@@ -8,32 +8,112 @@ pub const RIDGE: f64 = 1e-3;
 
 /// The fit: mean, per-feature scale and the inverse Cholesky factor of the shrunk
 /// covariance of standardised values.
+///
+/// Stored (in snapshots and the fleet's shared normal) as [`Factor`], the factor's dense
+/// rows; held in memory packed for the per-query product ([`Gauss::distance2`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Factor", into = "Factor")]
 pub struct Gauss {
-    /// For the per-query path, in f32 (ample for a threshold test): mean, 1/scale, and the
-    /// inverse factor `L⁻¹` as dense rows padded to a multiple of 8, so that
-    /// `d² = |L⁻¹ z|²` is a matrix-vector product in SIMD lanes rather than a sequential
-    /// substitution.
+    /// For the per-query path, in f32 (ample for a threshold test): mean and 1/scale.
+    mean32: Vec<f32>,
+    inv_scale32: Vec<f32>,
+    /// `L⁻¹` in blocks of eight rows: block `b` holds, for each column `j < 8(b+1)`, the
+    /// eight entries of rows `8b..8b+8` in that column (zeros above the diagonal and past
+    /// the last row). The product then accumulates eight rows at once in SIMD lanes, with
+    /// one horizontal sum per distance instead of one per row.
+    packed: Vec<f32>,
+    stride: usize,
+}
+
+/// The stored form of a [`Gauss`]: `L⁻¹` as dense rows padded to `stride` (a multiple of
+/// 8) columns.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Factor {
     mean32: Vec<f32>,
     inv_scale32: Vec<f32>,
     winv: Vec<f32>,
     stride: usize,
 }
 
+/// Rows (and columns) per block of the packed factor.
+const LANES: usize = 8;
+
+/// Where block `b` of a packed factor starts.
+fn block_start(b: usize) -> usize {
+    LANES * LANES * b * (b + 1) / 2
+}
+
+impl From<Factor> for Gauss {
+    fn from(f: Factor) -> Self {
+        let d = f.mean32.len();
+        // A stride that is not a multiple of 8 or too short for `d` comes from a damaged
+        // image: it is re-derived, and missing entries read as zero.
+        let stride = d.div_ceil(LANES) * LANES;
+        let at = |i: usize, j: usize| {
+            if i < d && j <= i && j < f.stride {
+                f.winv.get(i * f.stride + j).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            }
+        };
+        let blocks = stride / LANES;
+        let mut packed = vec![0f32; block_start(blocks)];
+        for b in 0..blocks {
+            let base = block_start(b);
+            for j in 0..LANES * (b + 1) {
+                for l in 0..LANES {
+                    packed[base + j * LANES + l] = at(b * LANES + l, j);
+                }
+            }
+        }
+        Self {
+            mean32: f.mean32,
+            inv_scale32: f.inv_scale32,
+            packed,
+            stride,
+        }
+    }
+}
+
+impl From<Gauss> for Factor {
+    fn from(g: Gauss) -> Self {
+        let (d, stride) = (g.mean32.len(), g.stride);
+        let mut winv = vec![0f32; d * stride];
+        for b in 0..stride / LANES {
+            let base = block_start(b);
+            for j in 0..LANES * (b + 1) {
+                for l in 0..LANES {
+                    let i = b * LANES + l;
+                    if i < d {
+                        winv[i * stride + j] = g.packed[base + j * LANES + l];
+                    }
+                }
+            }
+        }
+        Self {
+            mean32: g.mean32,
+            inv_scale32: g.inv_scale32,
+            winv,
+            stride,
+        }
+    }
+}
+
 impl Gauss {
     /// The standard normal in `d` dimensions (a placeholder before a fit).
     pub fn identity(d: usize) -> Self {
-        let stride = d.div_ceil(8) * 8;
+        let stride = d.div_ceil(LANES) * LANES;
         let mut winv = vec![0f32; d * stride];
         for i in 0..d {
             winv[i * stride + i] = 1.0;
         }
-        Self {
+        Factor {
             mean32: vec![0.0; d],
             inv_scale32: vec![1.0; d],
             winv,
             stride,
         }
+        .into()
     }
 
     /// The mean.
@@ -112,7 +192,7 @@ impl Gauss {
             }
         }
         let chol = cholesky(&cov, d)?;
-        let stride = d.div_ceil(8) * 8;
+        let stride = d.div_ceil(LANES) * LANES;
         let mut winv = vec![0f32; d * stride];
         // Column c of L⁻¹ by forward substitution of the unit vector e_c.
         let mut col = vec![0f64; d];
@@ -124,37 +204,43 @@ impl Gauss {
                 winv[i * stride + c] = col[i] as f32;
             }
         }
-        Some(Self {
-            mean32: mean.iter().map(|&v| v as f32).collect(),
-            inv_scale32: inv_scale.iter().map(|&v| v as f32).collect(),
-            winv,
-            stride,
-        })
+        Some(
+            Factor {
+                mean32: mean.iter().map(|&v| v as f32).collect(),
+                inv_scale32: inv_scale.iter().map(|&v| v as f32).collect(),
+                winv,
+                stride,
+            }
+            .into(),
+        )
     }
 
-    /// Squared Mahalanobis distance of `x` (a lower-triangular matrix-vector product).
+    /// Squared Mahalanobis distance of `x`: `|L⁻¹ z|²`, eight rows of `L⁻¹ z` at a time.
     pub fn distance2(&self, x: &[f32]) -> f64 {
         let d = self.mean32.len().min(x.len());
         let mut z = [0f32; crate::sketch::SKETCH_DIM];
         for i in 0..d {
             z[i] = (x[i] - self.mean32[i]) * self.inv_scale32[i];
         }
-        let z = &z[..self.stride];
-        let mut acc = 0f32;
-        for (i, row) in self.winv.chunks_exact(self.stride).take(d).enumerate() {
-            // L⁻¹ is lower-triangular: row i ends at column i.
-            let len = (i + 1).div_ceil(8) * 8;
-            // Eight partial sums: the compiler keeps them in vector lanes.
-            let mut part = [0f32; 8];
-            for (w8, z8) in row[..len].chunks_exact(8).zip(z[..len].chunks_exact(8)) {
-                for l in 0..8 {
-                    part[l] += w8[l] * z8[l];
+        let mut sq = [0f32; LANES];
+        for b in 0..self.stride / LANES {
+            let cols = LANES * (b + 1);
+            let block = &self.packed[block_start(b)..block_start(b) + cols * LANES];
+            // Four column accumulators, so the additions do not wait on one another.
+            let mut acc = [[0f32; LANES]; 4];
+            for (w, z4) in block.chunks_exact(4 * LANES).zip(z[..cols].chunks_exact(4)) {
+                for k in 0..4 {
+                    for l in 0..LANES {
+                        acc[k][l] += w[k * LANES + l] * z4[k];
+                    }
                 }
             }
-            let y: f32 = part.iter().sum();
-            acc += y * y;
+            for l in 0..LANES {
+                let y = acc[0][l] + acc[1][l] + acc[2][l] + acc[3][l];
+                sq[l] += y * y;
+            }
         }
-        f64::from(acc)
+        f64::from(sq.iter().sum::<f32>())
     }
 }
 
@@ -253,6 +339,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_and_keeps_dense_rows() {
+        let pts: Vec<Vec<f32>> = (0..100u64)
+            .map(|i| {
+                (0..13u64)
+                    .map(|j| unit(i, j) as f32 * (1 + j % 3) as f32)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[f32]> = pts.iter().map(|p| p.as_slice()).collect();
+        let g = Gauss::fit_shrunk(&refs, 0.01, 0.1).unwrap();
+        let json = serde_json::to_string(&g).unwrap();
+        let back: Gauss = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, g);
+        // The stored rows are the dense lower-triangular factor: row 0 has one entry.
+        let f: Factor = g.clone().into();
+        assert_eq!((f.stride, f.winv.len()), (16, 13 * 16));
+        assert!(f.winv[1..16].iter().all(|&v| v == 0.0) && f.winv[0] > 0.0);
+        assert_eq!(back.distance2(&pts[3]), g.distance2(&pts[3]));
     }
 
     #[test]

@@ -258,15 +258,26 @@ impl FirstRaise {
 /// default `sync_ms` of 100.
 const SYNC_RECORDS: usize = 200;
 
+/// Records between syncs: [`SYNC_RECORDS`], or `PROBEWATCH_TEST_SYNC_RECORDS` to see how the
+/// fleet's figures move with the sync interval (the assertions still apply).
+fn sync_records() -> usize {
+    std::env::var("PROBEWATCH_TEST_SYNC_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(SYNC_RECORDS)
+}
+
 /// Sends `dir`'s trace round-robin per record over replicas, syncing every
-/// [`SYNC_RECORDS`]; returns the first raises and every event the fleet delivered.
+/// [`sync_records`]; returns the first raises and every event the fleet delivered.
 async fn run_fleet(dir: &str, replicas: &[Replica]) -> (FirstRaise, Vec<Alert>) {
     let mut first = FirstRaise::default();
+    let every = sync_records();
     for (i, l) in trace(dir).iter().enumerate() {
         first.query(&l.client);
         let out = replicas[i % replicas.len()].feed(l);
         first.note(&out);
-        if (i + 1) % SYNC_RECORDS == 0 {
+        if (i + 1) % every == 0 {
             for r in replicas {
                 let out = r.sync().await;
                 first.note(&out);

@@ -277,3 +277,95 @@ fn three_sidecars_one_redis_one_alert_each() {
         "{commands} commands for {records} records"
     );
 }
+
+/// Records per second in the outage test: the trace then lasts about a minute, so that
+/// Redis can be down for 30 s in the middle of it.
+const OUTAGE_RATE: &str = "600";
+
+/// Redis is stopped for 30 s mid-trace and started again on its port. No sidecar stops
+/// ingesting or exits, each counts its failed syncs and shows the cluster down, sync
+/// resumes when Redis is back, and every attack client that a single process alerts is
+/// still alerted by the fleet. (No assertion on benign clients: see the test above.)
+#[test]
+fn redis_stopped_for_30_s_mid_trace() {
+    use std::time::{Duration, Instant};
+    let want = single_process();
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("labels.json")).unwrap()).unwrap();
+    let attacks: BTreeSet<&Key> = want
+        .iter()
+        .filter(|k| labels[&k.0]["kind"] != "benign")
+        .collect();
+    let redis = RedisServer::start();
+    let port = redis.port;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut sidecars: Vec<Sidecar> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| start(d.path(), &redis.url(), &format!("replica-{i}")))
+        .collect();
+    let mut send = Command::new(env!("CARGO_BIN_EXE_probewatch"));
+    send.arg("send").arg(data("trace.jsonl.gz"));
+    for s in &sidecars {
+        send.args(["--to", &s.ingest]);
+    }
+    let mut sender = send
+        .args(["--spread", "record", "--rate", OUTAGE_RATE, "--batch", "64"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let accepted = |s: &Sidecar| metric(&scrape(&s.metrics), "probewatch_records_accepted_total");
+    let series = |s: &Sidecar, name: &str| metric(&scrape(&s.metrics), name);
+    std::thread::sleep(Duration::from_secs(10));
+
+    redis.kill();
+    let down_at: Vec<f64> = sidecars.iter().map(accepted).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    for s in &sidecars {
+        assert_eq!(
+            series(s, "probewatch_cluster_up"),
+            0.0,
+            "the gauge shows the outage"
+        );
+        assert!(series(s, "probewatch_cluster_sync_failures_total") > 0.0);
+    }
+    std::thread::sleep(Duration::from_secs(25));
+    for (s, before) in sidecars.iter_mut().zip(&down_at) {
+        assert!(s.child.try_wait().unwrap().is_none(), "no sidecar exited");
+        assert!(
+            accepted(s) > *before,
+            "a sidecar kept ingesting while Redis was down"
+        );
+    }
+    let absorbed = |s: &Sidecar| series(s, "probewatch_cluster_echoes_total{outcome=\"absorbed\"}");
+    let absorbed_before: Vec<f64> = sidecars.iter().map(absorbed).collect();
+    let _back = RedisServer::start_on(port).expect("redis restarts on its port");
+
+    let status = sender.wait().unwrap();
+    assert!(status.success(), "send delivered every batch");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (s, before) in sidecars.iter().zip(&absorbed_before) {
+        while series(s, "probewatch_cluster_up") != 1.0 || absorbed(s) <= *before {
+            assert!(Instant::now() < deadline, "sync resumes after the outage");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    for s in &mut sidecars {
+        assert!(s.child.try_wait().unwrap().is_none(), "no sidecar exited");
+        stop(s);
+    }
+    let mut fleet = Vec::new();
+    for s in &sidecars {
+        fleet.extend(events(&s.alerts));
+    }
+    let got = raised(&fleet);
+    let missed: Vec<&&Key> = attacks.iter().filter(|k| !got.contains(**k)).collect();
+    eprintln!(
+        "Redis down 30 s mid-trace: {} of {} attack alerts raised by the fleet; missed {missed:?}",
+        attacks.len() - missed.len(),
+        attacks.len()
+    );
+    assert!(missed.is_empty(), "attack clients missed: {missed:?}");
+}

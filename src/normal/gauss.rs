@@ -22,7 +22,6 @@ pub struct Gauss {
     /// the last row). The product then accumulates eight rows at once in SIMD lanes, with
     /// one horizontal sum per distance instead of one per row.
     packed: Vec<f32>,
-    stride: usize,
 }
 
 /// The stored form of a [`Gauss`]: `L⁻¹` as dense rows padded to `stride` (a multiple of
@@ -43,12 +42,21 @@ fn block_start(b: usize) -> usize {
     LANES * LANES * b * (b + 1) / 2
 }
 
+/// Every cell of a packed factor for `d` dimensions, in order: (index in the packed vector,
+/// row, column).
+fn packed_cells(d: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..d.div_ceil(LANES)).flat_map(|b| {
+        (0..LANES * (b + 1)).flat_map(move |j| {
+            (0..LANES).map(move |l| (block_start(b) + j * LANES + l, b * LANES + l, j))
+        })
+    })
+}
+
 impl From<Factor> for Gauss {
     fn from(f: Factor) -> Self {
         let d = f.mean32.len();
-        // A stride that is not a multiple of 8 or too short for `d` comes from a damaged
-        // image: it is re-derived, and missing entries read as zero.
-        let stride = d.div_ceil(LANES) * LANES;
+        // A stride too short for `d` comes from a damaged image: missing entries read as
+        // zero.
         let at = |i: usize, j: usize| {
             if i < d && j <= i && j < f.stride {
                 f.winv.get(i * f.stride + j).copied().unwrap_or(0.0)
@@ -56,39 +64,25 @@ impl From<Factor> for Gauss {
                 0.0
             }
         };
-        let blocks = stride / LANES;
-        let mut packed = vec![0f32; block_start(blocks)];
-        for b in 0..blocks {
-            let base = block_start(b);
-            for j in 0..LANES * (b + 1) {
-                for l in 0..LANES {
-                    packed[base + j * LANES + l] = at(b * LANES + l, j);
-                }
-            }
+        let mut packed = vec![0f32; block_start(d.div_ceil(LANES))];
+        for (k, i, j) in packed_cells(d) {
+            packed[k] = at(i, j);
         }
         Self {
             mean32: f.mean32,
             inv_scale32: f.inv_scale32,
             packed,
-            stride,
         }
     }
 }
 
 impl From<Gauss> for Factor {
     fn from(g: Gauss) -> Self {
-        let (d, stride) = (g.mean32.len(), g.stride);
+        let d = g.mean32.len();
+        let stride = d.div_ceil(LANES) * LANES;
         let mut winv = vec![0f32; d * stride];
-        for b in 0..stride / LANES {
-            let base = block_start(b);
-            for j in 0..LANES * (b + 1) {
-                for l in 0..LANES {
-                    let i = b * LANES + l;
-                    if i < d {
-                        winv[i * stride + j] = g.packed[base + j * LANES + l];
-                    }
-                }
-            }
+        for (k, i, j) in packed_cells(d).filter(|&(_, i, _)| i < d) {
+            winv[i * stride + j] = g.packed[k];
         }
         Self {
             mean32: g.mean32,
@@ -223,7 +217,7 @@ impl Gauss {
             z[i] = (x[i] - self.mean32[i]) * self.inv_scale32[i];
         }
         let mut sq = [0f32; LANES];
-        for b in 0..self.stride / LANES {
+        for b in 0..self.mean32.len().div_ceil(LANES) {
             let cols = LANES * (b + 1);
             let block = &self.packed[block_start(b)..block_start(b) + cols * LANES];
             // Four column accumulators, so the additions do not wait on one another.

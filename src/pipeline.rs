@@ -48,6 +48,7 @@ use crate::schema::Schema;
 use crate::vocab::Alert;
 use crate::window::store::{ClientKey, ClientStore};
 use crate::window::{SlidingWindow, Slot};
+use dashmap::mapref::entry::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -322,13 +323,20 @@ impl Pipeline {
             model: rec.model.clone(),
             client: rec.client.clone(),
         };
-        self.make_room(&key, rec.ts_ms, alerts);
         let raised = {
-            let mut entry = self
-                .store
-                .map()
-                .entry(key)
-                .or_insert_with(|| self.new_client(&rec, tag));
+            // A known client costs one lookup. Only a new one may need room made: its shard
+            // is unlocked first, as the fullness check reads every shard.
+            let mut entry = match self.store.map().entry(key) {
+                Entry::Occupied(o) => o.into_ref(),
+                Entry::Vacant(v) => {
+                    let key = v.into_key();
+                    self.make_room(rec.ts_ms, alerts);
+                    self.store
+                        .map()
+                        .entry(key)
+                        .or_insert_with(|| self.new_client(&rec, tag))
+                }
+            };
             let st = entry.value_mut();
             st.note_query(rec.ts_ms);
             let sig = self.detect(&rec, &sketch, answer, &view, &model, st);
@@ -404,9 +412,8 @@ impl Pipeline {
 
     /// Before a new client is added to a full store, evicts the idlest and resolves their
     /// alerts.
-    fn make_room(&self, key: &ClientKey, ts: i64, alerts: &mut Vec<Alert>) {
-        // The fullness check first: it spares the common case a second hash of the key.
-        if !self.store.is_full() || self.store.map().contains_key(key) {
+    fn make_room(&self, ts: i64, alerts: &mut Vec<Alert>) {
+        if !self.store.is_full() {
             return;
         }
         for gone in self.store.make_room() {

@@ -185,7 +185,9 @@ impl Fingerprint {
             // call (the record path's baseline target has no rounding instruction).
             codes[j] = (v * inv_step + 0.5) as u8;
         }
-        let mut all = [0u64; crate::sketch::SKETCH_DIM];
+        // The high half of each window's hash: the fingerprint keeps the `top_n` largest
+        // distinct ones.
+        let mut all = [0u32; crate::sketch::SKETCH_DIM];
         let nwin = d + 1 - w;
         const P: u64 = 0x100_0000_01B3;
         let mut pw = 1u64;
@@ -200,40 +202,11 @@ impl Fingerprint {
             }
             if j + 1 >= w {
                 // Mix in the position so equal windows at different places differ.
-                all[j + 1 - w] = mix64(h ^ ((j as u64) << 56));
+                all[j + 1 - w] = (mix64(h ^ ((j as u64) << 56)) >> 32) as u32;
             }
         }
-        let all = &mut all[..nwin];
         let top = self.cfg.top_n.min(64);
-        if nwin > top {
-            // The `top` largest first, unordered: when their high halves are distinct
-            // (nearly always), they are the fingerprint, and sorting all windows is spared.
-            all.select_nth_unstable_by(top - 1, |a, b| b.cmp(a));
-            for (o, &v) in out.iter_mut().zip(all[..top].iter()) {
-                *o = (v >> 32) as u32;
-            }
-            out[..top].sort_unstable();
-            if out[..top].windows(2).all(|w| w[0] != w[1]) {
-                return top;
-            }
-        }
-        all.sort_unstable_by(|a, b| b.cmp(a));
-        let mut n = 0;
-        let mut last = None;
-        for &v in all.iter() {
-            let v32 = (v >> 32) as u32;
-            if last == Some(v32) {
-                continue;
-            }
-            last = Some(v32);
-            out[n] = v32;
-            n += 1;
-            if n == top {
-                break;
-            }
-        }
-        out[..n].sort_unstable();
-        n
+        top_distinct(&mut all[..nwin], top, out)
     }
 
     /// Checks against the model-wide table; call with the same fingerprint as `observe`.
@@ -462,6 +435,68 @@ fn fold255(v: f32) -> f32 {
     }
 }
 
+/// How many more values than `top` the candidates of [`top_distinct`] hold on average.
+const TOP_SLACK: usize = 8;
+/// Most candidates [`top_distinct`] ranks; more go to the sort.
+const MAX_CANDIDATES: usize = 32;
+
+/// The `top` largest distinct values of `hs` into `out`, ascending; returns how many.
+///
+/// The values are halves of mixed hashes, so uniform: a threshold keeps about
+/// `top + TOP_SLACK` candidates. Each candidate's rank is the count of candidates above it,
+/// found by comparisons without branches (they vectorise), and places it directly. Sorting
+/// or selecting among the 45 window hashes of a 64-wide input spent most of its time on
+/// mispredicted branches. When the threshold kept too few or too many (about 2 % of
+/// queries at the defaults), or two kept values are equal (they share a rank and leave the
+/// slot after it empty), `hs` is sorted and deduplicated instead: the result is the same.
+fn top_distinct(hs: &mut [u32], top: usize, out: &mut [u32; 64]) -> usize {
+    let top = top.min(64);
+    if top == 0 {
+        return 0;
+    }
+    if (top..=MAX_CANDIDATES).contains(&(top + TOP_SLACK).min(hs.len())) {
+        let keep = ((top + TOP_SLACK) as f64 / hs.len() as f64).min(1.0);
+        let cut = (f64::from(u32::MAX) * (1.0 - keep)) as u32;
+        // Biased to signed, which SSE2 compares; padding never ranks above a candidate.
+        let mut cand = [i32::MIN; MAX_CANDIDATES];
+        let mut n = 0;
+        for &v in hs.iter() {
+            cand[n.min(MAX_CANDIDATES - 1)] = (v ^ 0x8000_0000) as i32;
+            n += usize::from(v >= cut);
+        }
+        if (top..=MAX_CANDIDATES).contains(&n) {
+            let mut filled = 0u64;
+            for &c in &cand[..n] {
+                let above: i32 = cand.iter().map(|&x| i32::from(x > c)).sum();
+                let above = above as usize;
+                if above < top {
+                    out[top - 1 - above] = (c as u32) ^ 0x8000_0000;
+                    filled |= 1 << above;
+                }
+            }
+            if filled == u64::MAX >> (64 - top) {
+                return top;
+            }
+        }
+    }
+    hs.sort_unstable_by(|a, b| b.cmp(a));
+    let mut n = 0;
+    let mut last = None;
+    for &v in hs.iter() {
+        if last == Some(v) {
+            continue;
+        }
+        last = Some(v);
+        out[n] = v;
+        n += 1;
+        if n == top {
+            break;
+        }
+    }
+    out[..n].sort_unstable();
+    n
+}
+
 /// 64-bit Bloom signature of a fingerprint (one bit per hash).
 fn bloom(fp: &[u32]) -> u64 {
     fp.iter()
@@ -637,6 +672,24 @@ mod tests {
             let (ba, bb) = (bloom(&a), bloom(&b));
             let bound = (ba & bb).count_ones() + a.len() as u32 - ba.count_ones();
             proptest::prop_assert!(intersect_sorted(&a, &b) <= bound);
+        }
+
+        /// Selection by rank keeps exactly the largest distinct values, ascending, as
+        /// sorting and deduplicating does; small ranges force ties, at the top and below.
+        #[test]
+        fn top_distinct_is_the_sorted_largest_distinct(
+            hs in proptest::collection::vec(proptest::prop_oneof![0u32..40, proptest::num::u32::ANY], 0..64),
+            top in 1usize..=64,
+        ) {
+            let mut reference: Vec<u32> = hs.clone();
+            reference.sort_unstable_by(|a, b| b.cmp(a));
+            reference.dedup();
+            reference.truncate(top);
+            reference.reverse();
+            let mut out = [0u32; 64];
+            let mut work = hs.clone();
+            let n = top_distinct(&mut work, top, &mut out);
+            proptest::prop_assert_eq!(&out[..n], &reference[..]);
         }
     }
 

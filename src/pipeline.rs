@@ -413,9 +413,6 @@ impl Pipeline {
     /// Before a new client is added to a full store, evicts the idlest and resolves their
     /// alerts.
     fn make_room(&self, ts: i64, alerts: &mut Vec<Alert>) {
-        if !self.store.is_full() {
-            return;
-        }
         for gone in self.store.make_room() {
             self.stats.evicted_capacity.fetch_add(1, Ordering::Relaxed);
             self.forget(&gone);

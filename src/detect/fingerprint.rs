@@ -205,8 +205,7 @@ impl Fingerprint {
                 all[j + 1 - w] = (mix64(h ^ ((j as u64) << 56)) >> 32) as u32;
             }
         }
-        let top = self.cfg.top_n.min(64);
-        top_distinct(&mut all[..nwin], top, out)
+        top_distinct(&mut all[..nwin], self.cfg.top_n, out)
     }
 
     /// Checks against the model-wide table; call with the same fingerprint as `observe`.
@@ -457,7 +456,8 @@ fn top_distinct(hs: &mut [u32], top: usize, out: &mut [u32; 64]) -> usize {
     if (top..=MAX_CANDIDATES).contains(&(top + TOP_SLACK).min(hs.len())) {
         let keep = ((top + TOP_SLACK) as f64 / hs.len() as f64).min(1.0);
         let cut = (f64::from(u32::MAX) * (1.0 - keep)) as u32;
-        // Biased to signed, which SSE2 compares; padding never ranks above a candidate.
+        // Biased to signed, which SSE2 compares. Neither the padding nor a value below the
+        // cut (the slot past the last candidate may keep one) ranks above a candidate.
         let mut cand = [i32::MIN; MAX_CANDIDATES];
         let mut n = 0;
         for &v in hs.iter() {
@@ -493,7 +493,8 @@ fn top_distinct(hs: &mut [u32], top: usize, out: &mut [u32; 64]) -> usize {
             break;
         }
     }
-    out[..n].sort_unstable();
+    // Gathered descending and distinct: reversed, ascending.
+    out[..n].reverse();
     n
 }
 

@@ -58,11 +58,12 @@ fn key(client: &str) -> AlertKey {
     }
 }
 
-fn claim(client: &str, local_id: &str, event: Event) -> Claim {
+fn claim(client: &str, local_id: &str, event: Event, ts_ms: i64) -> Claim {
     Claim {
         key: key(client),
         local_id: local_id.into(),
         event,
+        ts_ms,
     }
 }
 
@@ -77,14 +78,14 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
     let own = |id: &str, seq| Verdict::Own { id: id.into(), seq };
 
     let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Raised)])
+        .claim(&[claim("client-one", "pw-a", Event::Raised, 100)])
         .await
         .unwrap();
     assert_eq!(v, vec![own("pw-a", 0)], "the first raise opens the alert");
     let v = b
         .claim(&[
-            claim("client-one", "pw-b", Event::Raised),
-            claim("client-two", "pw-b2", Event::Raised),
+            claim("client-one", "pw-b", Event::Raised, 200),
+            claim("client-two", "pw-b2", Event::Raised, 300),
         ])
         .await
         .unwrap();
@@ -94,7 +95,7 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
         "one batch, two answers"
     );
     let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Updated)])
+        .claim(&[claim("client-one", "pw-a", Event::Updated, 400)])
         .await
         .unwrap();
     assert_eq!(v, vec![own("pw-a", 1)], "the owner continues its alert");
@@ -108,32 +109,55 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let v = b
-        .claim(&[claim("client-one", "pw-b", Event::Updated)])
+        .claim(&[claim("client-one", "pw-b", Event::Updated, 500)])
         .await
         .unwrap();
     assert_eq!(v, vec![own("pw-a", 2)], "handed on: same id, next number");
     let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Updated)])
+        .claim(&[claim("client-one", "pw-a", Event::Updated, 600)])
         .await
         .unwrap();
     assert_eq!(v, vec![Verdict::Other], "the old owner lost it");
     assert_eq!(a.renew(&[key("client-one")]).await.unwrap(), vec![false]);
 
     let v = b
-        .claim(&[claim("client-one", "pw-b", Event::Resolved)])
+        .claim(&[claim("client-one", "pw-b", Event::Resolved, 700)])
         .await
         .unwrap();
     assert_eq!(v, vec![own("pw-a", 3)]);
     let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Resolved)])
+        .claim(&[claim("client-one", "pw-a", Event::Resolved, 800)])
         .await
         .unwrap();
     assert_eq!(v, vec![Verdict::Closed], "resolved fleet-wide already");
     let v = a
-        .claim(&[claim("client-one", "pw-a2", Event::Raised)])
+        .claim(&[claim("client-one", "pw-a2", Event::Raised, 900)])
         .await
         .unwrap();
-    assert_eq!(v, vec![own("pw-a2", 0)], "a new alert after the resolve");
+    assert_eq!(
+        v,
+        vec![own("pw-a2-2", 0)],
+        "a new alert after the resolve, under an id of its generation"
+    );
+    let v = a
+        .claim(&[claim("client-one", "pw-a2", Event::Resolved, 1000)])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![own("pw-a2-2", 1)]);
+    // A replica that still held the alert open locally: its evidence is older than the
+    // resolve, which judged it already (through the replicas' echoes).
+    let v = b
+        .claim(&[claim("client-one", "pw-b", Event::Updated, 950)])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![Verdict::Closed], "stale: before the resolve");
+    // The third generation, raised under the first one's local id, still gets an id of
+    // its own.
+    let v = b
+        .claim(&[claim("client-one", "pw-a", Event::Raised, 1100)])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![own("pw-a-3", 0)], "no id is reused");
 
     // Every key has a TTL; none names a model or client.
     let keys = redis.command(&["KEYS", "*"]);
@@ -234,23 +258,38 @@ fn schema(dir: &str) -> Option<probewatch::schema::Schema> {
 
 type Key = (String, Kind);
 
-/// The client's queries (fleet-wide) when each (client, kind) was first raised.
+/// When each (client, kind) was first raised, in the client's queries (fleet-wide).
 #[derive(Default)]
 struct FirstRaise {
-    queries: HashMap<String, u64>,
+    /// Each client's queries' event times, as sent.
+    sent: HashMap<String, Vec<i64>>,
+    /// Queries sent when the raise was delivered.
     at: BTreeMap<Key, u64>,
+    /// Queries up to the raise's event time, as `score.py` counts them: the queries the
+    /// evidence needed, whatever the sync added to deliver it.
+    by_ts: BTreeMap<Key, i64>,
 }
 
 impl FirstRaise {
-    fn query(&mut self, client: &str) {
-        *self.queries.entry(client.to_string()).or_default() += 1;
+    fn query(&mut self, client: &str, ts_ms: i64) {
+        self.sent.entry(client.to_string()).or_default().push(ts_ms);
     }
 
     fn note(&mut self, alerts: &[Alert]) {
         for a in alerts.iter().filter(|a| a.event == Event::Raised) {
-            let q = self.queries.get(&a.client).copied().unwrap_or(0);
+            let q = self.sent.get(&a.client).map_or(0, Vec::len) as u64;
             self.at.entry((a.client.clone(), a.kind)).or_insert(q);
+            self.by_ts
+                .entry((a.client.clone(), a.kind))
+                .or_insert(a.ts_ms);
         }
+    }
+
+    /// Queries of the client up to the raise's event time.
+    fn queries_by_ts(&self, k: &Key) -> Option<u64> {
+        let ts = *self.by_ts.get(k)?;
+        let sent = self.sent.get(&k.0)?;
+        Some(sent.iter().filter(|&&t| t <= ts).count() as u64)
     }
 }
 
@@ -274,7 +313,7 @@ async fn run_fleet(dir: &str, replicas: &[Replica]) -> (FirstRaise, Vec<Alert>) 
     let mut first = FirstRaise::default();
     let every = sync_records();
     for (i, l) in trace(dir).iter().enumerate() {
-        first.query(&l.client);
+        first.query(&l.client, l.ts_ms);
         let out = replicas[i % replicas.len()].feed(l);
         first.note(&out);
         if (i + 1) % every == 0 {
@@ -368,7 +407,7 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
         let single = Replica::new(dir, None, false);
         let mut want = FirstRaise::default();
         for l in trace(dir) {
-            want.query(&l.client);
+            want.query(&l.client, l.ts_ms);
             let out = single.feed(&l);
             want.note(&out);
         }
@@ -394,6 +433,18 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
                 .collect()
         };
         let (r_split, r_merged) = (ratio(&split), ratio(&merged));
+        let by_ts: Vec<f64> = want
+            .at
+            .keys()
+            .filter(|k| !benign(&k.0))
+            .filter_map(|k| {
+                let (w, g) = (want.queries_by_ts(k)?, merged.queries_by_ts(k)?);
+                if std::env::var_os("PROBEWATCH_TEST_DETAIL").is_some() {
+                    eprintln!("  {k:?}: {w} single-process, {g} fleet");
+                }
+                Some(g as f64 / w as f64)
+            })
+            .collect();
         let attacks = want.at.keys().filter(|k| !benign(&k.0)).count();
         let missed: Vec<&Key> = want
             .at
@@ -413,9 +464,12 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
             .collect();
         eprintln!(
             "{dir}: {attacks} attack alerts single-process; fleet with echoes: {} detected, \
-             queries to first alert {:.2}x median, {:.2}x max ({:.2}x median without echoes); \
+             queries to first alert by event time {:.2}x median, {:.2}x max, as delivered \
+             {:.2}x median, {:.2}x max ({:.2}x median without echoes); \
              missed {missed:?}; extra {extra:?}; benign alerted {benign_alerted:?}",
             r_merged.len(),
+            median(by_ts.clone()),
+            by_ts.iter().copied().fold(0.0, f64::max),
             median(r_merged.clone()),
             r_merged.iter().copied().fold(0.0, f64::max),
             median(r_split.clone()),
@@ -598,7 +652,9 @@ async fn the_shipped_redis_acl_is_enough() {
         )
     };
     let (_, a, _) = store("a", "probewatch:acl:");
-    let v = a.claim(&[claim("client-one", "pw-a", Event::Raised)]).await;
+    let v = a
+        .claim(&[claim("client-one", "pw-a", Event::Raised, 1)])
+        .await;
     assert_eq!(
         v.unwrap(),
         vec![Verdict::Own {
@@ -643,7 +699,7 @@ async fn the_shipped_redis_acl_is_enough() {
 
     let (_, other, _) = store("a", "elsewhere:");
     let e = other
-        .claim(&[claim("client-one", "pw-a", Event::Raised)])
+        .claim(&[claim("client-one", "pw-a", Event::Raised, 1)])
         .await;
     let e = e.unwrap_err();
     assert!(

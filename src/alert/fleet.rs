@@ -32,6 +32,9 @@ pub struct Claim {
     /// The id this replica's pipeline gave the alert.
     pub local_id: String,
     pub event: Event,
+    /// The event's time: a resolve closes the alert as of it, and events no later than a
+    /// resolve are stale.
+    pub ts_ms: i64,
 }
 
 /// What an alert is, fleet-wide.
@@ -63,7 +66,8 @@ pub enum Verdict {
     Own { id: String, seq: u64 },
     /// Another replica owns it, within its lease.
     Other,
-    /// A resolve for an alert that is not open fleet-wide (its owner resolved it).
+    /// For an alert that is not open fleet-wide: a resolve (its owner resolved it), or an
+    /// event no later than the resolve that closed it.
     Closed,
 }
 
@@ -280,6 +284,7 @@ async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pac
             key: AlertKey::of(a),
             local_id: a.id.clone(),
             event: a.event,
+            ts_ms: a.ts_ms,
         })
         .collect();
     let verdicts = match ctx.store.claim(&claims).await {

@@ -211,20 +211,25 @@ impl Echoes {
 }
 
 /// Decodes and absorbs echo batches (off the async threads: it is the record path's work).
+/// Every replica's batches are absorbed as one, so that each client's echoes are stepped
+/// in event-time order across replicas, not one replica's after another's.
 fn absorb(p: &Pipeline, stats: &ClusterStats, batches: Vec<Vec<u8>>) -> Vec<Alert> {
-    let mut alerts = Vec::new();
+    let mut echoes = Vec::new();
     for b in batches {
-        let Some(echoes) = decode_batch(&b) else {
-            stats.echoes_refused.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let r = p.absorb(&echoes, &mut alerts);
-        stats
-            .echoes_absorbed
-            .fetch_add(r.matched as u64, Ordering::Relaxed);
-        stats
-            .echoes_unmatched
-            .fetch_add(r.unmatched as u64, Ordering::Relaxed);
+        match decode_batch(&b) {
+            Some(v) => echoes.extend(v),
+            None => {
+                stats.echoes_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
+    let mut alerts = Vec::new();
+    let r = p.absorb(&echoes, &mut alerts);
+    stats
+        .echoes_absorbed
+        .fetch_add(r.matched as u64, Ordering::Relaxed);
+    stats
+        .echoes_unmatched
+        .fetch_add(r.unmatched as u64, Ordering::Relaxed);
     alerts
 }

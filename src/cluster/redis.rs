@@ -29,24 +29,28 @@ local out = {}
 "#;
 
 /// Claims a batch of alert events. ARGV: replica, lease (ms), key TTL (ms), then one
-/// (local id, event) pair per key. An alert record is a hash {owner, id, seq, until, open,
-/// gen}: a claim on a record that is not open opens it with the claimer's id; its owner,
-/// or anyone once the owner's lease (`until`, on the server's clock) has passed, continues
-/// it with the next `seq`; a resolve closes it. A closed record is kept until its TTL, so
-/// that a replica whose pipeline gives a new alert the id of the one just closed (alert
-/// ids come from the raising query, and two replicas can raise on the same one) opens it
-/// under a new id (`<id>-<gen>`), never under the old one.
+/// (local id, event, event time) triple per key. An alert record is a hash {owner, id, seq,
+/// until, open, gen, closed_ts}: a claim on a record that is not open opens it with the
+/// claimer's id; its owner, or anyone once the owner's lease (`until`, on the server's
+/// clock) has passed, continues it with the next `seq`; a resolve closes it at its event
+/// time. A closed record is kept until its TTL, and it answers for what came before it:
+/// - an event no later (in event time) than the resolve is stale, `closed`: a replica that
+///   still held the alert open saw evidence the owner had already judged (through the
+///   replicas' echoes), and must not reopen it;
+/// - a later raise opens the record's next generation under `<id>-<gen>`, so that no id is
+///   reused: alert ids come from the raising query, and replicas raise on the same ones.
 const CLAIM: &str = r#"
 for i, k in ipairs(KEYS) do
-  local id = ARGV[2 + 2 * i]
-  local ev = ARGV[3 + 2 * i]
-  local cur = redis.call('HMGET', k, 'owner', 'id', 'seq', 'until', 'open', 'gen')
+  local id = ARGV[1 + 3 * i]
+  local ev = ARGV[2 + 3 * i]
+  local ts = tonumber(ARGV[3 + 3 * i])
+  local cur = redis.call('HMGET', k, 'owner', 'id', 'seq', 'until', 'open', 'gen', 'closed_ts')
   if cur[5] ~= '1' then
-    if ev == 'resolved' then
+    if ev == 'resolved' or (cur[7] and ts <= tonumber(cur[7])) then
       out[i] = {'closed'}
     else
       local gen = tonumber(cur[6] or '0') + 1
-      if cur[2] == id then
+      if gen > 1 then
         id = id .. '-' .. gen
       end
       redis.call('HSET', k, 'owner', replica, 'id', id, 'seq', 0, 'until', now + lease,
@@ -56,11 +60,10 @@ for i, k in ipairs(KEYS) do
     end
   elseif cur[1] == replica or tonumber(cur[4]) < now then
     local seq = tonumber(cur[3]) + 1
-    local open = 1
+    redis.call('HSET', k, 'owner', replica, 'seq', seq, 'until', now + lease)
     if ev == 'resolved' then
-      open = 0
+      redis.call('HSET', k, 'open', 0, 'closed_ts', ts)
     end
-    redis.call('HSET', k, 'owner', replica, 'seq', seq, 'until', now + lease, 'open', open)
     redis.call('PEXPIRE', k, ttl)
     out[i] = {'own', cur[2], seq}
   else
@@ -214,7 +217,7 @@ impl RedisStore {
             .arg(self.alert_ttl_ms);
         for c in claims {
             inv.key(self.alert_key(&c.key));
-            inv.arg(&c.local_id).arg(event_name(c.event));
+            inv.arg(&c.local_id).arg(event_name(c.event)).arg(c.ts_ms);
         }
         let mut conn = self.conn();
         let raw: Vec<Vec<redis::Value>> = self.call(inv.invoke_async(&mut conn)).await?;

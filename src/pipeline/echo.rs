@@ -236,10 +236,12 @@ impl super::Pipeline {
             r.unmatched = echoes.len();
             return r;
         };
-        // Grouped by client (stable: each client's echoes keep their order), so that each
-        // client is looked up and locked once per batch, not once per echo.
+        // Grouped by client, so that each client is looked up and locked once per batch, not
+        // once per echo; and in event-time order within a client, so that the echoes of
+        // several replicas are stepped as the queries came, not one replica's after
+        // another's (stable: ties keep their order).
         let mut order: Vec<usize> = (0..echoes.len()).collect();
-        order.sort_by_key(|&i| echoes[i].client);
+        order.sort_by_key(|&i| (echoes[i].client, echoes[i].ts_ms));
         for run in order.chunk_by(|&a, &b| echoes[a].client == echoes[b].client) {
             let first = &echoes[run[0]];
             let key = o.lookup(first.client).filter(|k| k.model == first.model);

@@ -81,6 +81,14 @@ pub enum Command {
         /// Records per second (default: as fast as acknowledged).
         #[arg(long)]
         rate: Option<f64>,
+        /// Longest wait for a sidecar to open its stream or acknowledge a batch before
+        /// its stream counts as failed and its share goes to the others.
+        #[arg(long, default_value_t = crate::send::DEFAULT_ACK_TIMEOUT.as_millis() as u64)]
+        ack_timeout_ms: u64,
+        /// Time a failing sidecar is retried without acknowledging anything before it is
+        /// given up for good.
+        #[arg(long, default_value_t = crate::send::DEFAULT_GIVE_UP_AFTER.as_millis() as u64)]
+        give_up_after_ms: u64,
     },
 }
 
@@ -120,11 +128,31 @@ pub fn main() -> ExitCode {
             spread,
             batch,
             rate,
+            ack_timeout_ms,
+            give_up_after_ms,
         } => run_async(async move {
-            let r = crate::send::send(&trace, &to, batch, rate, spread).await?;
+            let opts = crate::send::SendOptions {
+                batch,
+                rate,
+                spread,
+                patience: crate::send::Patience {
+                    ack_timeout: std::time::Duration::from_millis(ack_timeout_ms.max(1)),
+                    give_up_after: std::time::Duration::from_millis(give_up_after_ms),
+                },
+            };
+            let r = crate::send::send_with(&trace, &to, &opts).await?;
             eprintln!(
-                "sent {} batches: {} accepted, {} rejected, {} alerts, {} unreadable lines",
-                r.batches, r.accepted, r.rejected, r.alerts, r.bad_lines
+                "sent {} batches: {} accepted, {} rejected, {} alerts, {} unreadable lines; \
+                 {} records lost and {} rerouted over {} failed streams ({} reconnected)",
+                r.batches,
+                r.accepted,
+                r.rejected,
+                r.alerts,
+                r.bad_lines,
+                r.lost,
+                r.rerouted,
+                r.stream_failures,
+                r.reconnects
             );
             Ok::<_, crate::send::SendError>(())
         }),

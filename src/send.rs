@@ -3,12 +3,20 @@
 //!
 //! Given several sidecars, it spreads the trace over them as a load balancer would: record
 //! by record in turn (round-robin), or each client always to the same sidecar (a hash of
-//! its id, as Envoy's `ring_hash` on an API-key header does).
+//! its id, as Envoy's `ring_hash` on an API-key header does). Like a load balancer it
+//! outlives a sidecar that goes away: while one is down its share goes to the others, and
+//! it gets traffic again once it is back ([`target`]). What a failed stream took and never
+//! acknowledged is counted as lost, not sent twice.
 
-use crate::proto::v1::ingest_client::IngestClient;
+mod target;
+
+pub use target::{Patience, DEFAULT_ACK_TIMEOUT, DEFAULT_GIVE_UP_AFTER, QUEUED_BATCHES, RETRY};
+
 use crate::proto::v1::{QueryRecord, RecordBatch};
 use crate::trace::TraceReader;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -24,8 +32,12 @@ pub enum SendError {
     },
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
+    #[error("no answer from {addr} while {what}")]
+    Timeout { addr: String, what: &'static str },
     #[error("no sidecar to send to")]
     NoTarget,
+    #[error("every sidecar is gone: {unsent} records not sent")]
+    AllGone { unsent: u64 },
 }
 
 /// How records are spread over several sidecars.
@@ -41,19 +53,52 @@ pub enum Spread {
 /// What the sidecars acknowledged, summed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SendReport {
+    /// Batches acknowledged.
     pub batches: u64,
     pub accepted: u64,
     pub rejected: u64,
     pub alerts: u64,
     pub bad_lines: u64,
+    /// Records sent on a stream that failed before acknowledging them, or left queued for a
+    /// sidecar given up on.
+    pub lost: u64,
+    /// Records sent to another sidecar because theirs was down.
+    pub rerouted: u64,
+    /// Streams that failed.
+    pub stream_failures: u64,
+    /// Connections made again after a stream failed.
+    pub reconnects: u64,
 }
 
-/// Batches queued per sidecar.
-const QUEUED_BATCHES: usize = 4;
+impl SendReport {
+    fn add(&mut self, o: &SendReport) {
+        self.batches += o.batches;
+        self.accepted += o.accepted;
+        self.rejected += o.rejected;
+        self.alerts += o.alerts;
+        self.lost += o.lost;
+        self.stream_failures += o.stream_failures;
+        self.reconnects += o.reconnects;
+    }
+}
+
+/// How often a producer with every sidecar down looks again.
+const ALL_DOWN_POLL: Duration = Duration::from_millis(50);
+
+/// How a trace is sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SendOptions {
+    /// Records per batch.
+    pub batch: usize,
+    /// Records per second in all (`None`: as fast as acknowledged).
+    pub rate: Option<f64>,
+    pub spread: Spread,
+    pub patience: Patience,
+}
 
 /// Streams `trace` to the sidecars at `addrs` (e.g. `127.0.0.1:50051`), spread as `spread`
 /// says, in batches of `batch` records, at most `rate` records per second in all when
-/// given.
+/// given, with the default [`Patience`].
 pub async fn send(
     trace: &Path,
     addrs: &[String],
@@ -61,121 +106,214 @@ pub async fn send(
     rate: Option<f64>,
     spread: Spread,
 ) -> Result<SendReport, SendError> {
+    let opts = SendOptions {
+        batch,
+        rate,
+        spread,
+        patience: Patience::default(),
+    };
+    send_with(trace, addrs, &opts).await
+}
+
+/// [`send`] with every option. Every sidecar must be reachable at the start; after that,
+/// one that goes away is routed around until it is back, or given up.
+pub async fn send_with(
+    trace: &Path,
+    addrs: &[String],
+    opts: &SendOptions,
+) -> Result<SendReport, SendError> {
+    let SendOptions {
+        batch,
+        rate,
+        spread,
+        patience,
+    } = *opts;
     if addrs.is_empty() {
         return Err(SendError::NoTarget);
     }
-    let mut txs = Vec::new();
+    let mut targets = Vec::new();
     let mut streams = Vec::new();
     for a in addrs {
+        let client = target::connect(a).await?;
         let (tx, rx) = mpsc::channel::<RecordBatch>(QUEUED_BATCHES);
-        txs.push(tx);
-        let client = connect(a).await?;
-        streams.push(tokio::spawn(acks(client, rx)));
+        let up = Arc::new(AtomicBool::new(true));
+        let run = target::run(a.clone(), client, rx, up.clone(), patience);
+        streams.push(tokio::spawn(run));
+        targets.push(Target { tx, up });
     }
-    let producer = tokio::task::spawn(produce(trace.to_owned(), txs, batch.max(1), rate, spread));
+    let producer = tokio::task::spawn(produce(
+        trace.to_owned(),
+        targets,
+        batch.max(1),
+        rate,
+        spread,
+    ));
     let mut report = SendReport::default();
     for s in streams {
         let r = s
             .await
-            .map_err(|e| tonic::Status::internal(e.to_string()))??;
-        report.batches += r.batches;
-        report.accepted += r.accepted;
-        report.rejected += r.rejected;
-        report.alerts += r.alerts;
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        report.add(&r);
     }
-    report.bad_lines = match producer.await {
-        Ok(Ok(bad)) => bad,
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => 0,
-    };
-    Ok(report)
-}
-
-async fn connect(addr: &str) -> Result<IngestClient<tonic::transport::Channel>, SendError> {
-    let addr = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(IngestClient::connect(addr.clone())
+    let produced = producer
         .await
-        .map_err(|source| SendError::Connect { addr, source })?
-        .max_decoding_message_size(crate::config::MAX_BATCH_BYTES_CEILING)
-        .max_encoding_message_size(crate::config::MAX_BATCH_BYTES_CEILING))
-}
-
-/// One sidecar's stream: sends what the producer queues, sums the acknowledgements.
-async fn acks(
-    mut client: IngestClient<tonic::transport::Channel>,
-    rx: mpsc::Receiver<RecordBatch>,
-) -> Result<SendReport, SendError> {
-    let mut acks = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut report = SendReport::default();
-    while let Some(ack) = acks.message().await? {
-        report.batches += 1;
-        report.accepted += u64::from(ack.accepted);
-        report.rejected += u64::from(ack.rejected);
-        report.alerts += u64::from(ack.alerts);
+        .map_err(|e| tonic::Status::internal(e.to_string()))??;
+    report.bad_lines = produced.bad;
+    report.rerouted = produced.rerouted;
+    if produced.unsent > 0 {
+        return Err(SendError::AllGone {
+            unsent: produced.unsent,
+        });
     }
     Ok(report)
 }
 
-/// Reads the trace and fills each sidecar's batches; returns the unreadable lines.
+/// A sidecar as the producer sees it.
+struct Target {
+    tx: mpsc::Sender<RecordBatch>,
+    /// Whether its stream is open.
+    up: Arc<AtomicBool>,
+}
+
+/// The sidecars, and the batch being filled for each.
+struct Router {
+    targets: Vec<Target>,
+    cur: Vec<RecordBatch>,
+    batch: usize,
+}
+
+impl Router {
+    /// The sidecar a record meant for `want` goes to: `want` if it is up, else the next one
+    /// up; `None` while every one is down.
+    fn pick(&self, want: usize) -> Option<usize> {
+        let n = self.targets.len();
+        (0..n).map(|k| (want + k) % n).find(|&i| {
+            self.targets[i].up.load(Ordering::Relaxed) && !self.targets[i].tx.is_closed()
+        })
+    }
+
+    /// Whether every sidecar has been given up on.
+    fn all_gone(&self) -> bool {
+        self.targets.iter().all(|t| t.tx.is_closed())
+    }
+
+    /// Adds a record to `to`'s batch, and sends the batch when full; false when `to` has
+    /// just been given up on (its batch is then sent elsewhere by the next flush).
+    async fn push(&mut self, to: usize, rec: QueryRecord) -> bool {
+        self.cur[to].records.push(rec);
+        if self.cur[to].records.len() < self.batch {
+            return true;
+        }
+        self.ship(to).await
+    }
+
+    /// Sends `to`'s batch; false when its sidecar is gone.
+    async fn ship(&mut self, to: usize) -> bool {
+        let id = self.cur[to].batch_id;
+        let full = std::mem::replace(
+            &mut self.cur[to],
+            RecordBatch {
+                batch_id: id + 1,
+                records: Vec::with_capacity(self.batch),
+            },
+        );
+        match self.targets[to].tx.send(full).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(back)) => {
+                self.cur[to].records = back.records;
+                false
+            }
+        }
+    }
+}
+
+/// What the producer did.
+struct Produced {
+    bad: u64,
+    rerouted: u64,
+    unsent: u64,
+}
+
+/// Reads the trace and fills each sidecar's batches.
 async fn produce(
     path: std::path::PathBuf,
-    txs: Vec<mpsc::Sender<RecordBatch>>,
+    targets: Vec<Target>,
     batch: usize,
     rate: Option<f64>,
     spread: Spread,
-) -> Result<u64, crate::trace::TraceError> {
+) -> Result<Produced, crate::trace::TraceError> {
     let reader = TraceReader::open(&path)?;
     let start = Instant::now();
-    let (mut bad, mut sent) = (0u64, 0u64);
-    let mut cur: Vec<RecordBatch> = (0..txs.len()).map(|_| RecordBatch::default()).collect();
+    let n = targets.len();
+    let mut r = Router {
+        cur: (0..n).map(|_| RecordBatch::default()).collect(),
+        targets,
+        batch,
+    };
+    let mut done = Produced {
+        bad: 0,
+        rerouted: 0,
+        unsent: 0,
+    };
+    let mut sent = 0u64;
     for line in reader {
         let rec: QueryRecord = match line {
             Ok(l) => l.into_record(),
             Err(e) => {
-                bad += 1;
+                done.bad += 1;
                 tracing::warn!("skipping trace line: {e}");
                 continue;
             }
         };
-        let to = match spread {
-            Spread::Record => (sent as usize) % txs.len(),
-            Spread::Client => (crate::hash::mix64(fnv(&rec.client_id)) % txs.len() as u64) as usize,
+        let want = match spread {
+            Spread::Record => (sent as usize) % n,
+            Spread::Client => (crate::hash::mix64(fnv(&rec.client_id)) % n as u64) as usize,
         };
         sent += 1;
-        cur[to].records.push(rec);
-        if cur[to].records.len() == batch {
-            let id = cur[to].batch_id;
-            let full = std::mem::replace(
-                &mut cur[to],
-                RecordBatch {
-                    batch_id: id + 1,
-                    records: Vec::with_capacity(batch),
-                },
-            );
-            if txs[to].send(full).await.is_err() {
-                return Ok(bad);
+        let to = loop {
+            if let Some(to) = r.pick(want) {
+                break Some(to);
             }
-        }
-        if let Some(r) = rate {
-            let due = Duration::from_secs_f64(sent as f64 / r.max(1e-3));
+            if r.all_gone() {
+                break None;
+            }
+            tokio::time::sleep(ALL_DOWN_POLL).await;
+        };
+        let Some(to) = to else {
+            done.unsent += 1;
+            continue;
+        };
+        done.rerouted += u64::from(to != want);
+        r.push(to, rec).await;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / rate.max(1e-3));
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
     }
-    for (tx, b) in txs.iter().zip(cur) {
-        if !b.records.is_empty() {
-            let _ = tx.send(b).await;
+    flush(&mut r, &mut done).await;
+    Ok(done)
+}
+
+/// Sends every partly filled batch, a gone sidecar's to one still there.
+async fn flush(r: &mut Router, done: &mut Produced) {
+    while let Some(i) = (0..r.cur.len()).find(|&i| !r.cur[i].records.is_empty()) {
+        // Down but not given up on: its queue waits for it to come back (or to be given up).
+        let open = (!r.targets[i].tx.is_closed()).then_some(i);
+        let Some(to) = r.pick(i).or(open) else {
+            done.unsent += r.cur[i].records.len() as u64;
+            r.cur[i].records.clear();
+            continue;
+        };
+        if to != i {
+            let moved = std::mem::take(&mut r.cur[i].records);
+            done.rerouted += moved.len() as u64;
+            r.cur[to].records.extend(moved);
         }
+        // A failed send puts the records back, and a gone sidecar is never picked again.
+        r.ship(to).await;
     }
-    Ok(bad)
 }
 
 /// FNV-1a of a client id: stable across runs and builds, as routing must be.

@@ -264,3 +264,68 @@ async fn streaming_the_trace_raises_the_same_alerts_as_replay() {
     assert!(off > 0 && !a.is_empty());
     assert_eq!(a, b, "served and offline alerts differ");
 }
+
+/// A peer that takes TCP connections and never answers: no HTTP/2, no acknowledgement.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+fn impatient() -> probewatch::send::SendOptions {
+    probewatch::send::SendOptions {
+        batch: 256,
+        rate: None,
+        spread: probewatch::send::Spread::Record,
+        patience: probewatch::send::Patience {
+            ack_timeout: std::time::Duration::from_millis(300),
+            give_up_after: std::time::Duration::from_secs(1),
+        },
+    }
+}
+
+/// `send` never waits forever on a peer: one that never answers is given up, with a clear
+/// error when it was the only one.
+#[tokio::test]
+async fn send_gives_up_on_a_peer_that_never_answers() {
+    let (hole, _task) = black_hole().await;
+    let started = std::time::Instant::now();
+    let r = probewatch::send::send_with(&data("trace.jsonl.gz"), &[hole], &impatient()).await;
+    let Err(e) = r else {
+        panic!("nothing can have been sent: {r:?}")
+    };
+    assert!(
+        matches!(e, probewatch::send::SendError::AllGone { unsent } if unsent > 40_000),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// With a working sidecar beside it, the dead peer's share goes to the working one, and
+/// what the dead peer was given is counted as lost: every record is accepted or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_routes_around_a_dead_peer_and_counts_what_it_lost() {
+    let srv = start(Config::default(), None).await;
+    let (hole, _task) = black_hole().await;
+    let rep = probewatch::send::send_with(
+        &data("trace.jsonl.gz"),
+        &[srv.addr.clone(), hole],
+        &impatient(),
+    )
+    .await
+    .unwrap();
+    srv.stop.send(()).unwrap();
+    srv.task.await.unwrap();
+    let total = probewatch::trace::TraceReader::open(&data("trace.jsonl.gz"))
+        .unwrap()
+        .count() as u64;
+    assert_eq!(rep.accepted + rep.rejected + rep.lost, total, "{rep:?}");
+    assert!(rep.lost > 0 && rep.rerouted > total / 3, "{rep:?}");
+    assert!(rep.stream_failures >= 1, "{rep:?}");
+}

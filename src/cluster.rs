@@ -47,9 +47,11 @@ pub struct ClusterStats {
     /// Failed Redis round trips (timeouts, refused connections, errors).
     pub sync_failures: AtomicU64,
     /// Echoes sent to the other replicas, absorbed from them (for a client tracked here),
-    /// unmatched (for a client not seen here), and refused (an unreadable batch).
+    /// pooled (for a client tracked elsewhere: campaign cohorts only), unmatched (for a
+    /// model not seen here), and refused (an unreadable batch).
     pub echoes_sent: AtomicU64,
     pub echoes_absorbed: AtomicU64,
+    pub echoes_pooled: AtomicU64,
     pub echoes_unmatched: AtomicU64,
     pub echoes_refused: AtomicU64,
     pub normals_published: AtomicU64,

@@ -39,6 +39,10 @@ pub struct Query<'a> {
     pub answer: Answer,
     /// Stable 64-bit tag of (model, client).
     pub client_tag: u64,
+    /// The client's id in model-wide state that other replicas' echoes feed too (campaign
+    /// cohorts): its fleet pseudonym when the pipeline is one of several, so that a client
+    /// is one member whether its queries land here or elsewhere; else `client_tag`.
+    pub member: u64,
 }
 
 /// The model-wide context detectors read.

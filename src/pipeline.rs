@@ -455,6 +455,7 @@ impl Pipeline {
             sketch,
             answer,
             client_tag: st.tag,
+            member: st.member(),
         };
         let mut sig = Signals::default();
         self.detectors

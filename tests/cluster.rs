@@ -307,14 +307,40 @@ fn sync_records() -> usize {
         .unwrap_or(SYNC_RECORDS)
 }
 
+/// How records are spread over the replicas.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    /// Each record to the next replica (round-robin).
+    Record,
+    /// Each client to one replica, by a hash of its id (as `ring_hash` at Envoy).
+    Client,
+}
+
+fn route(how: Route, i: usize, client: &str, n: usize) -> usize {
+    match how {
+        Route::Record => i % n,
+        Route::Client => {
+            let h = client.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            (h % n as u64) as usize
+        }
+    }
+}
+
 /// Sends `dir`'s trace round-robin per record over replicas, syncing every
 /// [`sync_records`]; returns the first raises and every event the fleet delivered.
 async fn run_fleet(dir: &str, replicas: &[Replica]) -> (FirstRaise, Vec<Alert>) {
+    run_fleet_routed(dir, replicas, Route::Record).await
+}
+
+/// [`run_fleet`], spreading records as `how` says.
+async fn run_fleet_routed(dir: &str, replicas: &[Replica], how: Route) -> (FirstRaise, Vec<Alert>) {
     let mut first = FirstRaise::default();
     let every = sync_records();
     for (i, l) in trace(dir).iter().enumerate() {
         first.query(&l.client, l.ts_ms);
-        let out = replicas[i % replicas.len()].feed(l);
+        let out = replicas[route(how, i, &l.client, replicas.len())].feed(l);
         first.note(&out);
         if (i + 1) % every == 0 {
             for r in replicas {
@@ -487,6 +513,81 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
                 );
             }
         }
+    }
+}
+
+/// Clients routed to replicas by a hash of their id: each client's queries land on one
+/// replica, but a campaign's accounts land on all three. With echoes, each replica pools the
+/// others' accounts in its campaign cohorts; no benign client is alerted, and campaign
+/// members are alerted no later than by the replicas alone. (They are still alerted far
+/// later than by one process: each replica's normal is learned from its third of the
+/// clients, and is ready later. The figures are printed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_routed_replicas_pool_a_campaign_spread_over_them() {
+    let redis = RedisServer::start();
+    for dir in [
+        "tests/data/public-tabular/breast_cancer",
+        "tests/data/public-tabular/wine",
+    ] {
+        let labels = labels(dir);
+        let benign = |c: &str| labels[c]["kind"] == "benign";
+        let sybil = |c: &str| labels[c].get("group").is_some_and(|g| !g.is_null());
+        let single = Replica::new(dir, None, false);
+        let mut want = FirstRaise::default();
+        for l in trace(dir) {
+            want.query(&l.client, l.ts_ms);
+            let out = single.feed(&l);
+            want.note(&out);
+        }
+        let members: BTreeSet<&Key> = want.at.keys().filter(|k| sybil(&k.0)).collect();
+        let alone: Vec<Replica> = (0..3).map(|_| Replica::new(dir, None, false)).collect();
+        let (split, _) = run_fleet_routed(dir, &alone, Route::Client).await;
+        let fleet: Vec<Replica> = ["a", "b", "c"]
+            .iter()
+            .map(|r| Replica::new(dir, Some((&redis.url(), &format!("routed-{dir}"), r)), true))
+            .collect();
+        let (pooled, delivered) = run_fleet_routed(dir, &fleet, Route::Client).await;
+        assert_once_each(&delivered);
+        let found = |got: &FirstRaise| members.iter().filter(|k| got.at.contains_key(**k)).count();
+        // Each member's queries to its first alert, by event time, relative to one process's.
+        let ratios = |got: &FirstRaise| -> Vec<f64> {
+            members
+                .iter()
+                .filter_map(|k| Some(got.queries_by_ts(k)? as f64 / want.queries_by_ts(k)? as f64))
+                .collect()
+        };
+        let benign_alerted: BTreeSet<&str> = pooled
+            .at
+            .keys()
+            .filter(|k| benign(&k.0))
+            .map(|k| k.0.as_str())
+            .collect();
+        let pooled_echoes: u64 = fleet
+            .iter()
+            .map(|r| {
+                r.cluster
+                    .as_ref()
+                    .unwrap()
+                    .stats()
+                    .echoes_pooled
+                    .load(Ordering::Relaxed)
+            })
+            .sum();
+        let (m_pooled, m_split) = (median(ratios(&pooled)), median(ratios(&split)));
+        eprintln!(
+            "{dir}, clients routed by hash: campaign members alerted {} of {} single-process \
+         with pooling ({m_pooled:.2}x median queries to first alert), {} alone \
+         ({m_split:.2}x); {pooled_echoes} echoes pooled; benign alerted {benign_alerted:?}",
+            found(&pooled),
+            members.len(),
+            found(&split),
+        );
+        assert!(pooled_echoes > 0, "other replicas' clients were pooled");
+        assert!(
+            found(&pooled) >= found(&split) && m_pooled <= m_split,
+            "pooling alerts no fewer campaign members, no later, than the replicas alone"
+        );
+        assert!(benign_alerted.is_empty(), "{benign_alerted:?}");
     }
 }
 

@@ -229,6 +229,9 @@ fn absorb(p: &Pipeline, stats: &ClusterStats, batches: Vec<Vec<u8>>) -> Vec<Aler
         .echoes_absorbed
         .fetch_add(r.matched as u64, Ordering::Relaxed);
     stats
+        .echoes_pooled
+        .fetch_add(r.pooled as u64, Ordering::Relaxed);
+    stats
         .echoes_unmatched
         .fetch_add(r.unmatched as u64, Ordering::Relaxed);
     alerts

@@ -46,6 +46,8 @@ pub const CORE_SHARE: f64 = 0.75;
 pub const JUDGE_EVERY: u32 = 8;
 /// Novel queries a member needs before it counts.
 pub const MIN_MEMBER_QUERIES: u32 = 8;
+/// Clients of other replicas whose onsets a model keeps (see [`Campaign::observe_remote`]).
+pub const MAX_REMOTE_CLIENTS: usize = 8192;
 
 /// A campaign as its members' alerts and the API show it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -118,12 +120,24 @@ struct Cohort {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Cohorts {
     cohorts: Mutex<Vec<Cohort>>,
+    /// Onsets of the clients that other replicas track, by fleet pseudonym; rebuilt from
+    /// their echoes after a restart, so not in snapshots.
+    #[serde(skip)]
+    remote: Mutex<HashMap<u64, i64>>,
+    /// Remote clients not pooled because [`MAX_REMOTE_CLIENTS`] were kept.
+    #[serde(skip)]
+    pub remote_overflow: std::sync::atomic::AtomicU64,
 }
 
 impl Clone for Cohorts {
     fn clone(&self) -> Self {
         Self {
             cohorts: Mutex::new(self.cohorts.lock().clone()),
+            remote: Mutex::new(self.remote.lock().clone()),
+            remote_overflow: self
+                .remote_overflow
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .into(),
         }
     }
 }
@@ -132,6 +146,32 @@ impl Cohorts {
     /// The cohorts that are campaigns now.
     pub fn campaigns(&self) -> Vec<CampaignView> {
         self.cohorts.lock().iter().filter_map(|c| c.alarm).collect()
+    }
+
+    /// A remote client's onset: its first query seen here, or `None` when the table is
+    /// full even after forgetting clients whose onset no kept cohort covers.
+    fn remote_onset(&self, tag: u64, ts: i64) -> Option<i64> {
+        let mut remote = self.remote.lock();
+        if let Some(&onset) = remote.get(&tag) {
+            return Some(onset);
+        }
+        if remote.len() >= MAX_REMOTE_CLIENTS {
+            let oldest = self
+                .cohorts
+                .lock()
+                .iter()
+                .map(|c| c.key.1 * ONSET_MS)
+                .min()
+                .unwrap_or(ts);
+            remote.retain(|_, onset| *onset >= oldest - ONSET_MS);
+        }
+        if remote.len() >= MAX_REMOTE_CLIENTS {
+            self.remote_overflow
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        remote.insert(tag, ts);
+        Some(ts)
     }
 }
 
@@ -179,15 +219,71 @@ impl Detector for Campaign {
         if !m.baseline.ready {
             return;
         }
-        let r = &m.baseline.rates;
-        let p0 = (r.tail.max(r.out_of_range) + r.structured).clamp(1e-4, 0.9);
+        let p0 = normal_rate(m.baseline);
+        let keys = cohort_keys(onset);
+        let cohorts = self.pool(model, p0, q.member, onset, q.ts_ms, sig);
+        for key in keys {
+            let Some(i) = cohorts.iter().position(|c| c.key == key) else {
+                continue;
+            };
+            let c = &cohorts[i];
+            let Some(mut view) = c.alarm else {
+                continue;
+            };
+            view.id = c.alias.unwrap_or(view.id);
+            let mine = c.index.get(&q.member).map(|&j| &c.members[j]);
+            let core = c.core;
+            match st.campaign {
+                Some(v) if v.id != view.id => {}
+                _ if mine.is_some_and(|x| is_member(x, p0) && share(x) >= CORE_SHARE * core) => {
+                    st.campaign = Some(view)
+                }
+                _ => {}
+            }
+        }
+        sig.campaign = st.campaign;
+    }
+}
+
+impl Campaign {
+    /// Pools a query of a client that another replica tracks (its echo, when clients are
+    /// routed to replicas by a hash and a campaign's accounts land on several): it counts
+    /// in its cohorts as a member's query does here, so that each replica's test sees the
+    /// whole campaign. Alerting that client is the job of the replica that tracks it.
+    /// `tag` is the client's fleet pseudonym, which fleet replicas also name their own
+    /// members by ([`Query::member`]), so a client is one member wherever its queries land.
+    pub fn observe_remote(
+        &self,
+        model: &Cohorts,
+        base: &crate::normal::baseline::Baseline,
+        tag: u64,
+        ts: i64,
+        sig: &Signals,
+    ) {
+        // The onset is the client's first query, judged or not, as for a local member.
+        let onset = model.remote_onset(tag, ts);
+        if let (Some(onset), true) = (onset, base.ready) {
+            drop(self.pool(model, normal_rate(base), tag, onset, ts, sig));
+        }
+    }
+
+    /// Counts one query of member `tag` in its cohorts and judges those due; returns the
+    /// cohorts, still locked.
+    fn pool<'a>(
+        &self,
+        model: &'a Cohorts,
+        p0: f64,
+        tag: u64,
+        onset: i64,
+        ts: i64,
+        sig: &Signals,
+    ) -> parking_lot::MutexGuard<'a, Vec<Cohort>> {
         let novel = !sig.near_dup && !sig.near_own && !sig.exact_dup;
         let event = novel && (sig.out_of_range || sig.off_tail || sig.structured || sig.excursion);
-        let keys = cohort_keys(onset);
         let mut cohorts = model.cohorts.lock();
-        for key in keys {
-            let c = cohort(&mut cohorts, key, q.ts_ms);
-            c.note(q.client_tag, onset, q.ts_ms, novel, event);
+        for key in cohort_keys(onset) {
+            let c = cohort(&mut cohorts, key, ts);
+            c.note(tag, onset, ts, novel, event);
             c.pending += u32::from(event);
             // Judging scans the members: once per JUDGE_EVERY events, not per query.
             if c.pending >= JUDGE_EVERY {
@@ -203,27 +299,14 @@ impl Detector for Campaign {
                 }
             }
         }
-        for key in keys {
-            let Some(i) = cohorts.iter().position(|c| c.key == key) else {
-                continue;
-            };
-            let c = &cohorts[i];
-            let Some(mut view) = c.alarm else {
-                continue;
-            };
-            view.id = c.alias.unwrap_or(view.id);
-            let mine = c.index.get(&q.client_tag).map(|&j| &c.members[j]);
-            let core = c.core;
-            match st.campaign {
-                Some(v) if v.id != view.id => {}
-                _ if mine.is_some_and(|x| is_member(x, p0) && share(x) >= CORE_SHARE * core) => {
-                    st.campaign = Some(view)
-                }
-                _ => {}
-            }
-        }
-        sig.campaign = st.campaign;
+        cohorts
     }
+}
+
+/// Normal's rate of the events a campaign pools.
+fn normal_rate(base: &crate::normal::baseline::Baseline) -> f64 {
+    let r = &base.rates;
+    (r.tail.max(r.out_of_range) + r.structured).clamp(1e-4, 0.9)
 }
 
 /// The onset cohorts a client that started at `onset` belongs to: one on each of the two
@@ -422,6 +505,65 @@ mod tests {
             last_ms: 0,
             alarm: None,
         }
+    }
+
+    /// Eight low-volume accounts of one operator, split over two replicas by a client
+    /// hash, four each: alone, neither replica's cohort has the [`MIN_MEMBERS`] a campaign
+    /// needs; with the other replica's queries pooled, both see it whole, and each alerts
+    /// its own members.
+    #[test]
+    fn a_campaign_split_over_replicas_is_whole_on_each_with_remote_pooling() {
+        use crate::config::Config;
+        use crate::normal::baseline::Baseline;
+        let d = Campaign::from_config(&Config::default().detect);
+        let mut base = Baseline::unit_scale(4, 1.0);
+        base.rates.tail = 0.05;
+        let view = ModelView {
+            baseline: &base,
+            schema: None,
+        };
+        // Each account: one query a minute from minute 0, half of them off normal's tail.
+        let sig_of = |k: u32| Signals {
+            off_tail: k.is_multiple_of(2),
+            ..Signals::default()
+        };
+        let run = |pool: bool| -> [usize; 2] {
+            let replicas = [d.new_model(), d.new_model()];
+            let mut members: Vec<Membership> = (0..8).map(|_| d.new_client()).collect();
+            let mut alerted = [0usize; 2];
+            for k in 0..30u32 {
+                for (t, st) in members.iter_mut().enumerate() {
+                    let (mine, other) = (t % 2, 1 - t % 2);
+                    let ts = i64::from(k) * 60_000 + t as i64 * 1_000;
+                    let q = Query {
+                        ts_ms: ts,
+                        input: &[],
+                        sketch: &[],
+                        answer: crate::record::Answer {
+                            margin: None,
+                            class: None,
+                        },
+                        client_tag: 100 + t as u64,
+                        member: 100 + t as u64,
+                    };
+                    let mut sig = sig_of(k);
+                    d.observe(&q, &view, &replicas[mine], st, &mut sig);
+                    if pool {
+                        d.observe_remote(&replicas[other], &base, 100 + t as u64, ts, &sig_of(k));
+                    }
+                    if k == 29 && st.campaign.is_some() {
+                        alerted[mine] += 1;
+                    }
+                }
+            }
+            alerted
+        };
+        assert_eq!(
+            run(false),
+            [0, 0],
+            "four accounts per replica are too few alone"
+        );
+        assert_eq!(run(true), [4, 4], "pooled, each replica alerts its four");
     }
 
     #[test]

@@ -84,6 +84,7 @@ mod tests {
                     margin: None,
                 },
                 client_tag: 0,
+                member: 0,
             };
             let mut s = Signals::default();
             Drift.observe(&q, &m, &(), &mut (), &mut s);

@@ -547,6 +547,7 @@ mod tests {
                 margin: Some(0.5),
             },
             client_tag: 7,
+            member: 7,
         }
     }
 

@@ -54,6 +54,7 @@ mod tests {
                 margin,
             },
             client_tag: 0,
+            member: 0,
         };
         let mut s = Signals::default();
         Margin.observe(&q, &m, &(), &mut (), &mut s);

@@ -371,6 +371,7 @@ mod tests {
                 margin: Some(0.9),
             },
             client_tag: 1,
+            member: 1,
         };
         let mut s = Signals::default();
         p.observe(&q, &m, &(), st, &mut s);
@@ -498,6 +499,7 @@ mod tests {
                 margin: None,
             },
             client_tag: 1,
+            member: 1,
         };
         let mut s = Signals {
             exact_dup: true,

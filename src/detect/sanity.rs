@@ -94,6 +94,7 @@ mod tests {
                 margin: None,
             },
             client_tag: 0,
+            member: 0,
         };
         let mut s = Signals::default();
         Sanity { tolerance: tol }.observe(&q, &m, &(), &mut (), &mut s);

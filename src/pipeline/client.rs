@@ -49,6 +49,16 @@ impl ClientState {
         }
     }
 
+    /// The client's id in model-wide state that other replicas' echoes also feed
+    /// ([`crate::detect::Query::member`]).
+    pub fn member(&self) -> u64 {
+        if self.fleet != 0 {
+            self.fleet
+        } else {
+            self.tag
+        }
+    }
+
     /// Counts one accepted query at `ts_ms`.
     pub fn note_query(&mut self, ts_ms: i64) {
         self.last_seen_ms = self.last_seen_ms.max(ts_ms);

@@ -19,8 +19,11 @@
 //! - **History-based findings** (near-duplicates, structured steps, PRADA's distances) are
 //!   computed against the queries this replica saw of the client, not all of them: the
 //!   histories hold inputs, which never leave the replica.
-//! - **A client not yet seen here.** Its echoes are counted and dropped (`unmatched`):
-//!   the replica that does see it has the full picture of it.
+//! - **A client not tracked here** (a client-hash router keeps it on another replica). Its
+//!   echoes only count in the model's campaign cohorts (`pooled`), so that a campaign whose
+//!   accounts are spread over replicas is whole on each: the replica that tracks the
+//!   client has the rest of its picture, and alerts it. Echoes of a model not seen here
+//!   are counted and dropped (`unmatched`).
 
 use crate::detect::fingerprint::FpEntry;
 use crate::detect::{ModelView, Query, Signals};
@@ -229,7 +232,8 @@ impl super::Pipeline {
     /// Folds other replicas' echoes into this replica's state of their clients, as if the
     /// queries had arrived here after their detectors ran: the window counts them and the
     /// policy steps on them, raising, updating or resolving alerts into `alerts`. Echoes of
-    /// clients not tracked here are counted and dropped.
+    /// clients not tracked here are pooled in campaign cohorts, those of models not seen
+    /// here counted and dropped.
     pub fn absorb(&self, echoes: &[Echo], alerts: &mut Vec<crate::vocab::Alert>) -> Absorbed {
         let mut r = Absorbed::default();
         let Some(o) = &self.echo else {
@@ -245,9 +249,13 @@ impl super::Pipeline {
         for run in order.chunk_by(|&a, &b| echoes[a].client == echoes[b].client) {
             let first = &echoes[run[0]];
             let key = o.lookup(first.client).filter(|k| k.model == first.model);
-            let model = key.as_ref().and_then(|k| self.models.get(&k.model));
-            let (Some(key), Some(model)) = (key, model) else {
+            let Some(model) = self.models.get(&first.model) else {
                 r.unmatched += run.len();
+                continue;
+            };
+            let Some(key) = key else {
+                self.pool_remote(run.iter().map(|&i| &echoes[i]), &model);
+                r.pooled += run.len();
                 continue;
             };
             let base = model.baseline();
@@ -313,6 +321,7 @@ impl super::Pipeline {
             sketch: &[],
             answer: e.answer(),
             client_tag: st.tag,
+            member: st.member(),
         };
         let view = ModelView {
             baseline: base,
@@ -328,6 +337,36 @@ impl super::Pipeline {
         );
     }
 
+    /// Echoes of a client that another replica tracks: its queries count in the model's
+    /// campaign cohorts, so that a campaign whose accounts a client-hash router spread over
+    /// replicas is pooled on each of them.
+    fn pool_remote<'a>(
+        &self,
+        echoes: impl Iterator<Item = &'a Echo>,
+        model: &super::models::ModelState,
+    ) {
+        let base = model.baseline();
+        for e in echoes {
+            self.detectors.campaign.observe_remote(
+                &model.detectors.campaign,
+                &base,
+                e.client,
+                e.ts_ms,
+                &e.signals(),
+            );
+        }
+    }
+
+    /// Echoes of other replicas' clients not pooled because their model's table of such
+    /// clients was full (`campaign::MAX_REMOTE_CLIENTS`).
+    pub fn pool_overflow(&self) -> u64 {
+        self.models
+            .iter()
+            .iter()
+            .map(|m| m.detectors.campaign.remote_overflow.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Clients this replica can match echoes to.
     pub fn echo_clients(&self) -> usize {
         self.echo.as_ref().map_or(0, Outbox::indexed)
@@ -339,7 +378,9 @@ impl super::Pipeline {
 pub struct Absorbed {
     /// Folded into a client this replica tracks.
     pub matched: usize,
-    /// For a client (or model) this replica has not seen.
+    /// For a client this replica does not track: pooled in its model's campaign cohorts.
+    pub pooled: usize,
+    /// For a model this replica has not seen.
     pub unmatched: usize,
 }
 

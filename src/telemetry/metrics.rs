@@ -353,13 +353,15 @@ impl Figures {
         counter(
             e,
             "cluster_echoes",
-            "Query echoes exchanged with the other replicas, by outcome (sent; absorbed into a client tracked here; unmatched: a client not seen here; dropped: the outbox was full, Redis slow or down; refused: an unreadable batch).",
+            "Query echoes exchanged with the other replicas, by outcome (sent; absorbed into a client tracked here; pooled: a client tracked elsewhere, counted in campaign cohorts only; unmatched: a model not seen here; dropped: the outbox was full, Redis slow or down; refused: an unreadable batch; pool_full: a client tracked elsewhere not pooled, its model's table of such clients full).",
             &vec![
                 (labels(&[("outcome", "sent")]), get(&c.echoes_sent)),
                 (labels(&[("outcome", "absorbed")]), get(&c.echoes_absorbed)),
+                (labels(&[("outcome", "pooled")]), get(&c.echoes_pooled)),
                 (labels(&[("outcome", "unmatched")]), get(&c.echoes_unmatched)),
                 (labels(&[("outcome", "dropped")]), self.pipeline.echoes_dropped()),
                 (labels(&[("outcome", "refused")]), get(&c.echoes_refused)),
+                (labels(&[("outcome", "pool_full")]), self.pipeline.pool_overflow()),
             ],
         )?;
         counter(

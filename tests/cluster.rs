@@ -64,6 +64,7 @@ fn claim(client: &str, local_id: &str, event: Event, ts_ms: i64) -> Claim {
         local_id: local_id.into(),
         event,
         ts_ms,
+        known: None,
     }
 }
 
@@ -158,6 +159,36 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
         .await
         .unwrap();
     assert_eq!(v, vec![own("pw-a-3", 0)], "no id is reused");
+
+    // The store loses every record (FLUSHALL, or a restart without persistence).
+    let v = a
+        .claim(&[claim("client-three", "pw-c", Event::Raised, 1200)])
+        .await
+        .unwrap();
+    assert_eq!(v, vec![own("pw-c", 0)]);
+    assert_eq!(redis.command(&["FLUSHALL"]).trim(), "+OK");
+    assert_eq!(
+        a.renew(&[key("client-three")]).await.unwrap(),
+        vec![true],
+        "a lost record is still its owner's"
+    );
+    let mut update = claim("client-three", "pw-c", Event::Updated, 1300);
+    update.known = Some(("pw-c".into(), 0));
+    let v = a.claim(&[update]).await.unwrap();
+    assert_eq!(
+        v,
+        vec![own("pw-c", 1)],
+        "the owner goes on with the same alert"
+    );
+    let v = b
+        .claim(&[claim("client-four", "pw-d", Event::Updated, 1400)])
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        vec![own("pw-d-r1400", 0)],
+        "an update that finds no record opens a new alert, under an id of its own"
+    );
 
     // Every key has a TTL; none names a model or client.
     let keys = redis.command(&["KEYS", "*"]);

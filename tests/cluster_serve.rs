@@ -297,6 +297,23 @@ fn three_sidecars_one_redis_one_alert_each() {
     );
 }
 
+/// An event id delivered twice (at least once) is the same event both times: a Redis that
+/// came back empty must not make a replica number a new event like an old one.
+fn assert_event_ids_name_one_event(events: &[serde_json::Value]) {
+    let mut seen: BTreeMap<String, (String, String, i64)> = BTreeMap::new();
+    for e in events {
+        let what = (
+            e["id"].to_string(),
+            e["event"].to_string(),
+            e["ts_ms"].as_i64().unwrap_or(0),
+        );
+        let first = seen
+            .entry(e["event_id"].to_string())
+            .or_insert(what.clone());
+        assert_eq!(*first, what, "event id {} names two events", e["event_id"]);
+    }
+}
+
 /// Records per second in the outage test: the trace then lasts about a minute, so that
 /// Redis can be down for 30 s in the middle of it.
 const OUTAGE_RATE: &str = "600";
@@ -370,6 +387,7 @@ fn redis_stopped_for_30_s_mid_trace() {
     for s in &sidecars {
         fleet.extend(events(&s.alerts));
     }
+    assert_event_ids_name_one_event(&fleet);
     let got = raised(&fleet);
     let missed: Vec<&&Key> = attacks.iter().filter(|k| !got.contains(**k)).collect();
     eprintln!(
@@ -466,6 +484,7 @@ fn a_sidecar_sigkilled_mid_trace_and_restarted() {
     for s in &sidecars {
         fleet.extend(events(&s.alerts));
     }
+    assert_event_ids_name_one_event(&fleet);
     // At least once: the same event twice is one event.
     let mut seen = HashSet::new();
     fleet.retain(|e| seen.insert(e["event_id"].to_string()));

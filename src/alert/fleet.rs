@@ -11,14 +11,15 @@
 //!
 //! The store is never allowed to stop alerting. Claims run on their own task, behind a
 //! bounded queue; an event whose claim fails (the store is down or slow) or that finds the
-//! queue full is spooled as it is, unclaimed: delivered, perhaps twice across the fleet,
-//! never lost. Delivery stays at least once with stable event ids, since the id is fixed
-//! before the spool append.
+//! queue full is spooled unclaimed: delivered, perhaps twice across the fleet, never lost.
+//! Its event id is the pipeline's own, qualified by the replica (`<id>.<n>@<replica>`), so
+//! it can never equal an event id the store numbered. Delivery stays at least once with
+//! stable event ids, since the id is fixed before the spool append.
 
 use super::Book;
 use crate::vocab::{Alert, Event, Kind};
 use futures::future::BoxFuture;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub struct Claim {
     /// The event's time: a resolve closes the alert as of it, and events no later than a
     /// resolve are stale.
     pub ts_ms: i64,
+    /// The fleet id and last number this replica delivered the alert under, when it owns
+    /// it: a store that lost the record (flushed, or restarted without persistence) has
+    /// it re-opened under them, so the alert keeps its id and its event ids stay unique.
+    pub known: Option<(String, u64)>,
 }
 
 /// What an alert is, fleet-wide.
@@ -77,8 +82,11 @@ pub trait FleetStore: Send + Sync + 'static {
     fn claim<'a>(&'a self, claims: &'a [Claim]) -> BoxFuture<'a, Result<Vec<Verdict>, String>>;
     /// Extends this replica's lease on alerts it owns that are still open; answers, for
     /// each, whether this replica still owns it (another may have taken over an alert
-    /// whose lease lapsed while this one could not reach the store).
+    /// whose lease lapsed while this one could not reach the store). An alert whose record
+    /// the store lost counts as still owned: the next event re-opens it ([`Claim::known`]).
     fn renew<'a>(&'a self, owned: &'a [AlertKey]) -> BoxFuture<'a, Result<Vec<bool>, String>>;
+    /// This replica's name in the store.
+    fn replica(&self) -> &str;
 }
 
 /// The gate's figures.
@@ -101,6 +109,8 @@ pub struct Gate {
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set late in a shutdown: what is still queued is spooled without asking the store.
     hurry: Arc<AtomicBool>,
+    /// This replica's name, which qualifies the event ids the store did not number.
+    replica: String,
     pub stats: Arc<GateStats>,
 }
 
@@ -132,6 +142,7 @@ impl Gate {
         let (tx, rx) = mpsc::channel(max_pending.max(1));
         let stats = Arc::new(GateStats::default());
         let hurry = Arc::new(AtomicBool::new(false));
+        let replica = store.replica().to_string();
         let ctx = Ctx {
             store,
             book,
@@ -143,6 +154,7 @@ impl Gate {
             tx: parking_lot::Mutex::new(Some(tx)),
             task: parking_lot::Mutex::new(Some(task)),
             hurry,
+            replica,
             stats,
         }
     }
@@ -158,7 +170,9 @@ impl Gate {
             Ok(()) => None,
             Err(e) => {
                 self.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
-                Some(e.into_inner())
+                let mut a = e.into_inner();
+                qualify(&mut a, &self.replica);
+                Some(a)
             }
         }
     }
@@ -191,7 +205,8 @@ struct Ctx {
 /// What this replica knows of who owns which alert.
 #[derive(Debug, Default)]
 struct Ledger {
-    owned: HashSet<AlertKey>,
+    /// Alerts this replica owns, with the fleet id and last number it delivered.
+    owned: HashMap<AlertKey, (String, u64)>,
     /// Alerts another replica owns, and until when that answer is trusted.
     elsewhere: HashMap<AlertKey, Instant>,
 }
@@ -244,7 +259,7 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, pace: Pace) {
                 if ledger.owned.is_empty() {
                     continue;
                 }
-                let keys: Vec<AlertKey> = ledger.owned.iter().cloned().collect();
+                let keys: Vec<AlertKey> = ledger.owned.keys().cloned().collect();
                 match store.renew(&keys).await {
                     Ok(held) => {
                         for (k, held) in keys.into_iter().zip(held) {
@@ -267,7 +282,7 @@ async fn run(ctx: Ctx, mut rx: mpsc::Receiver<Alert>, pace: Pace) {
 async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pace) {
     let (book, stats) = (&ctx.book, &*ctx.stats);
     if ctx.hurry.load(Ordering::Relaxed) {
-        return unclaimed(ctx, batch);
+        return unclaimed(ctx, batch, ledger);
     }
     let now = Instant::now();
     let before = batch.len();
@@ -285,24 +300,25 @@ async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pac
             local_id: a.id.clone(),
             event: a.event,
             ts_ms: a.ts_ms,
+            known: ledger.owned.get(&AlertKey::of(a)).cloned(),
         })
         .collect();
     let verdicts = match ctx.store.claim(&claims).await {
         Ok(v) if v.len() == claims.len() => v,
         Ok(_) | Err(_) => {
             stats.store_failures.fetch_add(1, Ordering::Relaxed);
-            return unclaimed(ctx, batch);
+            return unclaimed(ctx, batch, ledger);
         }
     };
     for ((mut a, claim), verdict) in batch.into_iter().zip(claims).zip(verdicts) {
         match verdict {
             Verdict::Own { id, seq } => {
-                relabel(&mut a, id, seq);
+                relabel(&mut a, id.clone(), seq);
                 ledger.elsewhere.remove(&claim.key);
                 if a.event == Event::Resolved {
                     ledger.owned.remove(&claim.key);
                 } else {
-                    ledger.owned.insert(claim.key);
+                    ledger.owned.insert(claim.key, (id, seq));
                 }
                 stats.owned.fetch_add(1, Ordering::Relaxed);
                 book.record(a);
@@ -320,15 +336,29 @@ async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pac
     }
 }
 
-/// Spools events as this replica's pipeline made them: delivered, if perhaps by two
-/// replicas, rather than lost.
-fn unclaimed(ctx: &Ctx, batch: Vec<Alert>) {
+/// Spools events the store could not number: delivered, if perhaps by two replicas,
+/// rather than lost. An alert this replica owns keeps its fleet id, so the analyst sees
+/// one alert go on through the outage.
+fn unclaimed(ctx: &Ctx, batch: Vec<Alert>, ledger: &Ledger) {
     ctx.stats
         .unclaimed
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    for a in batch {
+    let replica = ctx.store.replica();
+    for mut a in batch {
+        if let Some((id, _)) = ledger.owned.get(&AlertKey::of(&a)) {
+            a.id = id.clone();
+        }
+        qualify(&mut a, replica);
         ctx.book.record(a);
     }
+}
+
+/// Makes an event id that the store did not number unique fleet-wide: the pipeline's own
+/// numbering (`<local id>.<n>`) can equal the fleet's (`<id>.<seq>`) when a local id is the
+/// fleet id, as it is for the replica that raised first; qualified by the replica it is
+/// this replica's, and stable (the same event always gets the same id).
+fn qualify(a: &mut Alert, replica: &str) {
+    a.event_id = format!("{}@{replica}", a.event_id);
 }
 
 /// Gives an event its fleet-wide id and number. The first event of an alert fleet-wide is

@@ -28,30 +28,46 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 "#;
 
-/// Claims a batch of alert events. ARGV: replica, lease (ms), key TTL (ms), then one
-/// (local id, event, event time) triple per key. An alert record is a hash {owner, id, seq,
-/// until, open, gen, closed_ts}: a claim on a record that is not open opens it with the
-/// claimer's id; its owner, or anyone once the owner's lease (`until`, on the server's
-/// clock) has passed, continues it with the next `seq`; a resolve closes it at its event
-/// time. A closed record is kept until its TTL, and it answers for what came before it:
-/// - an event no later (in event time) than the resolve is stale, `closed`: a replica that
-///   still held the alert open saw evidence the owner had already judged (through the
-///   replicas' echoes), and must not reopen it;
-/// - a later raise opens the record's next generation under `<id>-<gen>`, so that no id is
-///   reused: alert ids come from the raising query, and replicas raise on the same ones.
+/// Claims a batch of alert events. ARGV: replica, lease (ms), key TTL (ms), then five per
+/// key: local id, event, event time, and the fleet id and last number the claimer
+/// delivered the alert under (empty and 0 if it does not own it). An alert record is a
+/// hash {owner, id, seq, until, open, gen, closed_ts}:
+/// - a claim on a record that is not open opens it with the claimer's id; its owner, or
+///   anyone once the owner's lease (`until`, on the server's clock) has passed, continues
+///   it with the next `seq`; a resolve closes it at its event time;
+/// - a closed record is kept until its TTL and answers for what came before it: an event
+///   no later (in event time) than the resolve is stale (`closed`): a replica that still
+///   held the alert open saw evidence the owner had judged already, through the echoes;
+/// - no id is used twice: alert ids come from the raising query, and replicas raise on the
+///   same ones, so a later generation opens as `<id>-<gen>`;
+/// - a record the store lost (flushed, or restarted without persistence) is re-opened by
+///   its owner under the id and next number it knows, so the alert goes on as it was; an
+///   update from anyone else opens it as `<id>-r<event time>`, a new alert whose event ids
+///   cannot repeat the lost one's.
 const CLAIM: &str = r#"
 for i, k in ipairs(KEYS) do
-  local id = ARGV[1 + 3 * i]
-  local ev = ARGV[2 + 3 * i]
-  local ts = tonumber(ARGV[3 + 3 * i])
+  local a = 5 * i - 1
+  local id, ev, ts = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local known, known_seq = ARGV[a + 3], tonumber(ARGV[a + 4])
   local cur = redis.call('HMGET', k, 'owner', 'id', 'seq', 'until', 'open', 'gen', 'closed_ts')
-  if cur[5] ~= '1' then
+  if not cur[1] and known ~= '' then
+    local seq = known_seq + 1
+    redis.call('HSET', k, 'owner', replica, 'id', known, 'seq', seq, 'until', now + lease,
+      'open', 1, 'gen', 1)
+    if ev == 'resolved' then
+      redis.call('HSET', k, 'open', 0, 'closed_ts', ts)
+    end
+    redis.call('PEXPIRE', k, ttl)
+    out[i] = {'own', known, seq}
+  elseif cur[5] ~= '1' then
     if ev == 'resolved' or (cur[7] and ts <= tonumber(cur[7])) then
       out[i] = {'closed'}
     else
       local gen = tonumber(cur[6] or '0') + 1
       if gen > 1 then
         id = id .. '-' .. gen
+      elseif ev ~= 'raised' then
+        id = id .. '-r' .. ts
       end
       redis.call('HSET', k, 'owner', replica, 'id', id, 'seq', 0, 'until', now + lease,
         'open', 1, 'gen', gen)
@@ -74,11 +90,13 @@ return out
 "#;
 
 /// Renews this replica's leases. ARGV: replica, lease (ms), key TTL (ms). Answers 1 for
-/// each key still owned.
+/// each key still owned, or whose record is gone (its owner re-opens it at its next event).
 const RENEW: &str = r#"
 for i, k in ipairs(KEYS) do
   local cur = redis.call('HMGET', k, 'owner', 'open')
-  if cur[1] == replica and cur[2] == '1' then
+  if not cur[1] then
+    out[i] = 1
+  elseif cur[1] == replica and cur[2] == '1' then
     redis.call('HSET', k, 'until', now + lease)
     redis.call('PEXPIRE', k, ttl)
     out[i] = 1
@@ -217,7 +235,12 @@ impl RedisStore {
             .arg(self.alert_ttl_ms);
         for c in claims {
             inv.key(self.alert_key(&c.key));
-            inv.arg(&c.local_id).arg(event_name(c.event)).arg(c.ts_ms);
+            let (known, known_seq) = c.known.clone().unwrap_or_default();
+            inv.arg(&c.local_id)
+                .arg(event_name(c.event))
+                .arg(c.ts_ms)
+                .arg(known)
+                .arg(known_seq);
         }
         let mut conn = self.conn();
         let raw: Vec<Vec<redis::Value>> = self.call(inv.invoke_async(&mut conn)).await?;
@@ -269,5 +292,9 @@ impl FleetStore for RedisStore {
 
     fn renew<'a>(&'a self, owned: &'a [AlertKey]) -> BoxFuture<'a, Result<Vec<bool>, String>> {
         Box::pin(self.renew_batch(owned))
+    }
+
+    fn replica(&self) -> &str {
+        &self.replica
     }
 }

@@ -137,9 +137,52 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Criterion's options that take a value: what follows them is not a name filter.
+const VALUE_OPTIONS: [&str; 16] = [
+    "--measurement-time",
+    "--warm-up-time",
+    "--sample-size",
+    "--profile-time",
+    "--save-baseline",
+    "--baseline",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--output-format",
+    "--color",
+    "--format",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--nresamples",
+    "--plotting-backend",
+];
+
+/// Whether the name filters given to the bench binary (none: everything) select `name`.
+/// Criterion applies them to the benchmarks it times; `memory_per_client` times nothing, so
+/// it checks them itself (as substrings, not criterion's regular expressions).
+fn selected(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters = Vec::new();
+    let mut skip = false;
+    for a in &args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a.starts_with('-') {
+            skip = VALUE_OPTIONS.contains(&a.as_str());
+            continue;
+        }
+        filters.push(a.as_str());
+    }
+    filters.is_empty() || filters.iter().any(|f| name.contains(f) || f.contains(name))
+}
+
 /// Memory per active client at default settings: each client sends enough queries to fill
 /// its fingerprint history and PRADA growing set.
 fn memory_per_client(_: &mut Criterion) {
+    if !selected("memory_per_client") {
+        return;
+    }
     let n_clients = 10_000u64;
     let per = 60u64;
     let p = Pipeline::new(

@@ -195,8 +195,13 @@ fn send_to(sidecars: &[Sidecar]) -> Command {
     send
 }
 
+/// The run: `breast_cancer` round-robin per record over three sidecars at 2,000
+/// records/s. The fleet raises exactly the single process's alerts, each once, none for a
+/// benign client, at most 0.05 Redis commands per record. (It failed 1 run in 6 while each
+/// replica absorbed one replica's echoes after another's, out of event-time order: a benign
+/// client near the threshold crossed it. Since echoes are absorbed in event-time order it
+/// passed 14 runs of 14, 6 of them beside this file's other two tests.)
 #[test]
-#[ignore = "failed 1 of 6 runs: in real time the order in which echoes are absorbed varies, and on one run a benign breast_cancer client (ca9e3160f9f) crossed the extraction threshold; the deterministic fleet test in tests/cluster.rs asserts the same bars. Run with --ignored"]
 fn three_sidecars_one_redis_one_alert_each() {
     let want = single_process();
     let redis = RedisServer::start();

@@ -68,6 +68,11 @@ fn claim(client: &str, local_id: &str, event: Event, ts_ms: i64) -> Claim {
     }
 }
 
+/// One claim's verdict, as a batch of one.
+async fn one(store: &RedisStore, c: Claim) -> Vec<Verdict> {
+    store.claim(&[c]).await.unwrap()
+}
+
 #[tokio::test]
 async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
     let redis = RedisServer::start();
@@ -78,10 +83,7 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
     );
     let own = |id: &str, seq| Verdict::Own { id: id.into(), seq };
 
-    let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Raised, 100)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-one", "pw-a", Event::Raised, 100)).await;
     assert_eq!(v, vec![own("pw-a", 0)], "the first raise opens the alert");
     let v = b
         .claim(&[
@@ -95,10 +97,7 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
         vec![Verdict::Other, own("pw-b2", 0)],
         "one batch, two answers"
     );
-    let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Updated, 400)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-one", "pw-a", Event::Updated, 400)).await;
     assert_eq!(v, vec![own("pw-a", 1)], "the owner continues its alert");
 
     // a stops renewing: after its lease, b takes the alert over under the same id.
@@ -109,62 +108,35 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
         vec![false, true]
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let v = b
-        .claim(&[claim("client-one", "pw-b", Event::Updated, 500)])
-        .await
-        .unwrap();
+    let v = one(&b, claim("client-one", "pw-b", Event::Updated, 500)).await;
     assert_eq!(v, vec![own("pw-a", 2)], "handed on: same id, next number");
-    let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Updated, 600)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-one", "pw-a", Event::Updated, 600)).await;
     assert_eq!(v, vec![Verdict::Other], "the old owner lost it");
     assert_eq!(a.renew(&[key("client-one")]).await.unwrap(), vec![false]);
 
-    let v = b
-        .claim(&[claim("client-one", "pw-b", Event::Resolved, 700)])
-        .await
-        .unwrap();
+    let v = one(&b, claim("client-one", "pw-b", Event::Resolved, 700)).await;
     assert_eq!(v, vec![own("pw-a", 3)]);
-    let v = a
-        .claim(&[claim("client-one", "pw-a", Event::Resolved, 800)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-one", "pw-a", Event::Resolved, 800)).await;
     assert_eq!(v, vec![Verdict::Closed], "resolved fleet-wide already");
-    let v = a
-        .claim(&[claim("client-one", "pw-a2", Event::Raised, 900)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-one", "pw-a2", Event::Raised, 900)).await;
     assert_eq!(
         v,
         vec![own("pw-a2-2", 0)],
         "a new alert after the resolve, under an id of its generation"
     );
-    let v = a
-        .claim(&[claim("client-one", "pw-a2", Event::Resolved, 1000)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-one", "pw-a2", Event::Resolved, 1000)).await;
     assert_eq!(v, vec![own("pw-a2-2", 1)]);
     // A replica that still held the alert open locally: its evidence is older than the
     // resolve, which judged it already (through the replicas' echoes).
-    let v = b
-        .claim(&[claim("client-one", "pw-b", Event::Updated, 950)])
-        .await
-        .unwrap();
+    let v = one(&b, claim("client-one", "pw-b", Event::Updated, 950)).await;
     assert_eq!(v, vec![Verdict::Closed], "stale: before the resolve");
     // The third generation, raised under the first one's local id, still gets an id of
     // its own.
-    let v = b
-        .claim(&[claim("client-one", "pw-a", Event::Raised, 1100)])
-        .await
-        .unwrap();
+    let v = one(&b, claim("client-one", "pw-a", Event::Raised, 1100)).await;
     assert_eq!(v, vec![own("pw-a-3", 0)], "no id is reused");
 
     // The store loses every record (FLUSHALL, or a restart without persistence).
-    let v = a
-        .claim(&[claim("client-three", "pw-c", Event::Raised, 1200)])
-        .await
-        .unwrap();
+    let v = one(&a, claim("client-three", "pw-c", Event::Raised, 1200)).await;
     assert_eq!(v, vec![own("pw-c", 0)]);
     assert_eq!(redis.command(&["FLUSHALL"]).trim(), "+OK");
     assert_eq!(
@@ -180,10 +152,7 @@ async fn claims_give_one_owner_who_hands_on_when_its_lease_lapses() {
         vec![own("pw-c", 1)],
         "the owner goes on with the same alert"
     );
-    let v = b
-        .claim(&[claim("client-four", "pw-d", Event::Updated, 1400)])
-        .await
-        .unwrap();
+    let v = one(&b, claim("client-four", "pw-d", Event::Updated, 1400)).await;
     assert_eq!(
         v,
         vec![own("pw-d-r1400", 0)],
@@ -338,6 +307,18 @@ fn sync_records() -> usize {
         .unwrap_or(SYNC_RECORDS)
 }
 
+/// The first raises of one process replaying `dir`.
+fn single_process(dir: &str) -> FirstRaise {
+    let single = Replica::new(dir, None, false);
+    let mut want = FirstRaise::default();
+    for l in trace(dir) {
+        want.query(&l.client, l.ts_ms);
+        let out = single.feed(&l);
+        want.note(&out);
+    }
+    want
+}
+
 /// How records are spread over the replicas.
 #[derive(Clone, Copy, PartialEq)]
 enum Route {
@@ -461,13 +442,7 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
         let benign = |c: &str| labels[c]["kind"] == "benign";
         let sybil = |c: &str| labels[c].get("group").is_some_and(|g| !g.is_null());
 
-        let single = Replica::new(dir, None, false);
-        let mut want = FirstRaise::default();
-        for l in trace(dir) {
-            want.query(&l.client, l.ts_ms);
-            let out = single.feed(&l);
-            want.note(&out);
-        }
+        let want = single_process(dir);
         // Without echoes each replica decides alone: the first raises are what matter.
         let alone: Vec<Replica> = (0..3).map(|_| Replica::new(dir, None, false)).collect();
         let (split, _) = run_fleet(dir, &alone).await;
@@ -563,13 +538,7 @@ async fn client_routed_replicas_pool_a_campaign_spread_over_them() {
         let labels = labels(dir);
         let benign = |c: &str| labels[c]["kind"] == "benign";
         let sybil = |c: &str| labels[c].get("group").is_some_and(|g| !g.is_null());
-        let single = Replica::new(dir, None, false);
-        let mut want = FirstRaise::default();
-        for l in trace(dir) {
-            want.query(&l.client, l.ts_ms);
-            let out = single.feed(&l);
-            want.note(&out);
-        }
+        let want = single_process(dir);
         let members: BTreeSet<&Key> = want.at.keys().filter(|k| sybil(&k.0)).collect();
         let alone: Vec<Replica> = (0..3).map(|_| Replica::new(dir, None, false)).collect();
         let (split, _) = run_fleet_routed(dir, &alone, Route::Client).await;

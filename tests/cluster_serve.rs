@@ -319,6 +319,34 @@ fn assert_event_ids_name_one_event(events: &[serde_json::Value]) {
     }
 }
 
+/// Stops every sidecar, each still running.
+fn stop_all(sidecars: &mut [Sidecar]) {
+    for s in sidecars {
+        assert!(s.child.try_wait().unwrap().is_none(), "no sidecar exited");
+        stop(s);
+    }
+}
+
+/// Every event the sidecars' sinks wrote; an event id names one event throughout.
+fn delivered(sidecars: &[Sidecar]) -> Vec<serde_json::Value> {
+    let mut fleet = Vec::new();
+    for s in sidecars {
+        fleet.extend(events(&s.alerts));
+    }
+    assert_event_ids_name_one_event(&fleet);
+    fleet
+}
+
+/// The (client, kind) of every attack client's alert in a single-process replay.
+fn attack_alerts() -> BTreeSet<Key> {
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data("labels.json")).unwrap()).unwrap();
+    single_process()
+        .into_iter()
+        .filter(|k| labels[&k.0]["kind"] != "benign")
+        .collect()
+}
+
 /// Records per second in the outage test: the trace then lasts about a minute, so that
 /// Redis can be down for 30 s in the middle of it.
 const OUTAGE_RATE: &str = "600";
@@ -330,13 +358,7 @@ const OUTAGE_RATE: &str = "600";
 #[test]
 fn redis_stopped_for_30_s_mid_trace() {
     use std::time::{Duration, Instant};
-    let want = single_process();
-    let labels: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("labels.json")).unwrap()).unwrap();
-    let attacks: BTreeSet<&Key> = want
-        .iter()
-        .filter(|k| labels[&k.0]["kind"] != "benign")
-        .collect();
+    let attacks = attack_alerts();
     let redis = RedisServer::start();
     let port = redis.port;
     let (_dirs, mut sidecars) = fleet(&redis);
@@ -384,17 +406,10 @@ fn redis_stopped_for_30_s_mid_trace() {
         }
     }
     std::thread::sleep(Duration::from_millis(1_000));
-    for s in &mut sidecars {
-        assert!(s.child.try_wait().unwrap().is_none(), "no sidecar exited");
-        stop(s);
-    }
-    let mut fleet = Vec::new();
-    for s in &sidecars {
-        fleet.extend(events(&s.alerts));
-    }
-    assert_event_ids_name_one_event(&fleet);
+    stop_all(&mut sidecars);
+    let fleet = delivered(&sidecars);
     let got = raised(&fleet);
-    let missed: Vec<&&Key> = attacks.iter().filter(|k| !got.contains(**k)).collect();
+    let missed: Vec<&Key> = attacks.iter().filter(|k| !got.contains(*k)).collect();
     eprintln!(
         "Redis down 30 s mid-trace: {} of {} attack alerts raised by the fleet; missed {missed:?}",
         attacks.len() - missed.len(),
@@ -415,13 +430,7 @@ const KILL_RATE: &str = "2000";
 #[test]
 fn a_sidecar_sigkilled_mid_trace_and_restarted() {
     use std::time::Duration;
-    let want = single_process();
-    let labels: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("labels.json")).unwrap()).unwrap();
-    let attacks: BTreeSet<&Key> = want
-        .iter()
-        .filter(|k| labels[&k.0]["kind"] != "benign")
-        .collect();
+    let attacks = attack_alerts();
     let redis = RedisServer::start();
     let (dirs, mut sidecars) = fleet(&redis);
     let sender = send_to(&sidecars)
@@ -480,16 +489,9 @@ fn a_sidecar_sigkilled_mid_trace_and_restarted() {
     assert!(restarted > 0.0, "the restarted sidecar took traffic again");
     // The last syncs and claims.
     std::thread::sleep(Duration::from_millis(1_500));
-    for s in &mut sidecars {
-        assert!(s.child.try_wait().unwrap().is_none(), "no sidecar exited");
-        stop(s);
-    }
+    stop_all(&mut sidecars);
 
-    let mut fleet = Vec::new();
-    for s in &sidecars {
-        fleet.extend(events(&s.alerts));
-    }
-    assert_event_ids_name_one_event(&fleet);
+    let mut fleet = delivered(&sidecars);
     // At least once: the same event twice is one event.
     let mut seen = HashSet::new();
     fleet.retain(|e| seen.insert(e["event_id"].to_string()));
@@ -514,7 +516,7 @@ fn a_sidecar_sigkilled_mid_trace_and_restarted() {
         );
     }
     let got = raised(&fleet);
-    let missed: Vec<&&Key> = attacks.iter().filter(|k| !got.contains(**k)).collect();
+    let missed: Vec<&Key> = attacks.iter().filter(|k| !got.contains(*k)).collect();
     eprintln!(
         "SIGKILL mid-trace: {} of {} attack alerts raised by the fleet; missed {missed:?}; \
          victim had accepted {accepted_before} records, restored {restored} clients and took \

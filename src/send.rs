@@ -198,7 +198,7 @@ impl Router {
     }
 
     /// Adds a record to `to`'s batch, and sends the batch when full; false when `to` has
-    /// just been given up on (its batch is then sent elsewhere by the next flush).
+    /// just been given up on (its batch is then back in `cur[to]`, for another sidecar).
     async fn push(&mut self, to: usize, rec: QueryRecord) -> bool {
         self.cur[to].records.push(rec);
         if self.cur[to].records.len() < self.batch {
@@ -284,7 +284,15 @@ async fn produce(
             continue;
         };
         done.rerouted += u64::from(to != want);
-        r.push(to, rec).await;
+        if !r.push(to, rec).await {
+            // Given up on while its batch was shipping: the batch goes on to the next
+            // sidecar now, not at the end of the trace (where it would arrive late).
+            if let Some(next) = r.pick(to) {
+                let moved = std::mem::take(&mut r.cur[to].records);
+                done.rerouted += moved.len() as u64;
+                r.cur[next].records.extend(moved);
+            }
+        }
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64(sent as f64 / rate.max(1e-3));
             if let Some(wait) = due.checked_sub(start.elapsed()) {

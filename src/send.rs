@@ -147,6 +147,7 @@ pub async fn send_with(
         batch.max(1),
         rate,
         spread,
+        patience.ack_timeout,
     ));
     let mut report = SendReport::default();
     for s in streams {
@@ -180,6 +181,9 @@ struct Router {
     targets: Vec<Target>,
     cur: Vec<RecordBatch>,
     batch: usize,
+    /// Longest wait for room in a sidecar's queue: a sidecar that stopped reading is
+    /// routed around, not waited on.
+    patience: Duration,
 }
 
 impl Router {
@@ -197,8 +201,8 @@ impl Router {
         self.targets.iter().all(|t| t.tx.is_closed())
     }
 
-    /// Adds a record to `to`'s batch, and sends the batch when full; false when `to` has
-    /// just been given up on (its batch is then back in `cur[to]`, for another sidecar).
+    /// Adds a record to `to`'s batch, and sends the batch when full; false when `to` is
+    /// gone or stalled (its batch is then back in `cur[to]`, for another sidecar).
     async fn push(&mut self, to: usize, rec: QueryRecord) -> bool {
         self.cur[to].records.push(rec);
         if self.cur[to].records.len() < self.batch {
@@ -207,7 +211,8 @@ impl Router {
         self.ship(to).await
     }
 
-    /// Sends `to`'s batch; false when its sidecar is gone.
+    /// Sends `to`'s batch; false when its sidecar is gone or took nothing for `patience`
+    /// (the batch is then back in `cur[to]`).
     async fn ship(&mut self, to: usize) -> bool {
         let id = self.cur[to].batch_id;
         let full = std::mem::replace(
@@ -217,9 +222,10 @@ impl Router {
                 records: Vec::with_capacity(self.batch),
             },
         );
-        match self.targets[to].tx.send(full).await {
+        use mpsc::error::SendTimeoutError;
+        match self.targets[to].tx.send_timeout(full, self.patience).await {
             Ok(()) => true,
-            Err(mpsc::error::SendError(back)) => {
+            Err(SendTimeoutError::Closed(back) | SendTimeoutError::Timeout(back)) => {
                 self.cur[to].records = back.records;
                 false
             }
@@ -241,6 +247,7 @@ async fn produce(
     batch: usize,
     rate: Option<f64>,
     spread: Spread,
+    patience: Duration,
 ) -> Result<Produced, crate::trace::TraceError> {
     let reader = TraceReader::open(&path)?;
     let start = Instant::now();
@@ -249,6 +256,7 @@ async fn produce(
         cur: (0..n).map(|_| RecordBatch::default()).collect(),
         targets,
         batch,
+        patience,
     };
     let mut done = Produced {
         bad: 0,
@@ -285,9 +293,9 @@ async fn produce(
         };
         done.rerouted += u64::from(to != want);
         if !r.push(to, rec).await {
-            // Given up on while its batch was shipping: the batch goes on to the next
+            // Gone or stalled while its batch was shipping: the batch goes on to the next
             // sidecar now, not at the end of the trace (where it would arrive late).
-            if let Some(next) = r.pick(to) {
+            if let Some(next) = r.pick(to).filter(|&n| n != to) {
                 let moved = std::mem::take(&mut r.cur[to].records);
                 done.rerouted += moved.len() as u64;
                 r.cur[next].records.extend(moved);
@@ -307,9 +315,11 @@ async fn produce(
 /// Sends every partly filled batch, a gone sidecar's to one still there.
 async fn flush(r: &mut Router, done: &mut Produced) {
     while let Some(i) = (0..r.cur.len()).find(|&i| !r.cur[i].records.is_empty()) {
-        // Down but not given up on: its queue waits for it to come back (or to be given up).
-        let open = (!r.targets[i].tx.is_closed()).then_some(i);
-        let Some(to) = r.pick(i).or(open) else {
+        // Down but not given up on: its queue waits for it to come back (or to be given
+        // up); failing that, any sidecar not given up on.
+        let open = |i: usize| (!r.targets[i].tx.is_closed()).then_some(i);
+        let any_open = (0..r.targets.len()).find_map(open);
+        let Some(to) = r.pick(i).or(open(i)).or(any_open) else {
             done.unsent += r.cur[i].records.len() as u64;
             r.cur[i].records.clear();
             continue;

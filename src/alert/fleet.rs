@@ -164,7 +164,11 @@ impl Gate {
     pub(super) fn offer(&self, alert: Alert) -> Option<Alert> {
         let guard = self.tx.lock();
         let Some(tx) = guard.as_ref() else {
-            return Some(alert);
+            // Closed: spooled unclaimed, like a full queue's.
+            self.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
+            let mut a = alert;
+            qualify(&mut a, &self.replica);
+            return Some(a);
         };
         match tx.try_send(alert) {
             Ok(()) => None,
@@ -300,7 +304,10 @@ async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pac
             local_id: a.id.clone(),
             event: a.event,
             ts_ms: a.ts_ms,
-            known: ledger.owned.get(&AlertKey::of(a)).cloned(),
+            // A raise is a new alert: it never continues a lost record.
+            known: (a.event != Event::Raised)
+                .then(|| ledger.owned.get(&AlertKey::of(a)).cloned())
+                .flatten(),
         })
         .collect();
     let verdicts = match ctx.store.claim(&claims).await {
@@ -339,14 +346,20 @@ async fn settle(ctx: &Ctx, mut batch: Vec<Alert>, ledger: &mut Ledger, pace: Pac
 /// Spools events the store could not number: delivered, if perhaps by two replicas,
 /// rather than lost. An alert this replica owns keeps its fleet id, so the analyst sees
 /// one alert go on through the outage.
-fn unclaimed(ctx: &Ctx, batch: Vec<Alert>, ledger: &Ledger) {
+fn unclaimed(ctx: &Ctx, batch: Vec<Alert>, ledger: &mut Ledger) {
     ctx.stats
         .unclaimed
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let replica = ctx.store.replica();
     for mut a in batch {
-        if let Some((id, _)) = ledger.owned.get(&AlertKey::of(&a)) {
+        let key = AlertKey::of(&a);
+        if let Some((id, _)) = ledger.owned.get(&key) {
             a.id = id.clone();
+        }
+        // Resolved here: no longer renewed, so the record's lease lapses and the next
+        // replica with evidence can claim it.
+        if a.event == Event::Resolved {
+            ledger.owned.remove(&key);
         }
         qualify(&mut a, replica);
         ctx.book.record(a);

@@ -39,7 +39,8 @@ local out = {}
 ///   no later (in event time) than the resolve is stale (`closed`): a replica that still
 ///   held the alert open saw evidence the owner had judged already, through the echoes;
 /// - no id is used twice: alert ids come from the raising query, and replicas raise on the
-///   same ones, so a later generation opens as `<id>-<gen>`;
+///   same ones, so a later generation opens as `<id>-<event time>` (later than the resolve
+///   before it, so unique for the record even if its generation count was lost);
 /// - a record the store lost (flushed, or restarted without persistence) is re-opened by
 ///   its owner under the id and next number it knows, so the alert goes on as it was; an
 ///   update from anyone else opens it as `<id>-r<event time>`, a new alert whose event ids
@@ -65,7 +66,7 @@ for i, k in ipairs(KEYS) do
     else
       local gen = tonumber(cur[6] or '0') + 1
       if gen > 1 then
-        id = id .. '-' .. gen
+        id = id .. '-' .. ts
       elseif ev ~= 'raised' then
         id = id .. '-r' .. ts
       end

@@ -131,9 +131,12 @@ pub struct Cohorts {
 
 impl Clone for Cohorts {
     fn clone(&self) -> Self {
+        // One lock at a time: `remote_onset` takes `cohorts` while it holds `remote`.
+        let cohorts = self.cohorts.lock().clone();
+        let remote = self.remote.lock().clone();
         Self {
-            cohorts: Mutex::new(self.cohorts.lock().clone()),
-            remote: Mutex::new(self.remote.lock().clone()),
+            cohorts: Mutex::new(cohorts),
+            remote: Mutex::new(remote),
             remote_overflow: self
                 .remote_overflow
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -151,18 +154,22 @@ impl Cohorts {
     /// A remote client's onset: its first query seen here, or `None` when the table is
     /// full even after forgetting clients whose onset no kept cohort covers.
     fn remote_onset(&self, tag: u64, ts: i64) -> Option<i64> {
-        let mut remote = self.remote.lock();
-        if let Some(&onset) = remote.get(&tag) {
+        if let Some(&onset) = self.remote.lock().get(&tag) {
             return Some(onset);
         }
-        if remote.len() >= MAX_REMOTE_CLIENTS {
-            let oldest = self
-                .cohorts
+        // Never both locks at once (see `clone`).
+        let oldest = || {
+            self.cohorts
                 .lock()
                 .iter()
                 .map(|c| c.key.1 * ONSET_MS)
                 .min()
-                .unwrap_or(ts);
+                .unwrap_or(ts)
+        };
+        let full = self.remote.lock().len() >= MAX_REMOTE_CLIENTS;
+        let oldest = if full { Some(oldest()) } else { None };
+        let mut remote = self.remote.lock();
+        if let Some(oldest) = oldest {
             remote.retain(|_, onset| *onset >= oldest - ONSET_MS);
         }
         if remote.len() >= MAX_REMOTE_CLIENTS {
@@ -215,7 +222,11 @@ impl Detector for Campaign {
         st: &mut Membership,
         sig: &mut Signals,
     ) {
-        let onset = *st.onset_ms.get_or_insert(q.ts_ms);
+        // A client pooled here from other replicas' echoes before it was tracked here keeps
+        // the onset they gave it, so that it is one member of the same cohorts.
+        let onset = *st
+            .onset_ms
+            .get_or_insert_with(|| model.remote.lock().remove(&q.member).unwrap_or(q.ts_ms));
         if !m.baseline.ready {
             return;
         }

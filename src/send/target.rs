@@ -125,6 +125,10 @@ pub(super) async fn run(
         };
         report.stream_failures += 1;
         tracing::warn!(%addr, error = %e, "stream to sidecar failed; routing around it");
+        if rx.is_closed() && rx.is_empty() {
+            // The producer is done and nothing is left for this sidecar.
+            return report;
+        }
         // Only a stream that carried something shows the peer working: one that accepts
         // connections and never acknowledges is given up on all the same.
         if report.batches > acked {
@@ -184,8 +188,12 @@ async fn session(
                         return Err(tonic::Status::unavailable("the stream stopped taking batches"));
                     }
                 }
-                // The producer is done: ending the request stream lets the sidecar finish.
-                None => itx = None,
+                // The producer is done: ending the request stream lets the sidecar finish,
+                // which it has `ack_timeout` to do.
+                None => {
+                    itx = None;
+                    last_ack = Instant::now();
+                }
             },
             ack = acks.message() => match ack {
                 Ok(Some(a)) => {
@@ -206,7 +214,9 @@ async fn session(
                     return Err(s);
                 }
             },
-            _ = tokio::time::sleep_until(last_ack + ack_timeout), if !unacked.is_empty() => {
+            // Also once the producer is done: a peer that goes silent before ending the
+            // stream must not hold `send` forever.
+            _ = tokio::time::sleep_until(last_ack + ack_timeout), if !unacked.is_empty() || itx.is_none() => {
                 lost(&unacked, report);
                 return Err(tonic::Status::deadline_exceeded("no acknowledgement"));
             }

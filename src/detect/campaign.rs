@@ -19,8 +19,10 @@
 
 use super::{Detector, ModelView, Query, Signals};
 use crate::hash::mix64;
+use crate::normal::baseline::Baseline;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// False-alarm rate of one cohort's test, before the correction for [`MAX_COHORTS`] tests
 /// (the policy's default `alpha`).
@@ -126,7 +128,7 @@ pub struct Cohorts {
     remote: Mutex<HashMap<u64, i64>>,
     /// Remote clients not pooled because [`MAX_REMOTE_CLIENTS`] were kept.
     #[serde(skip)]
-    pub remote_overflow: std::sync::atomic::AtomicU64,
+    pub remote_overflow: AtomicU64,
 }
 
 impl Clone for Cohorts {
@@ -137,10 +139,7 @@ impl Clone for Cohorts {
         Self {
             cohorts: Mutex::new(cohorts),
             remote: Mutex::new(remote),
-            remote_overflow: self
-                .remote_overflow
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .into(),
+            remote_overflow: self.remote_overflow.load(Ordering::Relaxed).into(),
         }
     }
 }
@@ -154,27 +153,28 @@ impl Cohorts {
     /// A remote client's onset: its first query seen here, or `None` when the table is
     /// full even after forgetting clients whose onset no kept cohort covers.
     fn remote_onset(&self, tag: u64, ts: i64) -> Option<i64> {
-        if let Some(&onset) = self.remote.lock().get(&tag) {
-            return Some(onset);
-        }
-        // Never both locks at once (see `clone`).
-        let oldest = || {
+        let full = {
+            let remote = self.remote.lock();
+            if let Some(&onset) = remote.get(&tag) {
+                return Some(onset);
+            }
+            remote.len() >= MAX_REMOTE_CLIENTS
+        };
+        // Never both locks at once (see `clone`): the oldest cohort is read first.
+        let oldest = full.then(|| {
             self.cohorts
                 .lock()
                 .iter()
                 .map(|c| c.key.1 * ONSET_MS)
                 .min()
                 .unwrap_or(ts)
-        };
-        let full = self.remote.lock().len() >= MAX_REMOTE_CLIENTS;
-        let oldest = if full { Some(oldest()) } else { None };
+        });
         let mut remote = self.remote.lock();
         if let Some(oldest) = oldest {
             remote.retain(|_, onset| *onset >= oldest - ONSET_MS);
         }
         if remote.len() >= MAX_REMOTE_CLIENTS {
-            self.remote_overflow
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.remote_overflow.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         remote.insert(tag, ts);
@@ -266,7 +266,7 @@ impl Campaign {
     pub fn observe_remote(
         &self,
         model: &Cohorts,
-        base: &crate::normal::baseline::Baseline,
+        base: &Baseline,
         tag: u64,
         ts: i64,
         sig: &Signals,
@@ -315,7 +315,7 @@ impl Campaign {
 }
 
 /// Normal's rate of the events a campaign pools.
-fn normal_rate(base: &crate::normal::baseline::Baseline) -> f64 {
+fn normal_rate(base: &Baseline) -> f64 {
     let r = &base.rates;
     (r.tail.max(r.out_of_range) + r.structured).clamp(1e-4, 0.9)
 }
@@ -525,7 +525,6 @@ mod tests {
     #[test]
     fn a_campaign_split_over_replicas_is_whole_on_each_with_remote_pooling() {
         use crate::config::Config;
-        use crate::normal::baseline::Baseline;
         let d = Campaign::from_config(&Config::default().detect);
         let mut base = Baseline::unit_scale(4, 1.0);
         base.rates.tail = 0.05;

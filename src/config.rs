@@ -6,6 +6,7 @@
 
 mod checks;
 pub mod cluster;
+pub mod enforce;
 pub mod sink;
 
 pub use sink::{

@@ -23,7 +23,8 @@
 //!    [`detect::policy`] that turns their signals into decisions.
 //! 4. **Pipeline.** [`pipeline`]: a record's steps from admission to alert events, shared
 //!    by the sidecar and offline replay.
-//! 5. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format.
+//! 5. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format;
+//!    [`enforce`]: what a flagged client gets (the decision table, degraded answers).
 //! 6. **Edges.** [`ingest`]: the gRPC ingest API and the Envoy ext_proc and KServe logger
 //!    mirrors; [`api`]: the SOC query API and dashboard; [`replay`]: offline replay;
 //!    [`cluster`]: the Redis that replicas share (alert ownership, the learned normal).
@@ -42,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod detect;
+pub mod enforce;
 pub mod hash;
 pub mod ingest;
 pub mod normal;

@@ -1,0 +1,494 @@
+//! The decision table: which clients get what, answered by lookup alone.
+//!
+//! Alerts write it (through the policy in [`EnforceConfig`]) and so do operators (a manual
+//! block or degrade, an allow-list entry); the enforcing filter reads it once per request.
+//! Reading it never runs a detector. It is bounded: at most `max_entries` flagged clients
+//! (past it, the entry that expires first goes, counted) and [`MAX_ALLOWS`] allow-list
+//! rules, and every entry expires.
+
+use crate::config::enforce::{Action, Degrade, EnforceConfig};
+use crate::vocab::{Alert, Kind};
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Allow-list rules held at once.
+pub const MAX_ALLOWS: usize = 1_024;
+
+/// What the enforcing filter does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Pass it, unread.
+    Pass,
+    /// Pass it, and rewrite the answer.
+    Degrade(Degrade),
+    /// Answer 429 with this `Retry-After` (seconds).
+    Throttle { retry_after_s: u64 },
+    /// Answer 403.
+    Block,
+}
+
+impl Decision {
+    /// Metric name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Pass => "pass",
+            Decision::Degrade(_) => "degrade",
+            Decision::Throttle { .. } => "throttle",
+            Decision::Block => "block",
+        }
+    }
+}
+
+/// Why a client is flagged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// An open (or recently resolved) alert.
+    Alert { id: String, kind: Kind },
+    /// An operator, by token name, with a reason.
+    Manual { by: String, why: String },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    action: Action,
+    cause: Cause,
+    starts_ms: i64,
+    expires_ms: i64,
+    /// Token bucket of a throttle: tokens and when they were last counted.
+    tokens: f64,
+    refilled_ms: i64,
+    /// Requests decided, for the probabilistic draw.
+    seen: u64,
+}
+
+/// A client (or every client whose id starts with a prefix, written `prefix*`) that alerts
+/// of `kind` (every kind when `None`) do not act on, until `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    pub pattern: String,
+    pub kind: Option<Kind>,
+    pub expires_ms: i64,
+}
+
+impl AllowRule {
+    fn covers(&self, client: &str, kind: Kind, now_ms: i64) -> bool {
+        let id_matches = match self.pattern.strip_suffix('*') {
+            Some(prefix) => client.starts_with(prefix),
+            None => client == self.pattern,
+        };
+        id_matches && self.kind.is_none_or(|k| k == kind) && now_ms < self.expires_ms
+    }
+}
+
+/// Why a table write was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("the allow list is full ({MAX_ALLOWS} rules)")]
+    AllowListFull,
+    #[error("an allow pattern needs at least one character before '*'")]
+    BarePattern,
+}
+
+/// Counters of the table (no client labels).
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub pass: AtomicU64,
+    pub degrade: AtomicU64,
+    pub throttle: AtomicU64,
+    pub block: AtomicU64,
+    /// Alert-driven actions not taken because the client was allow-listed.
+    pub allowed: AtomicU64,
+    /// Entries pushed out by a full table.
+    pub evicted: AtomicU64,
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct DecisionTable {
+    cfg: EnforceConfig,
+    flagged: DashMap<String, Entry>,
+    allows: RwLock<Vec<AllowRule>>,
+    /// Keys the probabilistic draw, so a client cannot predict which requests are acted on.
+    draw: std::collections::hash_map::RandomState,
+    pub stats: TableStats,
+}
+
+impl DecisionTable {
+    /// An empty table under `cfg`'s policy.
+    pub fn new(cfg: EnforceConfig) -> Self {
+        Self {
+            cfg,
+            flagged: DashMap::new(),
+            allows: RwLock::new(Vec::new()),
+            draw: Default::default(),
+            stats: TableStats::default(),
+        }
+    }
+
+    /// Clients flagged now (expired entries may linger until the next write).
+    pub fn len(&self) -> usize {
+        self.flagged.len()
+    }
+
+    /// True when no client is flagged.
+    pub fn is_empty(&self) -> bool {
+        self.flagged.is_empty()
+    }
+
+    /// The decision for one request of `client` at `now_ms`.
+    pub fn decide(&self, client: &str, now_ms: i64) -> Decision {
+        let d = self.lookup(client, now_ms);
+        let counter = match d {
+            Decision::Pass => &self.stats.pass,
+            Decision::Degrade(_) => &self.stats.degrade,
+            Decision::Throttle { .. } => &self.stats.throttle,
+            Decision::Block => &self.stats.block,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        d
+    }
+
+    fn lookup(&self, client: &str, now_ms: i64) -> Decision {
+        let Some(mut e) = self.flagged.get_mut(client) else {
+            return Decision::Pass;
+        };
+        if now_ms >= e.expires_ms {
+            drop(e);
+            self.flagged
+                .remove_if(client, |_, e| now_ms >= e.expires_ms);
+            return Decision::Pass;
+        }
+        if now_ms < e.starts_ms {
+            return Decision::Pass;
+        }
+        e.seen += 1;
+        if self.cfg.probability < 1.0 {
+            let u = self.draw.hash_one((client, e.seen)) as f64 / u64::MAX as f64;
+            if u >= self.cfg.probability {
+                return Decision::Pass;
+            }
+        }
+        match e.action {
+            Action::Observe => Decision::Pass,
+            Action::Block => Decision::Block,
+            Action::Degrade { .. } => e.action.degrade().map_or(Decision::Pass, Decision::Degrade),
+            Action::Throttle => {
+                let t = self.cfg.throttle;
+                let elapsed = (now_ms - e.refilled_ms).max(0) as f64 / 1000.0;
+                e.tokens = (e.tokens + elapsed * t.per_s).min(t.burst);
+                e.refilled_ms = now_ms;
+                if e.tokens >= 1.0 {
+                    e.tokens -= 1.0;
+                    Decision::Pass
+                } else {
+                    let wait = (1.0 - e.tokens) / t.per_s;
+                    Decision::Throttle {
+                        retry_after_s: wait.ceil().max(1.0) as u64,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the policy to an alert event received at `now_ms`: every event of an alert
+    /// holds its action `hold_ms` longer (a resolve too, so the action outlasts the alert
+    /// by that much); an allow-listed client is left alone.
+    pub fn on_alert(&self, a: &Alert, now_ms: i64) {
+        let action = self.cfg.action_for(a.kind, a.severity);
+        if action == Action::Observe {
+            return;
+        }
+        if self
+            .allows
+            .read()
+            .iter()
+            .any(|r| r.covers(&a.client, a.kind, now_ms))
+        {
+            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let expires_ms = now_ms.saturating_add(self.cfg.hold_ms as i64);
+        if let Some(mut e) = self.flagged.get_mut(&a.client) {
+            let same = matches!(&e.cause, Cause::Alert { id, .. } if *id == a.id);
+            let manual = matches!(e.cause, Cause::Manual { .. });
+            if same || (!manual && strength(action) >= strength(e.action)) {
+                if !same {
+                    e.starts_ms = now_ms.saturating_add(self.cfg.delay_ms as i64);
+                }
+                e.action = action;
+                e.cause = Cause::Alert {
+                    id: a.id.clone(),
+                    kind: a.kind,
+                };
+                e.expires_ms = e.expires_ms.max(expires_ms);
+            }
+            return;
+        }
+        let starts_ms = now_ms.saturating_add(self.cfg.delay_ms as i64);
+        let cause = Cause::Alert {
+            id: a.id.clone(),
+            kind: a.kind,
+        };
+        self.insert(&a.client, action, cause, starts_ms, expires_ms, now_ms);
+    }
+
+    /// An operator's action on `client` until `until_ms`; it replaces any other entry.
+    pub fn set_manual(
+        &self,
+        client: &str,
+        action: Action,
+        cause: Cause,
+        now_ms: i64,
+        until_ms: i64,
+    ) {
+        self.flagged.remove(client);
+        if action != Action::Observe {
+            self.insert(client, action, cause, now_ms, until_ms, now_ms);
+        }
+    }
+
+    /// Lifts every entry of `client`; true if there was one.
+    pub fn clear(&self, client: &str) -> bool {
+        self.flagged.remove(client).is_some()
+    }
+
+    /// Allow-lists `rule.pattern` for `rule.kind`, and lifts alert-driven entries it covers.
+    pub fn allow(&self, rule: AllowRule, now_ms: i64) -> Result<(), TableError> {
+        if rule.pattern.is_empty() || rule.pattern == "*" {
+            return Err(TableError::BarePattern);
+        }
+        {
+            let mut allows = self.allows.write();
+            allows.retain(|r| {
+                now_ms < r.expires_ms && !(r.pattern == rule.pattern && r.kind == rule.kind)
+            });
+            if allows.len() >= MAX_ALLOWS {
+                return Err(TableError::AllowListFull);
+            }
+            allows.push(rule.clone());
+        }
+        self.flagged.retain(|client, e| match &e.cause {
+            Cause::Alert { kind, .. } => !rule.covers(client, *kind, now_ms),
+            Cause::Manual { .. } => true,
+        });
+        Ok(())
+    }
+
+    /// The allow-list rules in force.
+    pub fn allows(&self, now_ms: i64) -> Vec<AllowRule> {
+        let a = self.allows.read();
+        a.iter()
+            .filter(|r| now_ms < r.expires_ms)
+            .cloned()
+            .collect()
+    }
+
+    fn insert(
+        &self,
+        client: &str,
+        action: Action,
+        cause: Cause,
+        starts_ms: i64,
+        expires_ms: i64,
+        now_ms: i64,
+    ) {
+        if self.flagged.len() >= self.cfg.max_entries {
+            self.flagged.retain(|_, e| now_ms < e.expires_ms);
+        }
+        while self.flagged.len() >= self.cfg.max_entries {
+            let first = self
+                .flagged
+                .iter()
+                .min_by_key(|e| e.expires_ms)
+                .map(|e| e.key().clone());
+            let Some(k) = first else { break };
+            self.flagged.remove(&k);
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.flagged.insert(
+            client.to_string(),
+            Entry {
+                action,
+                cause,
+                starts_ms,
+                expires_ms,
+                tokens: self.cfg.throttle.burst,
+                refilled_ms: now_ms,
+                seen: 0,
+            },
+        );
+    }
+}
+
+/// Stronger actions replace weaker ones from another alert, never the other way.
+fn strength(a: Action) -> u8 {
+    match a {
+        Action::Observe => 0,
+        Action::Degrade { .. } => 1,
+        Action::Throttle => 2,
+        Action::Block => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::enforce::{DegradeMode, Rule, ThrottleConfig};
+    use crate::vocab::{Event, Severity};
+
+    fn policy() -> EnforceConfig {
+        EnforceConfig {
+            rules: vec![
+                Rule {
+                    kind: Some(Kind::BoundaryProbe),
+                    min_severity: Severity::Low,
+                    action: Action::Throttle,
+                },
+                Rule {
+                    kind: Some(Kind::Extraction),
+                    min_severity: Severity::Low,
+                    action: Action::Degrade {
+                        mode: DegradeMode::Top1,
+                        k: None,
+                        decimals: None,
+                    },
+                },
+            ],
+            throttle: ThrottleConfig {
+                per_s: 1.0,
+                burst: 2.0,
+            },
+            hold_ms: 10_000,
+            ..Default::default()
+        }
+    }
+
+    fn alert(client: &str, kind: Kind, event: Event) -> Alert {
+        let mut a = Alert::example(&format!("pw-{client}-{}", kind.as_str()));
+        a.client = client.into();
+        a.kind = kind;
+        a.severity = Severity::High;
+        a.event = event;
+        a
+    }
+
+    #[test]
+    fn an_alert_degrades_its_client_and_no_one_else() {
+        let t = DecisionTable::new(policy());
+        assert_eq!(t.decide("c1", 0), Decision::Pass);
+        t.on_alert(&alert("c1", Kind::Extraction, Event::Raised), 100);
+        assert_eq!(t.decide("c1", 100), Decision::Degrade(Degrade::Top1));
+        assert_eq!(t.decide("c2", 100), Decision::Pass);
+        // A resolve holds the action hold_ms more, then it lapses.
+        t.on_alert(&alert("c1", Kind::Extraction, Event::Resolved), 5_000);
+        assert_eq!(t.decide("c1", 14_999), Decision::Degrade(Degrade::Top1));
+        assert_eq!(t.decide("c1", 15_000), Decision::Pass);
+        assert!(t.is_empty());
+        assert_eq!(t.stats.degrade.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_throttled_client_gets_its_burst_then_429s_with_a_retry_time() {
+        let t = DecisionTable::new(policy());
+        t.on_alert(&alert("p", Kind::BoundaryProbe, Event::Raised), 0);
+        assert_eq!(t.decide("p", 0), Decision::Pass);
+        assert_eq!(t.decide("p", 0), Decision::Pass);
+        assert_eq!(t.decide("p", 0), Decision::Throttle { retry_after_s: 1 });
+        // One token a second.
+        assert_eq!(t.decide("p", 1_000), Decision::Pass);
+        assert_eq!(
+            t.decide("p", 1_100),
+            Decision::Throttle { retry_after_s: 1 }
+        );
+    }
+
+    #[test]
+    fn a_stronger_action_wins_and_a_weaker_one_does_not_replace_it() {
+        let t = DecisionTable::new(policy());
+        t.on_alert(&alert("c", Kind::Extraction, Event::Raised), 0);
+        t.on_alert(&alert("c", Kind::BoundaryProbe, Event::Raised), 0);
+        let three: Vec<Decision> = (0..3).map(|_| t.decide("c", 0)).collect();
+        assert_eq!(
+            three[2],
+            Decision::Throttle { retry_after_s: 1 },
+            "{three:?}"
+        );
+        // A later event of the weaker alert does not demote the client.
+        t.on_alert(&alert("c", Kind::Extraction, Event::Updated), 0);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.decide("c", 0), Decision::Throttle { retry_after_s: 1 });
+    }
+
+    #[test]
+    fn allow_listed_clients_are_not_acted_on_but_manual_actions_hold() {
+        let t = DecisionTable::new(policy());
+        t.on_alert(&alert("batch-7", Kind::Extraction, Event::Raised), 0);
+        let rule = AllowRule {
+            pattern: "batch-*".into(),
+            kind: Some(Kind::Extraction),
+            expires_ms: 60_000,
+        };
+        t.allow(rule, 10).unwrap();
+        assert_eq!(
+            t.decide("batch-7", 10),
+            Decision::Pass,
+            "lifted by the allow"
+        );
+        t.on_alert(&alert("batch-9", Kind::Extraction, Event::Raised), 20);
+        assert_eq!(t.decide("batch-9", 20), Decision::Pass);
+        assert_eq!(t.stats.allowed.load(Ordering::Relaxed), 1);
+        // Another kind is still acted on.
+        t.on_alert(&alert("batch-9", Kind::BoundaryProbe, Event::Raised), 30);
+        assert!(t.len() == 1);
+        let by = Cause::Manual {
+            by: "oncall".into(),
+            why: "confirmed".into(),
+        };
+        t.set_manual("batch-7", Action::Block, by, 40, 1_000);
+        assert_eq!(t.decide("batch-7", 50), Decision::Block);
+        assert_eq!(t.decide("batch-7", 1_000), Decision::Pass);
+        assert_eq!(
+            t.allow(
+                AllowRule {
+                    pattern: "*".into(),
+                    kind: None,
+                    expires_ms: 1
+                },
+                0
+            ),
+            Err(TableError::BarePattern)
+        );
+    }
+
+    #[test]
+    fn a_delay_and_a_probability_blur_when_actions_start() {
+        let cfg = EnforceConfig {
+            delay_ms: 2_000,
+            probability: 0.5,
+            ..policy()
+        };
+        let t = DecisionTable::new(cfg);
+        t.on_alert(&alert("c", Kind::Extraction, Event::Raised), 0);
+        assert_eq!(t.decide("c", 1_999), Decision::Pass);
+        let acted = (0..2_000)
+            .filter(|_| t.decide("c", 2_000) != Decision::Pass)
+            .count();
+        assert!((800..1_200).contains(&acted), "{acted} of 2000 acted on");
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_counts_what_it_pushed_out() {
+        let t = DecisionTable::new(EnforceConfig {
+            max_entries: 3,
+            ..policy()
+        });
+        for i in 0..10 {
+            t.on_alert(&alert(&format!("c{i}"), Kind::Extraction, Event::Raised), i);
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.stats.evicted.load(Ordering::Relaxed), 7);
+        assert_eq!(t.decide("c9", 10), Decision::Degrade(Degrade::Top1));
+    }
+}

@@ -21,8 +21,14 @@ if command -v envoy >/dev/null; then
     envoy --mode validate -c deploy/envoy/envoy.yaml --base-id 7001 --log-level error >/dev/null
     python3 deploy/kubernetes/istio/render_envoy.py > "$out"
     envoy --mode validate -c "$out" --base-id 7002 --log-level error >/dev/null
-    rm -f "$out"
-    echo "deploy: envoy.yaml and the Istio EnvoyFilter's filter pass envoy --mode validate"
+    envoy --mode validate -c deploy/envoy/envoy-enforce.yaml --base-id 7003 --log-level error >/dev/null
+    # The enforcing EnvoyFilter goes on top of the mirror's, as Istio applies them.
+    enforced=$(mktemp --suffix=.yaml)
+    python3 deploy/kubernetes/istio/render_envoy.py deploy/kubernetes/istio/envoyfilter-enforce.yaml "$out" > "$enforced"
+    grep -q "name: probewatch.enforce" "$enforced"
+    envoy --mode validate -c "$enforced" --base-id 7004 --log-level error >/dev/null
+    rm -f "$out" "$enforced"
+    echo "deploy: envoy.yaml, envoy-enforce.yaml and both Istio EnvoyFilters' filters pass envoy --mode validate"
 else
     echo "deploy: envoy not installed, Envoy configs NOT validated (tests/install-deps.sh)"
 fi

@@ -160,7 +160,13 @@ pub struct Dispatcher {
     /// Events the spool could not take (full under `reject_new`, or a disk error).
     pub lost: Arc<AtomicU64>,
     gate: Option<fleet::Gate>,
+    observer: Option<Observer>,
 }
+
+/// Called with every alert event this process raises, before the fleet gate and the spool
+/// (query management acts on it at once, whichever replica owns the alert); an event it
+/// returns `false` for is silenced (marked a false positive) and goes no further.
+pub type Observer = Arc<dyn Fn(&Alert) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +231,7 @@ impl Dispatcher {
             stop,
             lost,
             gate: None,
+            observer: None,
         })
     }
 
@@ -245,6 +252,12 @@ impl Dispatcher {
         self
     }
 
+    /// Shows every event to `f` as it is sent.
+    pub fn with_observer(mut self, f: Observer) -> Self {
+        self.observer = Some(f);
+        self
+    }
+
     /// The fleet gate's figures, when alerts are claimed fleet-wide.
     pub fn fleet_stats(&self) -> Option<&fleet::GateStats> {
         self.gate.as_ref().map(|g| &*g.stats)
@@ -256,6 +269,9 @@ impl Dispatcher {
     /// With a fleet gate, the event waits in a bounded queue for its claim and is spooled
     /// by the gate's task; a full queue spools it at once, unclaimed.
     pub fn send(&self, alert: Alert) {
+        if self.observer.as_ref().is_some_and(|f| !f(&alert)) {
+            return;
+        }
         let alert = match &self.gate {
             Some(g) => match g.offer(alert) {
                 None => return,

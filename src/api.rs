@@ -1,4 +1,4 @@
-//! The SOC query API: HTTP/JSON over axum, read-only, behind bearer tokens.
+//! The SOC query API: HTTP/JSON over axum, behind bearer tokens.
 //!
 //! | route | answers |
 //! | --- | --- |
@@ -9,12 +9,17 @@
 //! | `GET /api/v1/alerts/stream` | live alert events (Server-Sent Events) |
 //! | `GET /` | the analysts' dashboard (static, embedded; reads the routes above) |
 //!
+//! Operator tokens can also act on alerts and clients ([`act`]: acknowledge, false
+//! positive, allow-list, block, throttle or degrade), each action audited; read tokens get
+//! 403 there.
+//!
 //! The same data over gRPC, `probewatch.v1.Query` (`proto/probewatch/v1/query.proto`), on
 //! the same port ([`grpc`]).
 //!
 //! Clients appear as alerts show them (pseudonymised when configured). Every error is a JSON
 //! body `{"error": "..."}` with the matching status.
 
+pub mod act;
 pub mod auth;
 pub mod grpc;
 pub mod tls;
@@ -22,12 +27,15 @@ pub mod view;
 
 use crate::alert::history::AlertFilter;
 use crate::alert::Dispatcher;
+use crate::clock::SharedClock;
+use crate::enforce::audit::AuditLog;
+use crate::enforce::table::DecisionTable;
 use crate::pipeline::Pipeline;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -42,6 +50,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -50,6 +62,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -60,6 +74,27 @@ impl IntoResponse for ApiError {
 pub struct ApiState {
     pub pipeline: Arc<Pipeline>,
     pub alerts: Arc<Dispatcher>,
+    /// What flagged clients get; operators write it.
+    pub table: Arc<DecisionTable>,
+    pub audit: Arc<AuditLog>,
+    pub clock: SharedClock,
+}
+
+impl ApiState {
+    /// A state with an empty decision table (observe only) and an in-memory audit log.
+    pub fn new(pipeline: Arc<Pipeline>, alerts: Arc<Dispatcher>) -> Self {
+        Self {
+            pipeline,
+            alerts,
+            table: Arc::new(DecisionTable::new(Default::default())),
+            audit: Arc::new(AuditLog::open("")),
+            clock: crate::clock::system(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
 }
 
 /// The dashboard page, embedded in the binary (no CDN). It holds no data: its script reads
@@ -90,6 +125,21 @@ pub fn router(state: ApiState, tokens: auth::Tokens) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/alerts/stream", get(stream))
         .route("/api/v1/campaigns", get(campaigns))
+        .route("/api/v1/alerts/{id}/ack", post(act::ack))
+        .route(
+            "/api/v1/alerts/{id}/false_positive",
+            post(act::false_positive),
+        )
+        .route("/api/v1/enforce", get(act::list))
+        .route(
+            "/api/v1/enforce/allow",
+            post(act::allow).delete(act::disallow),
+        )
+        .route(
+            "/api/v1/enforce/clients/{client}",
+            put(act::set_client).delete(act::clear_client),
+        )
+        .route("/api/v1/audit", get(act::audit))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             tokens.clone(),

@@ -68,6 +68,9 @@ pub struct Config {
     /// Shared state of a replicated model on Redis; absent: one process, no Redis.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Query management: what flagged clients get at the enforcing filter (default: observe).
+    #[serde(default)]
+    pub enforce: enforce::EnforceConfig,
     /// Optional model schema (`schema.json` of the trace format).
     #[serde(default)]
     pub schema: Option<PathBuf>,
@@ -183,12 +186,18 @@ pub struct ApiConfig {
     pub listen: String,
     /// Prometheus `/metrics`, on its own port so scrapers need no API token; empty disables.
     pub metrics_listen: String,
-    /// Bearer tokens accepted by the API, from environment variables and files (one token
-    /// per variable or file). None configured: the API answers 401 to everything.
+    /// Read-only bearer tokens, from environment variables and files (one token per
+    /// variable or file, named by it in the audit log). None configured: the API answers
+    /// 401 to everything.
     #[serde(default)]
     pub tokens_env: Vec<String>,
     #[serde(default)]
     pub tokens_file: Vec<String>,
+    /// Operator tokens: read, and act (acknowledge, false positive, allow, block, degrade).
+    #[serde(default)]
+    pub operator_tokens_env: Vec<String>,
+    #[serde(default)]
+    pub operator_tokens_file: Vec<String>,
 }
 
 /// Ingest server.
@@ -424,6 +433,7 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.check()?;
         }
+        self.enforce.validate()?;
         self.telemetry.check()?;
         self.tls.check()?;
         self.alerts.check()

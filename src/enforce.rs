@@ -6,9 +6,11 @@
 //! rewrites the answers of clients the policy degrades ([`degrade`]).
 //!
 //! - [`table`]: the bounded, expiring decision table, its token buckets and allow list;
-//! - [`degrade`]: schema-keeping rewrites of OIP v2, KServe v1 and OpenAI answers.
+//! - [`degrade`]: schema-keeping rewrites of OIP v2, KServe v1 and OpenAI answers;
+//! - [`audit`]: the durable log of operators' actions.
 //!
 //! The policy itself is `[enforce]` ([`crate::config::enforce`]); its default is `observe`.
 
+pub mod audit;
 pub mod degrade;
 pub mod table;

@@ -8,9 +8,13 @@
 //! read); and a global limit of batches in processing — a batch that waits more than
 //! `shed_after_ms` for a slot is shed whole, each record rejected as `OVERLOADED`. Every
 //! refusal is counted. A stream silent for `stream_idle_ms` is ended.
+//!
+//! Beside it: the mirrors ([`envoy`], [`kserve`]), and the enforcing Envoy filter
+//! ([`enforcer`]) that answers flagged clients from the decision table.
 
 pub mod admit;
 pub mod decode;
+pub mod enforcer;
 pub mod envoy;
 pub mod identity;
 pub mod kserve;

@@ -22,6 +22,9 @@ use crate::budget::MemoryBudget;
 use crate::cluster::Cluster;
 use crate::config::{Config, ResolvedCluster, ResolvedSink};
 use crate::conn::{Acceptor, ConnStats};
+use crate::enforce::audit::AuditLog;
+use crate::enforce::table::DecisionTable;
+use crate::ingest::enforcer::Enforcer;
 use crate::ingest::identity::{Identity, KeyOrigin};
 use crate::ingest::scorer::Scorer;
 use crate::pipeline::snapshot::StateFile;
@@ -136,6 +139,7 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     pub envoy: Option<TcpListener>,
     pub kserve: Option<TcpListener>,
+    pub enforce: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -148,6 +152,7 @@ impl Listeners {
             metrics: bind(&cfg.api.metrics_listen, "metrics").await?,
             envoy: bind(&cfg.sources.envoy_listen, "envoy ext_proc").await?,
             kserve: bind(&cfg.sources.kserve_listen, "kserve logger").await?,
+            enforce: bind(&cfg.enforce.listen, "enforce ext_proc").await?,
         })
     }
 }
@@ -276,7 +281,11 @@ impl Running {
             };
             dispatcher = dispatcher.with_fleet(cl.alert_store(), c.config.max_pending, pace);
         }
-        let dispatcher = Arc::new(dispatcher);
+        // Every alert event this process raises updates the decision table at once.
+        let table = Arc::new(DecisionTable::new(s.cfg.enforce.clone()));
+        let (t, clock) = (table.clone(), crate::clock::system());
+        let dispatcher =
+            Arc::new(dispatcher.with_observer(Arc::new(move |a| t.on_alert(a, clock.now_ms()))));
         let mut pipeline = Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
             .with_pseudonym(s.pseudonym);
         if let Some(key) = s.cluster.as_ref().and_then(|c| c.key.as_ref()) {
@@ -309,6 +318,17 @@ impl Running {
             conns.push((name, stats.clone()));
             Acceptor::new(l, limits, stats)
         };
+        let enforcer = listeners.enforce.map(|l| {
+            let e = Enforcer::new(
+                table.clone(),
+                s.identity.clone(),
+                pipeline.clone(),
+                crate::clock::system(),
+                sources_cfg.max_body_bytes,
+                Duration::from_millis(sources_cfg.pair_ttl_ms),
+            );
+            (e, l)
+        });
         let ctx = crate::ingest::source::SourceCtx::new(
             pipeline.clone(),
             dispatcher.clone(),
@@ -335,6 +355,13 @@ impl Running {
                 src.serve(accept(l, "envoy"), front.stopped()),
             );
         }
+        let enforcer_stats = enforcer.as_ref().map(|(e, _)| e.stats.clone());
+        if let Some((e, l)) = enforcer {
+            front.spawn(
+                "enforce ext_proc",
+                e.serve(accept(l, "enforce"), front.stopped()),
+            );
+        }
         let svc =
             crate::ingest::IngestService::new(pipeline.clone(), dispatcher.clone(), budget.clone());
         let ingest = crate::ingest::server::serve(
@@ -348,6 +375,9 @@ impl Running {
             let state = crate::api::ApiState {
                 pipeline: pipeline.clone(),
                 alerts: dispatcher.clone(),
+                table: table.clone(),
+                audit: Arc::new(AuditLog::open(&pipeline.config().alerts.spool_dir)),
+                clock: crate::clock::system(),
             };
             let app = crate::api::router(state, s.tokens);
             let api = crate::conn::http::serve(accept(l, "api"), app, s.api_tls, front.stopped());
@@ -364,6 +394,7 @@ impl Running {
                     budget: Some(budget.clone()),
                     listeners: conns,
                     cluster: cluster.as_ref().map(Cluster::stats_arc),
+                    enforce: Some((table.clone(), enforcer_stats)),
                 },
             ));
             front.spawn(

@@ -131,10 +131,7 @@ async fn ingest_requires_a_client_certificate_and_the_api_speaks_https() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_port = l.local_addr().unwrap().port();
     let acceptor = probewatch::api::tls::acceptor(&tls.cert_file, &tls.key_file).unwrap();
-    let state = probewatch::api::ApiState {
-        pipeline: pipeline.clone(),
-        alerts: alerts.clone(),
-    };
+    let state = probewatch::api::ApiState::new(pipeline.clone(), alerts.clone());
     let app = probewatch::api::router(state, probewatch::api::auth::Tokens::from_list(&["t0k"]));
     let listener = probewatch::conn::Acceptor::new(l, Default::default(), Default::default());
     tokio::spawn(probewatch::conn::http::serve(

@@ -89,6 +89,16 @@ impl AlertHistory {
             .collect()
     }
 
+    /// The latest event of alert `id`, if it is still held.
+    pub fn latest(&self, id: &str) -> Option<Arc<Alert>> {
+        self.events
+            .read()
+            .iter()
+            .rev()
+            .find(|a| a.id == id)
+            .cloned()
+    }
+
     /// A live feed of new events.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Alert>> {
         self.live.subscribe()

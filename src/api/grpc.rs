@@ -20,6 +20,8 @@ impl From<ApiError> for Status {
             ApiError::Unauthorized(m) => Status::unauthenticated(m),
             ApiError::BadRequest(m) => Status::invalid_argument(m),
             ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::Forbidden(m) => Status::permission_denied(m),
+            ApiError::Unavailable(m) => Status::unavailable(m),
         }
     }
 }

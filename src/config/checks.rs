@@ -5,7 +5,7 @@
 use super::*;
 
 /// `Ok` when `addr` is empty or `host:port`.
-fn optional_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
+pub(super) fn optional_addr(field: &str, addr: &str) -> Result<(), ConfigError> {
     if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
         return Err(invalid(field, format!("{addr:?} is not host:port")));
     }

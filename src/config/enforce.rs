@@ -124,6 +124,8 @@ impl Default for ThrottleConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnforceConfig {
+    /// Address of the enforcing ext_proc filter's gRPC server; empty disables it.
+    pub listen: String,
     /// First match wins; no match means `observe`.
     pub rules: Vec<Rule>,
     /// An action starts this long after the alert that caused it.
@@ -138,6 +140,7 @@ pub struct EnforceConfig {
 impl Default for EnforceConfig {
     fn default() -> Self {
         Self {
+            listen: String::new(),
             rules: Vec::new(),
             delay_ms: 0,
             probability: 1.0,
@@ -159,6 +162,7 @@ impl EnforceConfig {
 
     /// Checks ranges; names the offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        super::checks::optional_addr("enforce.listen", &self.listen)?;
         if !(self.probability > 0.0 && self.probability <= 1.0) {
             return Err(invalid("enforce.probability", "must be in (0, 1]"));
         }

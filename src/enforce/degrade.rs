@@ -33,6 +33,16 @@ pub enum DegradeError {
     Missing(&'static str),
 }
 
+impl DegradeError {
+    /// Metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DegradeError::NotJson => "not_json",
+            DegradeError::Missing(_) => "missing_field",
+        }
+    }
+}
+
 /// `body` in `format`, degraded by `d`.
 pub fn rewrite(format: Format, body: &[u8], d: Degrade) -> Result<Vec<u8>, DegradeError> {
     if format == Format::OpenAi && is_event_stream(body) {

@@ -7,7 +7,7 @@
 //! rules, and every entry expires.
 
 use crate::config::enforce::{Action, Degrade, EnforceConfig};
-use crate::vocab::{Alert, Kind};
+use crate::vocab::{Alert, Event, Kind};
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use std::hash::BuildHasher;
@@ -64,11 +64,28 @@ struct Entry {
 }
 
 /// A client (or every client whose id starts with a prefix, written `prefix*`) that alerts
-/// of `kind` (every kind when `None`) do not act on, until `expires_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// of `kind` (every kind when `None`) do not act on, until `expires_ms`. A `silence` rule
+/// (an alert marked a false positive) also keeps the alerts' new events from the sinks;
+/// their resolve still goes out, so that no alert is left open.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AllowRule {
     pub pattern: String,
     pub kind: Option<Kind>,
+    pub expires_ms: i64,
+    pub silence: bool,
+}
+
+/// One flagged client, as the API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EntryView {
+    pub client: String,
+    pub action: Action,
+    /// The alert that caused it, or who set it and why.
+    pub alert_id: Option<String>,
+    pub kind: Option<Kind>,
+    pub by: Option<String>,
+    pub why: Option<String>,
+    pub starts_ms: i64,
     pub expires_ms: i64,
 }
 
@@ -100,6 +117,8 @@ pub struct TableStats {
     pub block: AtomicU64,
     /// Alert-driven actions not taken because the client was allow-listed.
     pub allowed: AtomicU64,
+    /// Alert events kept from the sinks by a false-positive mark.
+    pub silenced: AtomicU64,
     /// Entries pushed out by a full table.
     pub evicted: AtomicU64,
 }
@@ -194,20 +213,29 @@ impl DecisionTable {
 
     /// Applies the policy to an alert event received at `now_ms`: every event of an alert
     /// holds its action `hold_ms` longer (a resolve too, so the action outlasts the alert
-    /// by that much); an allow-listed client is left alone.
-    pub fn on_alert(&self, a: &Alert, now_ms: i64) {
+    /// by that much); an allow-listed client is left alone. Returns `false` when the event
+    /// is silenced (a false positive) and should not reach the sinks.
+    pub fn on_alert(&self, a: &Alert, now_ms: i64) -> bool {
         let action = self.cfg.action_for(a.kind, a.severity);
-        if action == Action::Observe {
-            return;
+        let covered = {
+            let allows = self.allows.read();
+            let mut hit = allows
+                .iter()
+                .filter(|r| r.covers(&a.client, a.kind, now_ms));
+            hit.next().map(|r| r.silence || hit.any(|r| r.silence))
+        };
+        if let Some(silence) = covered {
+            if action != Action::Observe {
+                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            }
+            if silence && a.event != Event::Resolved {
+                self.stats.silenced.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            return true;
         }
-        if self
-            .allows
-            .read()
-            .iter()
-            .any(|r| r.covers(&a.client, a.kind, now_ms))
-        {
-            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            return;
+        if action == Action::Observe {
+            return true;
         }
         let expires_ms = now_ms.saturating_add(self.cfg.hold_ms as i64);
         if let Some(mut e) = self.flagged.get_mut(&a.client) {
@@ -224,7 +252,7 @@ impl DecisionTable {
                 };
                 e.expires_ms = e.expires_ms.max(expires_ms);
             }
-            return;
+            return true;
         }
         let starts_ms = now_ms.saturating_add(self.cfg.delay_ms as i64);
         let cause = Cause::Alert {
@@ -232,6 +260,7 @@ impl DecisionTable {
             kind: a.kind,
         };
         self.insert(&a.client, action, cause, starts_ms, expires_ms, now_ms);
+        true
     }
 
     /// An operator's action on `client` until `until_ms`; it replaces any other entry.
@@ -274,6 +303,42 @@ impl DecisionTable {
             Cause::Manual { .. } => true,
         });
         Ok(())
+    }
+
+    /// Removes the allow rule for exactly `pattern` and `kind`; true if there was one.
+    pub fn disallow(&self, pattern: &str, kind: Option<Kind>) -> bool {
+        let mut allows = self.allows.write();
+        let before = allows.len();
+        allows.retain(|r| !(r.pattern == pattern && r.kind == kind));
+        allows.len() != before
+    }
+
+    /// The flagged clients at `now_ms`, soonest to expire first, at most `limit`.
+    pub fn entries(&self, now_ms: i64, limit: usize) -> Vec<EntryView> {
+        let mut v: Vec<EntryView> = self
+            .flagged
+            .iter()
+            .filter(|e| now_ms < e.expires_ms)
+            .map(|e| {
+                let (alert_id, kind, by, why) = match &e.cause {
+                    Cause::Alert { id, kind } => (Some(id.clone()), Some(*kind), None, None),
+                    Cause::Manual { by, why } => (None, None, Some(by.clone()), Some(why.clone())),
+                };
+                EntryView {
+                    client: e.key().clone(),
+                    action: e.action,
+                    alert_id,
+                    kind,
+                    by,
+                    why,
+                    starts_ms: e.starts_ms,
+                    expires_ms: e.expires_ms,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| (a.expires_ms, &a.client).cmp(&(b.expires_ms, &b.client)));
+        v.truncate(limit);
+        v
     }
 
     /// The allow-list rules in force.
@@ -336,7 +401,7 @@ fn strength(a: Action) -> u8 {
 mod tests {
     use super::*;
     use crate::config::enforce::{DegradeMode, Rule, ThrottleConfig};
-    use crate::vocab::{Event, Severity};
+    use crate::vocab::Severity;
 
     fn policy() -> EnforceConfig {
         EnforceConfig {
@@ -429,6 +494,7 @@ mod tests {
             pattern: "batch-*".into(),
             kind: Some(Kind::Extraction),
             expires_ms: 60_000,
+            silence: false,
         };
         t.allow(rule, 10).unwrap();
         assert_eq!(
@@ -454,12 +520,42 @@ mod tests {
                 AllowRule {
                     pattern: "*".into(),
                     kind: None,
-                    expires_ms: 1
+                    expires_ms: 1,
+                    silence: false,
                 },
                 0
             ),
             Err(TableError::BarePattern)
         );
+    }
+
+    #[test]
+    fn a_false_positive_silences_new_events_but_lets_the_resolve_out() {
+        let t = DecisionTable::new(policy());
+        assert!(t.on_alert(&alert("c1", Kind::Extraction, Event::Raised), 0));
+        assert_eq!(t.entries(0, 10).len(), 1);
+        let fp = AllowRule {
+            pattern: "c1".into(),
+            kind: Some(Kind::Extraction),
+            expires_ms: 1_000,
+            silence: true,
+        };
+        t.allow(fp, 10).unwrap();
+        assert!(t.entries(10, 10).is_empty(), "the mark lifts the action");
+        assert!(!t.on_alert(&alert("c1", Kind::Extraction, Event::Updated), 20));
+        assert!(t.on_alert(&alert("c1", Kind::Extraction, Event::Resolved), 30));
+        assert!(t.on_alert(&alert("c2", Kind::Extraction, Event::Updated), 30));
+        assert!(
+            t.on_alert(&alert("c1", Kind::Extraction, Event::Raised), 1_000),
+            "expired"
+        );
+        assert_eq!(t.stats.silenced.load(Ordering::Relaxed), 1);
+        assert!(t.disallow("c1", Some(Kind::Extraction)));
+        assert!(!t.disallow("c1", Some(Kind::Extraction)));
+        let entries = t.entries(1_000, 10);
+        let e = entries.iter().find(|e| e.client == "c1").unwrap();
+        assert_eq!(e.kind, Some(Kind::Extraction));
+        assert_eq!(entries[0].client, "c2", "soonest to expire first");
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Exchange {
     }
 }
 
-fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_ {
+pub(super) fn headers(h: &Option<HeaderMap>) -> impl Iterator<Item = (String, String)> + '_ {
     h.iter().flat_map(|m| m.headers.iter()).map(|kv| {
         let v = if kv.raw_value.is_empty() {
             kv.value.clone()
@@ -261,7 +261,7 @@ impl EnvoySource {
 /// The downstream client's IP from Envoy's `source.address` attribute (`ip:port`), sent
 /// with the request headers when the filter lists it in `request_attributes`. Without it the
 /// only peer is Envoy itself, and every anonymous client would be one client.
-fn source_address(req: &ProcessingRequest) -> Option<String> {
+pub(super) fn source_address(req: &ProcessingRequest) -> Option<String> {
     use envoy_types::pb::google::protobuf::value::Kind;
     req.attributes.values().find_map(|s| {
         let Some(Kind::StringValue(a)) = s.fields.get("source.address")?.kind.as_ref() else {
@@ -292,7 +292,7 @@ fn first_grpc_frame_complete(body: &[u8]) -> bool {
     }
 }
 
-fn reply(req: &processing_request::Request) -> Option<ProcessingResponse> {
+pub(super) fn reply(req: &processing_request::Request) -> Option<ProcessingResponse> {
     use processing_request::Request as Rq;
     use processing_response::Response as Rs;
     let r = match req {

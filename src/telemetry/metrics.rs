@@ -6,10 +6,14 @@
 //! severity, cause, sink name): **never a client id**, whose cardinality is unbounded and
 //! whose detail belongs to the query API.
 
+mod enforce;
+
 use crate::alert::Dispatcher;
 use crate::budget::MemoryBudget;
 use crate::cluster::ClusterStats;
 use crate::conn::ConnStats;
+use crate::enforce::table::DecisionTable;
+use crate::ingest::enforcer::EnforcerStats;
 use crate::ingest::scorer::Scorer;
 use crate::ingest::source::SourceStats;
 use crate::pipeline::Pipeline;
@@ -37,6 +41,8 @@ pub struct Figures {
     pub listeners: Vec<(&'static str, Arc<ConnStats>)>,
     /// The shared store's figures, with `[cluster]`.
     pub cluster: Option<Arc<ClusterStats>>,
+    /// The decision table, and the enforcing filter's counters when it runs.
+    pub enforce: Option<(Arc<DecisionTable>, Option<Arc<EnforcerStats>>)>,
 }
 
 /// A series' labels (bounded sets only: never a client id).
@@ -105,6 +111,9 @@ impl Collector for Figures {
         self.sources(&mut e)?;
         self.alerts(&mut e)?;
         self.cluster(&mut e)?;
+        if let Some((t, f)) = &self.enforce {
+            enforce::encode(&mut e, t, f.as_deref())?;
+        }
         self.sinks(&mut e)
     }
 }

@@ -11,6 +11,12 @@ behind Envoy, each client with its own `x-api-key`. Prints a JSON summary on std
 - uniform: Tramer et al.-style extraction with uniform random inputs over the pixel range.
 
 - tenant-0..2 (with --direct): the parity check, first.
+- batch-uniform (with --allowed N): a batch job that sends N uniform rows, like the
+  extraction above; the enforcement test allow-lists it.
+
+Behind probewatch's enforcing filter, an attacker answered 429 stops (HopSkipJump cannot go
+on without answers), and each attacker's summary counts the one-hot (degraded) answers it
+got.
 
 usage: python3 digits_clients.py --url http://127.0.0.1:PORT/v2/models/digits/infer
            [--direct http://127.0.0.1:MODEL_PORT/v2/models/digits/infer]
@@ -31,6 +37,10 @@ from sklearn.linear_model import LogisticRegression
 warnings.filterwarnings("ignore")
 
 
+class Throttled(Exception):
+    """The enforcing filter answered 429."""
+
+
 class Oracle:
     """The model behind Envoy, one HTTP request per row, as a client with one API key."""
 
@@ -38,6 +48,7 @@ class Oracle:
         self.url, self.key = url, key
         self.s = requests.Session()
         self.queries = 0
+        self.one_hot = 0
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         out = []
@@ -49,10 +60,17 @@ class Oracle:
                 ],
             }
             r = self.s.post(self.url, json=body, headers={"x-api-key": self.key}, timeout=10)
-            r.raise_for_status()
             self.queries += 1
-            out.append(r.json()["outputs"][0]["data"])
+            if r.status_code == 429:
+                raise Throttled()
+            r.raise_for_status()
+            p = r.json()["outputs"][0]["data"]
+            self.one_hot += sorted(p)[-2:] == [0.0, 1.0]
+            out.append(p)
         return np.asarray(out)
+
+    def summary(self, **more):
+        return {"queries": self.queries, "one_hot": self.one_hot, **more}
 
 
 def parity(url, direct, held_out, n):
@@ -112,10 +130,13 @@ def hopskipjump(url, held_out, labels, images):
         verbose=False,
     )
     x = held_out[:images].astype(np.float32)
-    adv = attack.generate(x=x)
-    flipped = int((o.proba(adv).argmax(1) != labels[:images]).sum())
+    try:
+        adv = attack.generate(x=x)
+        flipped = int((o.proba(adv).argmax(1) != labels[:images]).sum())
+    except Throttled:
+        return o.summary(throttled=True)
     dist = float(np.linalg.norm(adv - x, axis=1).mean())
-    return {"queries": o.queries, "flipped": flipped, "images": images, "mean_l2": dist}
+    return o.summary(throttled=False, flipped=flipped, images=images, mean_l2=dist)
 
 
 def jbda(url, held_out, labels, rounds, lam):
@@ -138,14 +159,14 @@ def jbda(url, held_out, labels, rounds, lam):
     sub = LogisticRegression(max_iter=2000).fit(x / 16.0, y)
     # How good the stolen copy is, on held-out rows against their true labels (no queries).
     accuracy = float((sub.predict(held_out / 16.0) == labels).mean())
-    return {"queries": o.queries, "substitute_accuracy": accuracy}
+    return o.summary(substitute_accuracy=accuracy)
 
 
-def uniform(url, n, rng):
-    o = Oracle(url, "uniform")
+def uniform(url, n, rng, key="uniform"):
+    o = Oracle(url, key)
     x = rng.uniform(0.0, 16.0, size=(n, 64))
     y = o.proba(x).argmax(1)
-    return {"queries": o.queries, "labels_seen": int(len(set(y.tolist())))}
+    return o.summary(labels_seen=int(len(set(y.tolist()))))
 
 
 def main():
@@ -160,6 +181,7 @@ def main():
     ap.add_argument("--uniform", type=int, default=200)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--early-noise", type=int, default=0)
+    ap.add_argument("--allowed", type=int, default=0, help="rows of the batch-uniform client")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     # ART's HopSkipJump draws its starting points from an unseeded RandomState: seed it so
@@ -189,6 +211,8 @@ def main():
     summary["hsj"] = hopskipjump(a.url, held_out, held_labels, a.hsj_images)
     summary["jbda"] = jbda(a.url, held_out, held_labels, a.jbda_rounds, 0.1)
     summary["uniform"] = uniform(a.url, a.uniform, rng)
+    if a.allowed:
+        summary["allowed"] = uniform(a.url, a.allowed, rng, key="batch-uniform")
     t.join()
     summary["benign"] += later.get("n", 0)
     json.dump(summary, sys.stdout)

@@ -1,0 +1,339 @@
+//! The analyst's controls: acting on alerts and clients, for operator tokens only.
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `POST /api/v1/alerts/{id}/ack` `{why}` | acknowledges an alert |
+//! | `POST /api/v1/alerts/{id}/false_positive` `{why, for_ms?}` | lifts the action on the alert's (client, kind) and keeps its new events from the sinks for `for_ms` |
+//! | `POST /api/v1/enforce/allow` `{pattern, kind?, for_ms?, why}` | allow-lists a client or `prefix*` for a kind (or every kind) |
+//! | `DELETE /api/v1/enforce/allow?pattern=&kind=&why=` | removes an allow rule |
+//! | `PUT /api/v1/enforce/clients/{client}` `{action, for_ms?, why}` | blocks, throttles or degrades a client by hand |
+//! | `DELETE /api/v1/enforce/clients/{client}?why=` | lifts whatever holds a client |
+//! | `GET /api/v1/enforce` | the flagged clients and the allow rules (any token) |
+//! | `GET /api/v1/audit?limit=` | the audit log, newest first (any token) |
+//!
+//! Every action needs a reason, is written to the audit log before it takes effect (an
+//! action that cannot be audited is refused with 503), and answers with its audit event.
+//! Clients are named as alerts name them.
+
+use super::auth::{Caller, Role};
+use super::{ApiError, ApiState};
+use crate::config::enforce::Action;
+use crate::enforce::audit::{Act, AuditEvent};
+use crate::enforce::table::{AllowRule, Cause};
+use crate::vocab::Kind;
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// How long an action without `for_ms` holds.
+pub const DEFAULT_FOR_MS: i64 = 24 * 3_600_000;
+/// The longest an action may hold.
+pub const MAX_FOR_MS: i64 = 90 * 24 * 3_600_000;
+/// Rows `GET /api/v1/enforce` and `/audit` answer at most.
+pub const MAX_LIST: usize = 1_000;
+
+type Reply = Result<Json<AuditEvent>, ApiError>;
+/// A JSON body, or the reason it is not one (answered as a JSON 400, like every error).
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(b: Body<T>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn operator(c: &Caller) -> Result<(), ApiError> {
+    match c.role {
+        Role::Operator => Ok(()),
+        Role::Read => Err(ApiError::Forbidden("this token can read but not act")),
+    }
+}
+
+fn why(w: &str) -> Result<String, ApiError> {
+    let w = w.trim();
+    if w.is_empty() {
+        return Err(ApiError::BadRequest(
+            "why: say why (it goes to the audit log)".into(),
+        ));
+    }
+    Ok(w.to_string())
+}
+
+fn until(now_ms: i64, for_ms: Option<i64>) -> Result<i64, ApiError> {
+    match for_ms.unwrap_or(DEFAULT_FOR_MS) {
+        f if (1..=MAX_FOR_MS).contains(&f) => Ok(now_ms + f),
+        _ => Err(ApiError::BadRequest(format!(
+            "for_ms: must be between 1 and {MAX_FOR_MS}"
+        ))),
+    }
+}
+
+/// Audits `e`, then (only if that worked) applies `then`.
+fn audited(s: &ApiState, e: AuditEvent, then: impl FnOnce() -> Result<(), ApiError>) -> Reply {
+    let e = s
+        .audit
+        .record(e)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    then()?;
+    Ok(Json(e))
+}
+
+fn event(c: &Caller, act: Act, now_ms: i64, why: String) -> AuditEvent {
+    AuditEvent {
+        id: String::new(),
+        ts_ms: now_ms,
+        who: c.name.clone(),
+        act,
+        alert_id: None,
+        client: None,
+        kind: None,
+        until_ms: None,
+        why,
+    }
+}
+
+/// `{why}` or `{why, for_ms}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Because {
+    why: String,
+    #[serde(default)]
+    for_ms: Option<i64>,
+}
+
+pub(super) async fn ack(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Body<Because>,
+) -> Reply {
+    operator(&c)?;
+    let b = body(b)?;
+    let a = s
+        .alerts
+        .history()
+        .latest(&id)
+        .ok_or_else(|| not_found(&id))?;
+    let mut e = event(&c, Act::Ack, s.now_ms(), why(&b.why)?);
+    e.alert_id = Some(id);
+    e.client = Some(a.client.clone());
+    e.kind = Some(a.kind);
+    audited(&s, e, || Ok(()))
+}
+
+pub(super) async fn false_positive(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Body<Because>,
+) -> Reply {
+    operator(&c)?;
+    let b = body(b)?;
+    let a = s
+        .alerts
+        .history()
+        .latest(&id)
+        .ok_or_else(|| not_found(&id))?;
+    let now = s.now_ms();
+    let until_ms = until(now, b.for_ms)?;
+    let mut e = event(&c, Act::FalsePositive, now, why(&b.why)?);
+    e.alert_id = Some(id);
+    e.client = Some(a.client.clone());
+    e.kind = Some(a.kind);
+    e.until_ms = Some(until_ms);
+    let rule = AllowRule {
+        pattern: a.client.clone(),
+        kind: Some(a.kind),
+        expires_ms: until_ms,
+        silence: true,
+    };
+    audited(&s, e, || allow_rule(&s, rule, now))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no alert {id} in the recent history"))
+}
+
+fn allow_rule(s: &ApiState, rule: AllowRule, now_ms: i64) -> Result<(), ApiError> {
+    s.table
+        .allow(rule, now_ms)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AllowBody {
+    pattern: String,
+    #[serde(default)]
+    kind: Option<Kind>,
+    #[serde(default)]
+    for_ms: Option<i64>,
+    why: String,
+}
+
+pub(super) async fn allow(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    b: Body<AllowBody>,
+) -> Reply {
+    operator(&c)?;
+    let b = body(b)?;
+    let now = s.now_ms();
+    let until_ms = until(now, b.for_ms)?;
+    let rule = AllowRule {
+        pattern: b.pattern.clone(),
+        kind: b.kind,
+        expires_ms: until_ms,
+        silence: false,
+    };
+    if rule.pattern.is_empty() || rule.pattern == "*" {
+        return Err(ApiError::BadRequest(
+            "pattern: a client, or a prefix followed by '*'".into(),
+        ));
+    }
+    let mut e = event(&c, Act::Allow, now, why(&b.why)?);
+    e.client = Some(b.pattern);
+    e.kind = b.kind;
+    e.until_ms = Some(until_ms);
+    audited(&s, e, || allow_rule(&s, rule, now))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DisallowQuery {
+    pattern: String,
+    #[serde(default)]
+    kind: Option<Kind>,
+    why: String,
+}
+
+pub(super) async fn disallow(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    q: Result<Query<DisallowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    operator(&c)?;
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !s
+        .table
+        .allows(s.now_ms())
+        .iter()
+        .any(|r| r.pattern == q.pattern && r.kind == q.kind)
+    {
+        return Err(ApiError::NotFound(format!("no allow rule {:?}", q.pattern)));
+    }
+    let mut e = event(&c, Act::Disallow, s.now_ms(), why(&q.why)?);
+    e.client = Some(q.pattern.clone());
+    e.kind = q.kind;
+    audited(&s, e, || {
+        s.table.disallow(&q.pattern, q.kind);
+        Ok(())
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SetBody {
+    action: Action,
+    #[serde(default)]
+    for_ms: Option<i64>,
+    why: String,
+}
+
+pub(super) async fn set_client(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(client): Path<String>,
+    b: Body<SetBody>,
+) -> Reply {
+    operator(&c)?;
+    let b = body(b)?;
+    let act = match b.action {
+        Action::Block => Act::Block,
+        Action::Throttle => Act::Throttle,
+        Action::Degrade { .. } => Act::Degrade,
+        Action::Observe => {
+            return Err(ApiError::BadRequest(
+                "action: block, throttle or degrade (DELETE lifts an action)".into(),
+            ))
+        }
+    };
+    let check = crate::config::enforce::EnforceConfig {
+        rules: vec![crate::config::enforce::Rule {
+            kind: None,
+            min_severity: crate::vocab::Severity::Low,
+            action: b.action,
+        }],
+        ..Default::default()
+    };
+    check
+        .validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string().replace("enforce.rules[0].", "")))?;
+    let now = s.now_ms();
+    let until_ms = until(now, b.for_ms)?;
+    let reason = why(&b.why)?;
+    let mut e = event(&c, act, now, reason.clone());
+    e.client = Some(client.clone());
+    e.until_ms = Some(until_ms);
+    let cause = Cause::Manual {
+        by: c.name.clone(),
+        why: reason,
+    };
+    audited(&s, e, || {
+        s.table.set_manual(&client, b.action, cause, now, until_ms);
+        Ok(())
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WhyQuery {
+    why: String,
+}
+
+pub(super) async fn clear_client(
+    State(s): State<ApiState>,
+    Extension(c): Extension<Caller>,
+    Path(client): Path<String>,
+    q: Result<Query<WhyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    operator(&c)?;
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let mut e = event(&c, Act::Clear, s.now_ms(), why(&q.why)?);
+    e.client = Some(client.clone());
+    audited(&s, e, || {
+        s.table.clear(&client);
+        Ok(())
+    })
+}
+
+/// `GET /api/v1/enforce`.
+pub(super) async fn list(State(s): State<ApiState>) -> Json<Value> {
+    let now = s.now_ms();
+    let st = &s.table.stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    Json(json!({
+        "clients": s.table.entries(now, MAX_LIST),
+        "allows": s.table.allows(now),
+        "decisions": {
+            "pass": get(&st.pass), "degrade": get(&st.degrade),
+            "throttle": get(&st.throttle), "block": get(&st.block),
+        },
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/audit`.
+pub(super) async fn audit(
+    State(s): State<ApiState>,
+    q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).min(MAX_LIST);
+    Ok(Json(json!({ "events": s.audit.recent(limit) })))
+}

@@ -1,0 +1,257 @@
+//! The analyst's controls over a real HTTP server on loopback: roles, validation, the audit
+//! log (and its survival across a restart), and what each action does to the decision
+//! table and to the alert events that reach the history.
+
+use probewatch::alert::Dispatcher;
+use probewatch::api::auth::Tokens;
+use probewatch::api::ApiState;
+use probewatch::config::enforce::{Action, DegradeMode, EnforceConfig, Rule};
+use probewatch::config::Config;
+use probewatch::enforce::audit::AuditLog;
+use probewatch::enforce::table::{Decision, DecisionTable};
+use probewatch::pipeline::Pipeline;
+use probewatch::vocab::{Alert, Event, Kind, Severity};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+fn policy() -> EnforceConfig {
+    EnforceConfig {
+        rules: vec![Rule {
+            kind: Some(Kind::Extraction),
+            min_severity: Severity::Low,
+            action: Action::Degrade {
+                mode: DegradeMode::Top1,
+                k: None,
+                decimals: None,
+            },
+        }],
+        ..Default::default()
+    }
+}
+
+struct Api {
+    base: String,
+    c: reqwest::Client,
+    table: Arc<DecisionTable>,
+    alerts: Arc<Dispatcher>,
+}
+
+impl Api {
+    async fn start(spool: &str) -> Self {
+        let mut cfg = Config::default();
+        cfg.alerts.sinks.clear();
+        cfg.alerts.spool_dir = spool.into();
+        let table = Arc::new(DecisionTable::new(policy()));
+        let t = table.clone();
+        let alerts = Arc::new(
+            Dispatcher::start(&cfg.alerts, vec![])
+                .unwrap()
+                .with_observer(Arc::new(move |a| t.on_alert(a, now()))),
+        );
+        let pipeline = Arc::new(Pipeline::new(
+            Arc::new(cfg),
+            None,
+            probewatch::clock::system(),
+        ));
+        let state = ApiState {
+            pipeline,
+            alerts: alerts.clone(),
+            table: table.clone(),
+            audit: Arc::new(AuditLog::open(spool)),
+            clock: probewatch::clock::system(),
+        };
+        let tokens = Tokens::from_list(&["reader-token"]).with_operator("op-token", "PW_OP");
+        let app = probewatch::api::router(state, tokens);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let acceptor = probewatch::conn::Acceptor::new(l, Default::default(), Default::default());
+        tokio::spawn(probewatch::conn::http::serve(
+            acceptor,
+            app,
+            None,
+            std::future::pending::<()>(),
+        ));
+        Self {
+            base,
+            c: reqwest::Client::new(),
+            table,
+            alerts,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .c
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn now() -> i64 {
+    probewatch::clock::system().now_ms()
+}
+
+fn event(a: &Alert, e: Event, n: u32) -> Alert {
+    let mut a = a.clone();
+    a.event = e;
+    a.event_id = format!("{}.{n}", a.id);
+    a
+}
+
+#[tokio::test]
+async fn operators_act_read_tokens_only_read_and_every_action_is_audited() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path().to_str().unwrap()).await;
+    let alert = Alert::example("pw-1");
+    api.alerts.send(alert.clone());
+    assert_eq!(
+        api.table.decide("c-17", now()),
+        Decision::Degrade(probewatch::config::enforce::Degrade::Top1)
+    );
+
+    // Roles and validation: JSON errors, nothing audited.
+    let ack = json!({"why": "looking into it"});
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/alerts/pw-1/ack",
+            "reader-token",
+            Some(ack.clone()),
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/alerts/pw-1/ack",
+            "op-token",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("why"), "{e}");
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/alerts/pw-9/ack",
+            "op-token",
+            Some(ack.clone()),
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/enforce/allow",
+            "op-token",
+            Some(json!({"pattern": "*", "why": "everyone"})),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    let (st, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/enforce/clients/c-9",
+            "op-token",
+            Some(json!({"action": {"type": "block"}, "for_ms": 0, "why": "x"})),
+        )
+        .await;
+    assert_eq!(st, 400, "an expiry of 0");
+
+    // Acknowledge, then mark a false positive: the action lifts, new events are silenced,
+    // the resolve still reaches the history.
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/alerts/pw-1/ack",
+            "op-token",
+            Some(ack),
+        )
+        .await;
+    assert_eq!(
+        (st, e["act"].as_str(), e["who"].as_str()),
+        (200, Some("ack"), Some("PW_OP"))
+    );
+    let fp = json!({"why": "load test from the platform team", "for_ms": 600_000});
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/alerts/pw-1/false_positive",
+            "op-token",
+            Some(fp),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(api.table.decide("c-17", now()), Decision::Pass);
+    api.alerts.send(event(&alert, Event::Updated, 1));
+    api.alerts.send(event(&alert, Event::Resolved, 2));
+    let ids: Vec<String> = api
+        .alerts
+        .history()
+        .query(&Default::default())
+        .iter()
+        .map(|a| a.event_id.clone())
+        .collect();
+    assert_eq!(ids, ["pw-1.2", "pw-1.0"], "the update was not silenced");
+
+    // A manual block, listed with who set it, then lifted.
+    let (st, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/enforce/clients/k-abc",
+            "op-token",
+            Some(json!({"action": {"type": "block"}, "for_ms": 60_000, "why": "stolen key"})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(api.table.decide("k-abc", now()), Decision::Block);
+    let (_, list) = api
+        .call(Method::GET, "/api/v1/enforce", "reader-token", None)
+        .await;
+    assert_eq!(list["clients"][0]["client"], "k-abc", "{list}");
+    assert_eq!(list["clients"][0]["by"], "PW_OP");
+    assert_eq!(list["allows"][0]["pattern"], "c-17");
+    assert_eq!(list["allows"][0]["silence"], true);
+    let (st, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/enforce/clients/k-abc?why=key%20rotated",
+            "op-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(api.table.decide("k-abc", now()), Decision::Pass);
+
+    // The audit log, newest first, and again after a restart.
+    let acts = |v: &Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["act"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, log) = api
+        .call(Method::GET, "/api/v1/audit", "reader-token", None)
+        .await;
+    assert_eq!(acts(&log), ["clear", "block", "false_positive", "ack"]);
+    assert_eq!(log["events"][2]["why"], "load test from the platform team");
+    let again = AuditLog::open(dir.path().to_str().unwrap());
+    let whys: Vec<String> = again.recent(10).into_iter().map(|e| e.why).collect();
+    assert_eq!(whys[0], "key rotated");
+    assert_eq!(whys.len(), 4);
+}

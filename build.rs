@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/probewatch/v1/ingest.proto",
         "proto/probewatch/v1/query.proto",
+        "proto/probewatch/v1/control.proto",
         "proto/inference/grpc_predict_v2.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

@@ -14,13 +14,14 @@
 //! 403 there.
 //!
 //! The same data over gRPC, `probewatch.v1.Query` (`proto/probewatch/v1/query.proto`), on
-//! the same port ([`grpc`]).
+//! the same port ([`grpc`]), and the actions as `probewatch.v1.Control` ([`control`]).
 //!
 //! Clients appear as alerts show them (pseudonymised when configured). Every error is a JSON
 //! body `{"error": "..."}` with the matching status.
 
 pub mod act;
 pub mod auth;
+pub mod control;
 pub mod grpc;
 pub mod tls;
 pub mod view;
@@ -146,7 +147,11 @@ pub fn router(state: ApiState, tokens: auth::Tokens) -> Router {
             auth::require,
         ))
         .merge(page)
-        .merge(tonic::service::Routes::new(grpc::service(state_grpc, tokens)).into_axum_router())
+        .merge(
+            tonic::service::Routes::new(grpc::service(state_grpc.clone(), tokens.clone()))
+                .add_service(control::service(state_grpc, tokens))
+                .into_axum_router(),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
 }
 

@@ -7,10 +7,12 @@
 //!
 //! - [`table`]: the bounded, expiring decision table, its token buckets and allow list;
 //! - [`degrade`]: schema-keeping rewrites of OIP v2, KServe v1 and OpenAI answers;
-//! - [`audit`]: the durable log of operators' actions.
+//! - [`audit`]: the durable log of operators' actions;
+//! - [`persist`]: the table saved across restarts.
 //!
 //! The policy itself is `[enforce]` ([`crate::config::enforce`]); its default is `observe`.
 
 pub mod audit;
 pub mod degrade;
+pub mod persist;
 pub mod table;

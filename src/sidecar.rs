@@ -23,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, ResolvedCluster, ResolvedSink};
 use crate::conn::{Acceptor, ConnStats};
 use crate::enforce::audit::AuditLog;
+use crate::enforce::persist::TableFile;
 use crate::enforce::table::DecisionTable;
 use crate::ingest::enforcer::Enforcer;
 use crate::ingest::identity::{Identity, KeyOrigin};
@@ -254,6 +255,8 @@ struct Running {
     scorer: Arc<Scorer>,
     timers: Vec<JoinHandle<()>>,
     state: Option<Arc<StateFile>>,
+    /// The decision table and its file, when state is kept across restarts.
+    table: Option<(Arc<DecisionTable>, TableFile)>,
     dispatcher: Arc<Dispatcher>,
     cluster: Option<Cluster>,
     otel: Option<crate::telemetry::otel::Otel>,
@@ -303,6 +306,12 @@ impl Running {
             tokio::task::spawn_blocking(move || st.restore(&p))
                 .await
                 .map_err(std::io::Error::other)?;
+        }
+        let table_file = state
+            .as_ref()
+            .and_then(|_| TableFile::new(&pipeline.config().alerts.spool_dir));
+        if let Some(f) = &table_file {
+            restore_table(f, &table);
         }
         if let Some(cl) = &cluster {
             // Models the snapshot did not bring start from the fleet's normal.
@@ -410,12 +419,17 @@ impl Running {
             let every = Duration::from_millis(pipeline.config().state.snapshot_ms);
             timers.push(tokio::spawn(snapshot_every(pipeline.clone(), st, every)));
         }
+        if let Some(f) = table_file.clone() {
+            let every = Duration::from_millis(pipeline.config().state.snapshot_ms);
+            timers.push(tokio::spawn(save_table_every(table.clone(), f, every)));
+        }
         Ok(Self {
             pipeline,
             front,
             scorer,
             timers,
             state,
+            table: table_file.map(|f| (table, f)),
             dispatcher,
             cluster,
             otel,
@@ -444,6 +458,9 @@ impl Running {
             if tokio::time::timeout(left, saved).await.is_err() {
                 tracing::warn!("shutdown deadline passed while writing the state snapshot");
             }
+        }
+        if let Some((t, f)) = self.table {
+            let _ = tokio::task::spawn_blocking(move || save_table(&f, &t)).await;
         }
         if let Some(cl) = &self.cluster {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -487,6 +504,32 @@ async fn snapshot_every(pipeline: Arc<Pipeline>, state: Arc<StateFile>, every: D
         }
         let (p, st) = (pipeline.clone(), state.clone());
         let _ = tokio::task::spawn_blocking(move || st.save(&p)).await;
+    }
+}
+
+fn restore_table(f: &TableFile, t: &DecisionTable) {
+    match f.restore(t, crate::clock::system().now_ms()) {
+        Ok(n) => tracing::info!(entries = n, "decision table restored"),
+        Err(e) => tracing::warn!(error = %e, "decision table snapshot ignored: starting empty"),
+    }
+}
+
+fn save_table(f: &TableFile, t: &DecisionTable) {
+    if let Err(e) = f.save(t, crate::clock::system().now_ms()) {
+        tracing::warn!(error = %e, "decision table snapshot not written");
+    }
+}
+
+/// Saves the decision table every `every` (operators change it without any traffic, so it
+/// is saved whether records arrive or not; it is small).
+async fn save_table_every(t: Arc<DecisionTable>, f: TableFile, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (t, f) = (t.clone(), f.clone());
+        let _ = tokio::task::spawn_blocking(move || save_table(&f, &t)).await;
     }
 }
 

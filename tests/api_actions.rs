@@ -255,3 +255,63 @@ async fn operators_act_read_tokens_only_read_and_every_action_is_audited() {
     assert_eq!(whys[0], "key rotated");
     assert_eq!(whys.len(), 4);
 }
+
+#[tokio::test]
+async fn the_same_actions_over_grpc_with_the_same_roles() {
+    use probewatch::proto::v1::control_client::ControlClient;
+    use probewatch::proto::v1::{ListAuditRequest, SetClientRequest};
+    let api = Api::start("").await;
+    let ch = tonic::transport::Endpoint::from_shared(api.base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    fn with<T>(token: &str, body: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(body);
+        let v = format!("Bearer {token}").parse().unwrap();
+        r.metadata_mut().insert("authorization", v);
+        r
+    }
+    let set = |action: &str, mode: &str| SetClientRequest {
+        client: "k-grpc".into(),
+        action: action.into(),
+        mode: mode.into(),
+        k: 0,
+        decimals: 0,
+        for_ms: 60_000,
+        why: "seen in the SOC queue".into(),
+    };
+    let mut c = ControlClient::new(ch);
+    let e = c
+        .set_client(with("reader-token", set("block", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = c
+        .set_client(with("op-token", set("degrade", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let ev = c
+        .set_client(with("op-token", set("degrade", "top1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ev.act.as_str(), ev.who.as_str()), ("degrade", "PW_OP"));
+    assert_eq!(
+        api.table.decide("k-grpc", now()),
+        Decision::Degrade(probewatch::config::enforce::Degrade::Top1)
+    );
+    let log = c
+        .list_audit(with("reader-token", ListAuditRequest { limit: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(log.events.len(), 1);
+    assert_eq!(log.events[0].client, "k-grpc");
+    let e = c
+        .list_audit(with("wrong", ListAuditRequest { limit: 0 }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+}

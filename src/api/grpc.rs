@@ -26,7 +26,7 @@ impl From<ApiError> for Status {
     }
 }
 
-fn name<T: serde::Serialize>(v: T) -> String {
+pub(super) fn name<T: serde::Serialize>(v: T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -95,7 +95,10 @@ pub fn alert_event(a: &Alert) -> pb::AlertEvent {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(field: &str, v: &str) -> Result<Option<T>, Status> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    field: &str,
+    v: &str,
+) -> Result<Option<T>, Status> {
     if v.is_empty() {
         return Ok(None);
     }

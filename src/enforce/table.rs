@@ -42,7 +42,8 @@ impl Decision {
 }
 
 /// Why a client is flagged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Cause {
     /// An open (or recently resolved) alert.
     Alert { id: String, kind: Kind },
@@ -67,7 +68,7 @@ struct Entry {
 /// of `kind` (every kind when `None`) do not act on, until `expires_ms`. A `silence` rule
 /// (an alert marked a false positive) also keeps the alerts' new events from the sinks;
 /// their resolve still goes out, so that no alert is left open.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AllowRule {
     pub pattern: String,
     pub kind: Option<Kind>,
@@ -108,6 +109,23 @@ pub enum TableError {
     BarePattern,
 }
 
+/// One entry as saved across a restart (its token bucket starts full again).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedEntry {
+    pub client: String,
+    pub action: Action,
+    pub cause: Cause,
+    pub starts_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// What a table holds, as saved across a restart ([`super::persist`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub entries: Vec<SavedEntry>,
+    pub allows: Vec<AllowRule>,
+}
+
 /// Counters of the table (no client labels).
 #[derive(Debug, Default)]
 pub struct TableStats {
@@ -121,6 +139,8 @@ pub struct TableStats {
     pub silenced: AtomicU64,
     /// Entries pushed out by a full table.
     pub evicted: AtomicU64,
+    /// Saved tables refused at start (damaged, or another version).
+    pub restore_refused: AtomicU64,
 }
 
 /// The table.
@@ -339,6 +359,53 @@ impl DecisionTable {
         v.sort_by(|a, b| (a.expires_ms, &a.client).cmp(&(b.expires_ms, &b.client)));
         v.truncate(limit);
         v
+    }
+
+    /// The entries and rules in force at `now_ms`.
+    pub fn export(&self, now_ms: i64) -> Saved {
+        let entries = self
+            .flagged
+            .iter()
+            .filter(|e| now_ms < e.expires_ms)
+            .map(|e| SavedEntry {
+                client: e.key().clone(),
+                action: e.action,
+                cause: e.cause.clone(),
+                starts_ms: e.starts_ms,
+                expires_ms: e.expires_ms,
+            })
+            .collect();
+        Saved {
+            entries,
+            allows: self.allows(now_ms),
+        }
+    }
+
+    /// Installs what `saved` holds that has not expired by `now_ms` (within this table's
+    /// bounds); returns how many entries and rules that was.
+    pub fn import(&self, saved: Saved, now_ms: i64) -> usize {
+        let mut n = 0;
+        {
+            let mut allows = self.allows.write();
+            for r in saved.allows.into_iter().filter(|r| now_ms < r.expires_ms) {
+                if allows.len() < MAX_ALLOWS {
+                    allows.push(r);
+                    n += 1;
+                }
+            }
+        }
+        for e in saved.entries.into_iter().filter(|e| now_ms < e.expires_ms) {
+            self.insert(
+                &e.client,
+                e.action,
+                e.cause,
+                e.starts_ms,
+                e.expires_ms,
+                now_ms,
+            );
+            n += 1;
+        }
+        n
     }
 
     /// The allow-list rules in force.

@@ -44,12 +44,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-
-/// Replies queued per stream: one per message Envoy sends, and it waits for each.
-const REPLY_QUEUE: usize = 8;
 
 /// Why a degrade was not applied (the answer passed unchanged).
 pub const DEGRADE_FAILURES: [&str; 6] = [
@@ -277,52 +272,64 @@ impl Enforcer {
         }
     }
 
-    /// Replies to one stream's messages until it ends or goes quiet.
-    async fn run_stream(
-        self,
-        mut inbound: Streaming<ProcessingRequest>,
-        tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
-        peer: Option<String>,
-    ) {
+    /// The reply to one message of a stream, if it needs one; `plan` carries what the
+    /// request headers decided to the messages after them.
+    fn step(
+        &self,
+        msg: &ProcessingRequest,
+        plan: &mut Plan,
+        peer: Option<&str>,
+    ) -> Option<ProcessingResponse> {
         use processing_request::Request as Rq;
-        let mut plan = Plan::Pass;
+        match (&msg.request, *plan) {
+            (Some(Rq::RequestHeaders(h)), _) => {
+                let h: BTreeMap<_, _> = headers(&h.headers).collect();
+                let (r, p) = self.on_request(msg, &h, peer);
+                *plan = p;
+                Some(r)
+            }
+            (Some(Rq::ResponseHeaders(h)), Plan::Degrade(..)) => {
+                let h: BTreeMap<_, _> = headers(&h.headers).collect();
+                let (r, rewrite) = self.on_response_headers(&h);
+                if !rewrite {
+                    *plan = Plan::Pass;
+                }
+                Some(r)
+            }
+            (Some(Rq::ResponseBody(b)), Plan::Degrade(format, d)) if b.end_of_stream => {
+                *plan = Plan::Pass;
+                Some(self.on_response_body(&b.body, format, d))
+            }
+            (Some(req), _) => reply(req),
+            (None, _) => None,
+        }
+    }
+}
+
+/// One stream's state between messages.
+struct Stream {
+    enforcer: Enforcer,
+    inbound: Streaming<ProcessingRequest>,
+    plan: Plan,
+    peer: Option<String>,
+}
+
+impl Stream {
+    /// The next reply, once a message that needs one arrives; `None` when the stream ends
+    /// or goes quiet for `idle`.
+    async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
         loop {
-            let msg = match tokio::time::timeout(self.idle, inbound.message()).await {
+            let e = &self.enforcer;
+            let msg = match tokio::time::timeout(e.idle, self.inbound.message()).await {
                 Ok(Ok(Some(m))) => m,
-                Ok(_) => return,
+                Ok(_) => return None,
                 Err(_) => {
-                    self.stats.idle.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    e.stats.idle.fetch_add(1, Ordering::Relaxed);
+                    return None;
                 }
             };
-            let out = match (&msg.request, plan) {
-                (Some(Rq::RequestHeaders(h)), _) => {
-                    let h: BTreeMap<_, _> = headers(&h.headers).collect();
-                    let (r, p) = self.on_request(&msg, &h, peer.as_deref());
-                    plan = p;
-                    Some(r)
-                }
-                (Some(Rq::ResponseHeaders(h)), Plan::Degrade(..)) => {
-                    let h: BTreeMap<_, _> = headers(&h.headers).collect();
-                    let (r, rewrite) = self.on_response_headers(&h);
-                    if !rewrite {
-                        plan = Plan::Pass;
-                    }
-                    Some(r)
-                }
-                (Some(Rq::ResponseBody(b)), Plan::Degrade(format, d)) if b.end_of_stream => {
-                    plan = Plan::Pass;
-                    Some(self.on_response_body(&b.body, format, d))
-                }
-                (Some(req), _) => reply(req),
-                (None, _) => None,
-            };
-            // Envoy waits for each reply before it sends the next message, so the queue
-            // never holds more than one: a failed send means the stream is gone.
-            if let Some(r) = out {
-                if tx.send(Ok(r)).await.is_err() {
-                    return;
-                }
+            if let Some(r) = e.step(&msg, &mut self.plan, self.peer.as_deref()) {
+                return Some((Ok(r), self));
             }
         }
     }
@@ -407,17 +414,31 @@ fn message(code: StatusCode) -> &'static str {
     }
 }
 
+/// The replies of one stream.
+type Replies = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ProcessingResponse, Status>> + Send + 'static>,
+>;
+
 #[tonic::async_trait]
 impl ExternalProcessor for Enforcer {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+    type ProcessStream = Replies;
 
+    /// Each message is answered as tonic polls for the next reply, on the connection's
+    /// task: Envoy waits for every reply, so a task and a queue per stream would only add
+    /// a wake-up to each decision.
     async fn process(
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.ip().to_string());
-        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-        tokio::spawn(self.clone().run_stream(request.into_inner(), tx, peer));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = Stream {
+            enforcer: self.clone(),
+            peer: request.remote_addr().map(|a| a.ip().to_string()),
+            inbound: request.into_inner(),
+            plan: Plan::Pass,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            stream,
+            Stream::next,
+        ))))
     }
 }

@@ -20,7 +20,7 @@ pub mod webhook;
 
 use crate::config::{AlertsConfig, ResolvedSink, SinkKind};
 // The event vocabulary, for the sink modules (`super::Alert`); its owner is `crate::vocab`.
-use crate::vocab::{Alert, Event};
+use crate::vocab::{Alert, AuditEvent, Event, Notice};
 use delivery::SinkStats;
 use serde::Serialize;
 use spool::{Spool, SpoolError};
@@ -110,6 +110,28 @@ fn render(s: &ResolvedSink) -> Option<http::Render> {
     })
 }
 
+/// How an HTTP JSON sink renders an operator's action; `None` for a pager (PagerDuty),
+/// which has no place for one.
+fn render_audit(s: &ResolvedSink) -> Option<http::AuditRender> {
+    let source = format!("probewatch/{}", s.name);
+    Some(match &s.config.kind {
+        SinkKind::Slack(_) => Box::new(|e: &AuditEvent| (slack::audit_body(e), "application/json")),
+        SinkKind::Cloudevents(_) => Box::new(move |e: &AuditEvent| {
+            (
+                cloudevents::audit_structured(e, &source),
+                cloudevents::CONTENT_TYPE,
+            )
+        }),
+        SinkKind::Ocsf(_) => Box::new(|e: &AuditEvent| {
+            (
+                ocsf::api_activity(e, env!("CARGO_PKG_VERSION")),
+                "application/json",
+            )
+        }),
+        _ => return None,
+    })
+}
+
 /// Percent-encodes a client id for a URL path or query.
 fn urlencode(s: &str) -> String {
     s.bytes()
@@ -143,11 +165,18 @@ impl Book {
             client = %alert.client,
         )
         .entered();
-        if let Err(e) = self.spool.append(&alert) {
+        if let Err(e) = self.spool.append(Notice::Alert(alert.clone())) {
             self.lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, alert = %alert.id, kind = alert.kind.as_str(), "alert not spooled");
         }
         self.history.push(Arc::new(alert));
+    }
+
+    fn record_audit(&self, event: &AuditEvent) {
+        if let Err(e) = self.spool.append(Notice::Audit(event.clone())) {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, audit = %event.id, "operator action not spooled for the sinks (it is in the audit log)");
+        }
     }
 }
 
@@ -193,7 +222,7 @@ impl Dispatcher {
             let (sp, st2, rx) = (spool.clone(), st.clone(), rx.clone());
             let task = match (&s.config.kind, render(&s)) {
                 (_, Some(render)) => {
-                    let sink = http::JsonSink::new(&s, render)?;
+                    let sink = http::JsonSink::new(&s, render, render_audit(&s))?;
                     tokio::spawn(delivery::run(sink, i, c, sp, st2, rx))
                 }
                 (SinkKind::Jsonl(j), None) => {
@@ -280,6 +309,12 @@ impl Dispatcher {
             None => alert,
         };
         self.book.record(alert);
+    }
+
+    /// Spools an operator's action for the sinks that carry them. No fleet claim: only the
+    /// replica that took the action sends it.
+    pub fn send_audit(&self, event: &AuditEvent) {
+        self.book.record_audit(event);
     }
 
     /// Recent events, for the query API.

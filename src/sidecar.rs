@@ -381,11 +381,15 @@ impl Running {
         );
         front.spawn("ingest", ingest);
         if let Some(l) = listeners.api {
+            // Operators' actions reach the sinks too, after the audit log has them on disk.
+            let d = dispatcher.clone();
+            let audit = AuditLog::open(&pipeline.config().alerts.spool_dir)
+                .with_forward(Box::new(move |e| d.send_audit(e)));
             let state = crate::api::ApiState {
                 pipeline: pipeline.clone(),
                 alerts: dispatcher.clone(),
                 table: table.clone(),
-                audit: Arc::new(AuditLog::open(&pipeline.config().alerts.spool_dir)),
+                audit: Arc::new(audit),
                 clock: crate::clock::system(),
             };
             let app = crate::api::router(state, s.tokens);

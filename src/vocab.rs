@@ -150,3 +150,101 @@ impl Alert {
         }
     }
 }
+
+/// What an operator did (the audit log's verbs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Act {
+    Ack,
+    FalsePositive,
+    Allow,
+    Disallow,
+    Block,
+    Degrade,
+    Throttle,
+    Clear,
+}
+
+impl Act {
+    /// Wire name (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Act::Ack => "ack",
+            Act::FalsePositive => "false_positive",
+            Act::Allow => "allow",
+            Act::Disallow => "disallow",
+            Act::Block => "block",
+            Act::Degrade => "degrade",
+            Act::Throttle => "throttle",
+            Act::Clear => "clear",
+        }
+    }
+}
+
+/// One audited operator action: who (a token's name), what, on which alert or client, until
+/// when, and why. Never holds a token or a raw input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// `audit-<ts_ms>-<instance>-<n>`: unique across restarts and replicas, and the same on
+    /// every redelivery to a sink.
+    pub id: String,
+    pub ts_ms: i64,
+    /// The token's name.
+    pub who: String,
+    pub act: Act,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
+    /// The client (as alerts name it) or allow-list pattern acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+    pub why: String,
+}
+
+/// What the alert spool carries to the sinks: an alert event, or an operator's action (a
+/// SOC wants to see enforcement next to what caused it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notice {
+    Alert(Alert),
+    Audit(AuditEvent),
+}
+
+impl AuditEvent {
+    /// A plausible manual block, for tests and examples.
+    #[doc(hidden)]
+    pub fn example(id: &str) -> AuditEvent {
+        AuditEvent {
+            id: id.into(),
+            ts_ms: 1_700_000_000_000,
+            who: "PW_OPERATOR_TOKEN".into(),
+            act: Act::Block,
+            alert_id: Some("pw-1".into()),
+            client: Some("k-abc".into()),
+            kind: Some(Kind::Extraction),
+            until_ms: Some(1_700_003_600_000),
+            why: "key leaked | see ticket=42".into(),
+        }
+    }
+}
+
+impl Notice {
+    /// Wall-clock time it was produced.
+    pub fn emitted_at_ms(&self) -> i64 {
+        match self {
+            Notice::Alert(a) => a.emitted_at_ms,
+            Notice::Audit(e) => e.ts_ms,
+        }
+    }
+
+    /// Its id for receivers' deduplication: the alert's event id, or the audit event's id.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Notice::Alert(a) => &a.event_id,
+            Notice::Audit(e) => &e.id,
+        }
+    }
+}

@@ -5,8 +5,9 @@
 use probewatch::alert::Dispatcher;
 use probewatch::api::auth::Tokens;
 use probewatch::api::ApiState;
+use probewatch::clock::{Clock, ManualClock, SharedClock};
 use probewatch::config::enforce::{Action, DegradeMode, EnforceConfig, Rule};
-use probewatch::config::Config;
+use probewatch::config::{Config, PagerdutyConfig, SinkConfig, SinkKind, WebhookConfig};
 use probewatch::enforce::audit::AuditLog;
 use probewatch::enforce::table::{Decision, DecisionTable};
 use probewatch::pipeline::Pipeline;
@@ -38,27 +39,31 @@ struct Api {
 
 impl Api {
     async fn start(spool: &str) -> Self {
+        Self::with(spool, vec![], probewatch::clock::system()).await
+    }
+
+    /// The API over a dispatcher with `sinks`, the table and the API both on `clock`.
+    async fn with(spool: &str, sinks: Vec<SinkConfig>, clock: SharedClock) -> Self {
         let mut cfg = Config::default();
-        cfg.alerts.sinks.clear();
+        cfg.alerts.sinks = sinks;
         cfg.alerts.spool_dir = spool.into();
         let table = Arc::new(DecisionTable::new(policy()));
-        let t = table.clone();
+        let (t, c) = (table.clone(), clock.clone());
+        let sinks = cfg.alerts.resolve_sinks().unwrap();
         let alerts = Arc::new(
-            Dispatcher::start(&cfg.alerts, vec![])
+            Dispatcher::start(&cfg.alerts, sinks)
                 .unwrap()
-                .with_observer(Arc::new(move |a| t.on_alert(a, now()))),
+                .with_observer(Arc::new(move |a| t.on_alert(a, c.now_ms()))),
         );
-        let pipeline = Arc::new(Pipeline::new(
-            Arc::new(cfg),
-            None,
-            probewatch::clock::system(),
-        ));
+        let pipeline = Arc::new(Pipeline::new(Arc::new(cfg), None, clock.clone()));
+        let d = alerts.clone();
+        let audit = AuditLog::open(spool).with_forward(Box::new(move |e| d.send_audit(e)));
         let state = ApiState {
             pipeline,
             alerts: alerts.clone(),
             table: table.clone(),
-            audit: Arc::new(AuditLog::open(spool)),
-            clock: probewatch::clock::system(),
+            audit: Arc::new(audit),
+            clock,
         };
         let tokens = Tokens::from_list(&["reader-token"]).with_operator("op-token", "PW_OP");
         let app = probewatch::api::router(state, tokens);
@@ -314,4 +319,166 @@ async fn the_same_actions_over_grpc_with_the_same_roles() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+}
+
+/// A loopback receiver that answers 204 and keeps (headers, JSON body) of every request.
+async fn receiver() -> (
+    String,
+    Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
+) {
+    use axum::{extract::State, routing::post, Router};
+    type Log = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Value)>>>;
+    async fn hook(
+        State(log): State<Log>,
+        h: axum::http::HeaderMap,
+        b: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let v = serde_json::from_slice(&b).unwrap_or(Value::Null);
+        log.lock().unwrap().push((h, v));
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let log: Log = Default::default();
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(log.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, log)
+}
+
+#[tokio::test]
+async fn actions_reach_the_sinks_that_carry_them_signed_and_pagers_do_not() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook_url, hooked) = receiver().await;
+    let (pager_url, paged) = receiver().await;
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let mut hook = SinkConfig::new(SinkKind::Webhook(WebhookConfig {
+        url: Some(hook_url),
+        secrets_file: vec![secret.to_string_lossy().into()],
+        ..Default::default()
+    }));
+    hook.delivery.backoff_ms = 10;
+    let key = dir.path().join("routing-key");
+    std::fs::write(&key, "R0UTINGKEY0000000000000000000000").unwrap();
+    let mut pager = SinkConfig::new(SinkKind::Pagerduty(PagerdutyConfig {
+        url: Some(pager_url),
+        routing_key_file: Some(key.to_string_lossy().into()),
+        ..Default::default()
+    }));
+    pager.delivery.backoff_ms = 10;
+    let spool = dir.path().join("spool");
+    let api = Api::with(
+        spool.to_str().unwrap(),
+        vec![hook, pager],
+        probewatch::clock::system(),
+    )
+    .await;
+    let (st, e) = api
+        .call(
+            Method::PUT,
+            "/api/v1/enforce/clients/k-abc",
+            "op-token",
+            Some(json!({"action": {"type": "block"}, "for_ms": 60_000, "why": "stolen key"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    api.alerts.send(Alert::example("pw-7"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (hooked.lock().unwrap().len() < 2 || paged.lock().unwrap().is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let got = hooked.lock().unwrap().clone();
+    let types: Vec<&str> = got
+        .iter()
+        .map(|(_, b)| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["probewatch.audit.block", "probewatch.alert.raised"]);
+    let (h, b) = &got[0];
+    assert_eq!(b["data"]["who"], "PW_OP");
+    assert_eq!(b["data"]["client"], "k-abc");
+    assert_eq!(b["data"]["why"], "stolen key");
+    assert_eq!(h["webhook-id"].to_str().unwrap(), e["id"].as_str().unwrap());
+    assert!(h["webhook-signature"].to_str().unwrap().starts_with("v1,"));
+    // The pager gets the alert only; the action counts as filtered there.
+    let paged = paged.lock().unwrap().clone();
+    assert_eq!(paged.len(), 1, "{paged:?}");
+    assert_eq!(paged[0].1["dedup_key"], "pw-7");
+    let filtered = |i: usize| {
+        api.alerts.stats()[i]
+            .filtered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!((filtered(0), filtered(1)), (0, 1));
+}
+
+#[tokio::test]
+async fn suppressions_and_allows_expire() {
+    use reqwest::Method;
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let api = Api::with("", vec![], clock.clone()).await;
+    let alert = Alert::example("pw-1");
+    api.alerts.send(alert.clone());
+    let fp = json!({"why": "canary job", "for_ms": 60_000});
+    let (st, e) = api
+        .call(
+            Method::POST,
+            "/api/v1/alerts/pw-1/false_positive",
+            "op-token",
+            Some(fp),
+        )
+        .await;
+    assert_eq!(st, 200, "{e}");
+    assert_eq!(e["until_ms"], 1_700_000_060_000i64);
+    let allow = json!({"pattern": "batch-*", "for_ms": 30_000, "why": "nightly export"});
+    let (st, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/enforce/allow",
+            "op-token",
+            Some(allow),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let decide = |c: &str| api.table.decide(c, clock.now_ms());
+    let top1 = Decision::Degrade(probewatch::config::enforce::Degrade::Top1);
+    let mut batch = Alert::example("pw-2");
+    batch.client = "batch-7".into();
+    api.alerts.send(batch.clone());
+    assert_eq!(
+        (decide("c-17"), decide("batch-7")),
+        (Decision::Pass, Decision::Pass)
+    );
+
+    // Within the period the update is silenced; once it is over, the next one is not.
+    clock.advance(59_000);
+    api.alerts.send(event(&alert, Event::Updated, 1));
+    assert_eq!(
+        decide("batch-7"),
+        Decision::Pass,
+        "the allow-listed client is alerted on but never degraded"
+    );
+    clock.advance(31_000);
+    let (_, list) = api
+        .call(Method::GET, "/api/v1/enforce", "reader-token", None)
+        .await;
+    assert_eq!(list["allows"], json!([]), "both rules expired: {list}");
+    api.alerts.send(event(&alert, Event::Updated, 2));
+    api.alerts.send(event(&batch, Event::Updated, 1));
+    assert_eq!((decide("c-17"), decide("batch-7")), (top1, top1));
+    let ids: Vec<String> = api
+        .alerts
+        .history()
+        .query(&Default::default())
+        .iter()
+        .map(|a| a.event_id.clone())
+        .collect();
+    assert!(
+        ids.contains(&"pw-1.2".to_string()) && !ids.contains(&"pw-1.1".to_string()),
+        "{ids:?}"
+    );
 }

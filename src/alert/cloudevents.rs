@@ -2,6 +2,7 @@
 //! renderers share (the crate has no date library; a civil-calendar conversion is 20 lines).
 
 use super::{Alert, Event};
+use crate::vocab::AuditEvent;
 use serde_json::{json, Value};
 
 /// `Content-Type` of a structured-mode CloudEvent (the event's own attributes are in the body).
@@ -79,6 +80,23 @@ pub fn rfc3339_ms(ms: i64) -> String {
 pub fn readable_utc(ms: i64) -> String {
     let (y, mo, d, h, mi, s, _) = utc_parts(ms);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// A structured-mode CloudEvent of an operator's action (`io.probewatch.audit.<act>`).
+pub fn audit_structured(e: &AuditEvent, source: &str) -> Value {
+    let mut v = json!({
+        "specversion": "1.0",
+        "id": e.id,
+        "source": source,
+        "type": format!("io.probewatch.audit.{}", e.act.as_str()),
+        "time": rfc3339_ms(e.ts_ms),
+        "datacontenttype": "application/json",
+        "data": serde_json::to_value(e).unwrap_or(Value::Null),
+    });
+    if let Some(c) = &e.client {
+        v["subject"] = json!(c);
+    }
+    v
 }
 
 #[cfg(test)]
@@ -159,5 +177,19 @@ mod tests {
         assert_eq!(event_type(Event::Raised), "io.probewatch.alert.raised");
         assert_eq!(event_type(Event::Resolved), "io.probewatch.alert.resolved");
         assert!(CONTENT_TYPE.starts_with("application/cloudevents+json"));
+    }
+
+    #[test]
+    fn an_operator_action_is_its_own_event_type() {
+        let v = audit_structured(
+            &crate::vocab::AuditEvent::example("audit-1"),
+            "probewatch/ce",
+        );
+        assert_eq!(v["type"], "io.probewatch.audit.block");
+        assert_eq!(
+            (v["id"].as_str(), v["subject"].as_str()),
+            (Some("audit-1"), Some("k-abc"))
+        );
+        assert_eq!(v["data"]["why"], "key leaked | see ticket=42");
     }
 }

@@ -12,6 +12,7 @@
 use super::spool::Spool;
 use super::Alert;
 use crate::config::{SinkConfig, SinkType};
+use crate::vocab::{AuditEvent, Notice};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,15 @@ pub trait Sink: Send + 'static {
     /// Delivers one event.
     fn deliver(&mut self, alert: &Alert) -> impl Future<Output = Outcome> + Send;
 
+    /// Delivers an operator's action; `None` for a sink whose receiver has no place for
+    /// one (a pager), which counts it as filtered.
+    fn deliver_audit(
+        &mut self,
+        _event: &AuditEvent,
+    ) -> impl Future<Output = Option<Outcome>> + Send {
+        async { None }
+    }
+
     /// How often [`Sink::tick`] runs, if at all.
     fn tick_every(&self) -> Option<Duration> {
         None
@@ -62,7 +72,7 @@ pub struct SinkStats {
     pub failed: AtomicU64,
     /// Attempts that will be retried.
     pub retried: AtomicU64,
-    /// Below the sink's `min_severity`.
+    /// Below the sink's `min_severity`, or an operator's action it does not carry.
     pub filtered: AtomicU64,
     /// Waits for the rate limit.
     pub rate_limited: AtomicU64,
@@ -132,48 +142,71 @@ pub async fn run<S: Sink>(
             }
             continue;
         };
-        if e.alert.severity < cfg.delivery.min_severity {
+        let wanted = match &*e.notice {
+            Notice::Alert(a) => a.severity >= cfg.delivery.min_severity,
+            Notice::Audit(_) => cfg.delivery.audit,
+        };
+        if !wanted || !deliver(&mut sink, &e.notice, &cfg, &stats, &mut bucket, &mut rng).await {
             stats.filtered.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // Rate limits protect receivers; a local file needs none.
-            let wait = if cfg.sink_type() == SinkType::Jsonl {
-                Duration::ZERO
-            } else {
-                bucket.take()
-            };
-            if !wait.is_zero() {
-                stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(wait).await;
-            }
-            let mut attempt = 0u32;
-            loop {
-                match sink.deliver(&e.alert).await {
-                    Outcome::Delivered => {
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    Outcome::Reject { reason } => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(sink = %stats.name, event = %e.alert.event_id, %reason, "alert rejected by the receiver; not retried");
-                        break;
-                    }
-                    Outcome::Retry { after, reason } => {
-                        stats.retried.fetch_add(1, Ordering::Relaxed);
-                        attempt = attempt.saturating_add(1);
-                        let cap = Duration::from_millis(cfg.delivery.backoff_ms)
-                            .saturating_mul(1 << attempt.min(20))
-                            .min(Duration::from_millis(cfg.delivery.max_backoff_ms));
-                        rng = crate::hash::mix64(rng);
-                        let jitter = cap.mul_f64((rng >> 11) as f64 / (1u64 << 53) as f64);
-                        let wait = after.map_or(jitter, |a| a.min(MAX_RETRY_AFTER));
-                        tracing::debug!(sink = %stats.name, event = %e.alert.event_id, %reason, ?wait, "delivery failed; will retry");
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
         }
         if let Err(err) = spool.ack(index, e.seq) {
             tracing::error!(sink = %stats.name, error = %err, "cannot record delivery; it may repeat after a restart");
+        }
+    }
+}
+
+/// Delivers one event, retrying until the receiver takes it or rejects it for good; `false`
+/// when the sink does not carry this kind of event.
+async fn deliver<S: Sink>(
+    sink: &mut S,
+    notice: &Notice,
+    cfg: &SinkConfig,
+    stats: &SinkStats,
+    bucket: &mut TokenBucket,
+    rng: &mut u64,
+) -> bool {
+    // Rate limits protect receivers; a local file needs none.
+    let wait = if cfg.sink_type() == SinkType::Jsonl {
+        Duration::ZERO
+    } else {
+        bucket.take()
+    };
+    if !wait.is_zero() {
+        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+    let id = notice.event_id();
+    let mut attempt = 0u32;
+    loop {
+        let outcome = match notice {
+            Notice::Alert(a) => sink.deliver(a).await,
+            Notice::Audit(ev) => match sink.deliver_audit(ev).await {
+                Some(o) => o,
+                None => return false,
+            },
+        };
+        match outcome {
+            Outcome::Delivered => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Outcome::Reject { reason } => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sink = %stats.name, event = %id, %reason, "event rejected by the receiver; not retried");
+                return true;
+            }
+            Outcome::Retry { after, reason } => {
+                stats.retried.fetch_add(1, Ordering::Relaxed);
+                attempt = attempt.saturating_add(1);
+                let cap = Duration::from_millis(cfg.delivery.backoff_ms)
+                    .saturating_mul(1 << attempt.min(20))
+                    .min(Duration::from_millis(cfg.delivery.max_backoff_ms));
+                *rng = crate::hash::mix64(*rng);
+                let jitter = cap.mul_f64((*rng >> 11) as f64 / (1u64 << 53) as f64);
+                let wait = after.map_or(jitter, |a| a.min(MAX_RETRY_AFTER));
+                tracing::debug!(sink = %stats.name, event = %id, %reason, ?wait, "delivery failed; will retry");
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }

@@ -3,11 +3,14 @@
 use super::delivery::{Outcome, Sink};
 use super::{Alert, AlertError};
 use crate::config::ResolvedSink;
+use crate::vocab::AuditEvent;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::{Duration, SystemTime};
 
 /// Renders an event as a JSON body and its content type.
 pub type Render = Box<dyn Fn(&Alert) -> Option<(serde_json::Value, &'static str)> + Send + Sync>;
+/// Renders an operator's action likewise.
+pub type AuditRender = Box<dyn Fn(&AuditEvent) -> (serde_json::Value, &'static str) + Send + Sync>;
 
 /// A sink that POSTs one rendered JSON document per event (Slack, PagerDuty, CloudEvents,
 /// OCSF: the formats live in their own files).
@@ -15,16 +18,31 @@ pub struct JsonSink {
     client: reqwest::Client,
     url: String,
     render: Render,
+    audit: Option<AuditRender>,
 }
 
 impl JsonSink {
     /// Builds the sink.
-    pub fn new(s: &ResolvedSink, render: Render) -> Result<Self, AlertError> {
+    pub fn new(
+        s: &ResolvedSink,
+        render: Render,
+        audit: Option<AuditRender>,
+    ) -> Result<Self, AlertError> {
         Ok(Self {
             client: client(s.config.delivery.timeout_ms)?,
             url: s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
             render,
+            audit,
         })
+    }
+
+    async fn post_json(&self, body: serde_json::Value, content_type: &str) -> Outcome {
+        match serde_json::to_vec(&body) {
+            Ok(b) => post(&self.client, &self.url, content_type, &[], b).await,
+            Err(e) => Outcome::Reject {
+                reason: e.to_string(),
+            },
+        }
     }
 }
 
@@ -33,12 +51,12 @@ impl Sink for JsonSink {
         let Some((body, content_type)) = (self.render)(a) else {
             return Outcome::Delivered;
         };
-        match serde_json::to_vec(&body) {
-            Ok(b) => post(&self.client, &self.url, content_type, &[], b).await,
-            Err(e) => Outcome::Reject {
-                reason: e.to_string(),
-            },
-        }
+        self.post_json(body, content_type).await
+    }
+
+    async fn deliver_audit(&mut self, e: &AuditEvent) -> Option<Outcome> {
+        let (body, content_type) = (self.audit.as_ref()?)(e);
+        Some(self.post_json(body, content_type).await)
     }
 }
 

@@ -1,7 +1,9 @@
-//! JSON Lines sink: one alert event per line to a file (appended) or stdout (`-`).
+//! JSON Lines sink: one alert event per line to a file (appended) or stdout (`-`); an
+//! operator's action is a line `{"audit": {...}}`.
 
 use super::delivery::{Outcome, Sink};
 use super::{Alert, AlertError};
+use crate::vocab::AuditEvent;
 use tokio::io::AsyncWriteExt;
 
 /// Writes alerts as JSON Lines.
@@ -29,9 +31,8 @@ impl JsonlSink {
     }
 }
 
-impl Sink for JsonlSink {
-    async fn deliver(&mut self, a: &Alert) -> Outcome {
-        let mut line = to_line(a).into_bytes();
+impl JsonlSink {
+    async fn write(&mut self, mut line: Vec<u8>) -> Outcome {
         line.push(b'\n');
         // Flushed per event: the spool cursor moves on once this returns.
         match async {
@@ -46,6 +47,18 @@ impl Sink for JsonlSink {
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+impl Sink for JsonlSink {
+    async fn deliver(&mut self, a: &Alert) -> Outcome {
+        self.write(to_line(a).into_bytes()).await
+    }
+
+    /// `{"audit": {...}}`, so a reader of alert lines can tell it apart by its one key.
+    async fn deliver_audit(&mut self, e: &AuditEvent) -> Option<Outcome> {
+        let line = serde_json::to_vec(&serde_json::json!({ "audit": e })).unwrap_or_default();
+        Some(self.write(line).await)
     }
 }
 

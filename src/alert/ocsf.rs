@@ -8,7 +8,7 @@
 
 use super::slack::{event_name, highlights, severity_name, summary, title};
 use super::{Alert, Event};
-use crate::vocab::{Kind, Severity};
+use crate::vocab::{Act, AuditEvent, Kind, Severity};
 use serde_json::{json, Value};
 
 /// Detection Finding.
@@ -135,6 +135,57 @@ fn confidence_score(c: f64) -> u8 {
     }
 }
 
+/// API Activity, for an operator's action.
+pub const API_ACTIVITY_UID: u32 = 6003;
+/// Application Activity.
+pub const APPLICATION_CATEGORY_UID: u32 = 6;
+
+/// An OCSF 1.1.0 API Activity event of an operator's action: the actor is the token's name,
+/// `api.operation` the action, the client or pattern acted on a resource. Allowing or
+/// blocking creates a rule (Create), clearing or disallowing deletes one (Delete), an
+/// acknowledgement or a false-positive mark updates an alert (Update).
+pub fn api_activity(e: &AuditEvent, product_version: &str) -> Value {
+    let (activity_id, activity) = match e.act {
+        Act::Allow | Act::Block | Act::Degrade | Act::Throttle => (1, "Create"),
+        Act::Ack | Act::FalsePositive => (3, "Update"),
+        Act::Disallow | Act::Clear => (4, "Delete"),
+    };
+    let mut resources = vec![];
+    if let Some(c) = &e.client {
+        resources.push(json!({"type": "client", "uid": c, "name": c}));
+    }
+    if let Some(a) = &e.alert_id {
+        resources.push(json!({"type": "alert", "uid": a}));
+    }
+    json!({
+        "class_uid": API_ACTIVITY_UID,
+        "class_name": "API Activity",
+        "category_uid": APPLICATION_CATEGORY_UID,
+        "category_name": "Application Activity",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": API_ACTIVITY_UID * 100 + activity_id,
+        "type_name": format!("API Activity: {activity}"),
+        "severity_id": 1,
+        "severity": "Informational",
+        "status_id": 1,
+        "status": "Success",
+        "time": e.ts_ms,
+        "message": super::slack::audit_summary(e),
+        "actor": {"user": {"name": e.who}},
+        "api": {"operation": e.act.as_str(), "service": {"name": "probewatch"}},
+        "src_endpoint": {"svc_name": "probewatch-api"},
+        "resources": resources,
+        "metadata": {
+            "version": SCHEMA_VERSION,
+            "product": {"name": "probewatch", "vendor_name": "probewatch", "version": product_version},
+            "uid": e.id,
+            "logged_time": e.ts_ms,
+        },
+        "unmapped": {"probewatch": {"kind": e.kind.map(Kind::as_str), "until_ms": e.until_ms, "why": e.why}},
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +268,21 @@ mod tests {
         assert_eq!(severity(Severity::Low), (2, "Low"));
         assert_eq!(confidence_score(f64::NAN), 0);
         assert_eq!(confidence_score(1.7), 100);
+    }
+
+    #[test]
+    fn an_operator_action_is_api_activity() {
+        let mut e = crate::vocab::AuditEvent::example("audit-1");
+        let v = api_activity(&e, "9.9.9");
+        assert_eq!(
+            (v["class_uid"].as_u64(), v["type_uid"].as_u64()),
+            (Some(6003), Some(600301))
+        );
+        assert_eq!(v["actor"]["user"]["name"], "PW_OPERATOR_TOKEN");
+        assert_eq!(v["api"]["operation"], "block");
+        assert_eq!(v["metadata"]["uid"], "audit-1");
+        assert_eq!(v["resources"][0]["uid"], "k-abc");
+        e.act = crate::vocab::Act::Clear;
+        assert_eq!(api_activity(&e, "9.9.9")["activity_name"], "Delete");
     }
 }

@@ -3,7 +3,7 @@
 
 use super::cloudevents::readable_utc;
 use super::{Alert, Event};
-use crate::vocab::{Kind, Severity};
+use crate::vocab::{AuditEvent, Kind, Severity};
 use serde_json::{json, Value};
 
 /// Slack rejects a whole message whose button URL is longer.
@@ -230,6 +230,32 @@ pub fn percent(x: f64) -> String {
         p if p.abs() < 10.0 => format!("{p:.1}%"),
         p => format!("{p:.0}%"),
     }
+}
+
+/// One line on an operator's action: who did what to which alert or client, until when, why.
+pub fn audit_summary(e: &AuditEvent) -> String {
+    let mut s = format!("{} {}", e.who, e.act.as_str().replace('_', " "));
+    if let Some(id) = &e.alert_id {
+        s.push_str(&format!(" alert {id}"));
+    }
+    if let Some(c) = &e.client {
+        s.push_str(&format!(" client {c}"));
+    }
+    if let Some(k) = e.kind {
+        s.push_str(&format!(" for {}", k.as_str()));
+    }
+    if let Some(u) = e.until_ms {
+        s.push_str(&format!(" until {}", readable_utc(u)));
+    }
+    format!("{s}: {}", e.why)
+}
+
+/// The Slack payload of an operator's action: one context line, no buttons.
+pub fn audit_body(e: &AuditEvent) -> Value {
+    let text = escape(&format!("[probewatch] {}", audit_summary(e)));
+    json!({"text": text, "blocks": [
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(":shield: {text} · {}", code(&e.id))}]},
+    ]})
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The durable alert spool: an alert event counts as raised once it is here.
 //!
 //! Layout of the spool directory:
-//! - `seg-<first seq>.jsonl`: segments of `{"seq":N,"alert":{...}}` lines, appended in order
+//! - `seg-<first seq>.jsonl`: segments of `{"seq":N,"alert":{...}}` lines (an operator's
+//!   action is `{"seq":N,"audit":{...}}`), appended in order
 //!   and rolled at [`SEGMENT_BYTES`]; readable with `jq` during an incident.
 //! - `cursor-<sink>`: the last sequence number that sink has finished with (delivered, or
 //!   rejected for good), replaced atomically (write, fsync, rename).
@@ -12,8 +13,8 @@
 //! is cut off) and each sink resumes after its cursor: at-least-once, since a crash between a
 //! delivery and its cursor update delivers that event again, with the same event id.
 
-use super::Alert;
 use crate::config::{AlertsConfig, Fsync, Overflow};
+use crate::vocab::Notice;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -48,16 +49,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Line<A> {
+struct Line<N> {
     seq: u64,
-    alert: A,
+    #[serde(flatten)]
+    notice: N,
 }
 
 /// One spooled event.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub seq: u64,
-    pub alert: Arc<Alert>,
+    pub notice: Arc<Notice>,
     bytes: u64,
 }
 
@@ -135,11 +137,14 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Writes `alert` (and fsyncs it under `spool_fsync = "always"`); returns its sequence.
-    pub fn append(&self, alert: &Alert) -> Result<u64, SpoolError> {
+    /// Writes `notice` (and fsyncs it under `spool_fsync = "always"`); returns its sequence.
+    pub fn append(&self, notice: Notice) -> Result<u64, SpoolError> {
         let mut g = self.inner.lock();
         let seq = g.next_seq;
-        let mut line = serde_json::to_vec(&Line { seq, alert })?;
+        let mut line = serde_json::to_vec(&Line {
+            seq,
+            notice: &notice,
+        })?;
         line.push(b'\n');
         let n = line.len() as u64;
         while g.bytes + n > self.max_bytes && !g.entries.is_empty() {
@@ -154,7 +159,7 @@ impl Spool {
         g.bytes += n;
         g.entries.push_back(Entry {
             seq,
-            alert: Arc::new(alert.clone()),
+            notice: Arc::new(notice),
             bytes: n,
         });
         drop(g);
@@ -206,7 +211,7 @@ impl Spool {
         let g = self.inner.lock();
         let c = g.cursors[sink];
         let mut it = g.entries.iter().filter(|e| e.seq > c);
-        let oldest = it.next().map(|e| e.alert.emitted_at_ms);
+        let oldest = it.next().map(|e| e.notice.emitted_at_ms());
         let n = g.entries.iter().filter(|e| e.seq > c).count() as u64;
         (n, oldest)
     }
@@ -346,14 +351,14 @@ pub fn read_segment(bytes: &[u8], mut next_seq: u64) -> SegmentRead {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &[][..]),
         };
-        match serde_json::from_slice::<Line<Alert>>(line) {
+        match serde_json::from_slice::<Line<Notice>>(line) {
             Ok(l) if l.seq >= next_seq => {
                 let n = line.len() as u64 + 1;
                 out.good_bytes += n;
                 next_seq = l.seq + 1;
                 out.entries.push(Entry {
                     seq: l.seq,
-                    alert: Arc::new(l.alert),
+                    notice: Arc::new(l.notice),
                     bytes: n,
                 });
             }
@@ -442,6 +447,7 @@ fn recover(dir: &Path, inner: &mut Inner, names: &[String]) -> Result<(), SpoolE
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::vocab::{Act, Alert, AuditEvent};
 
     fn cfg(dir: &Path) -> AlertsConfig {
         let mut c = Config::default().alerts;
@@ -453,7 +459,10 @@ mod tests {
         let mut out = vec![];
         let mut at = s.cursor(sink);
         while let Some(e) = s.next_after(at) {
-            out.push(e.alert.id.clone());
+            out.push(match &*e.notice {
+                Notice::Alert(a) => a.id.clone(),
+                Notice::Audit(a) => a.id.clone(),
+            });
             at = e.seq;
         }
         out
@@ -466,7 +475,8 @@ mod tests {
         {
             let s = Spool::open(&cfg(dir.path()), names.clone()).unwrap();
             for i in 0..5 {
-                s.append(&Alert::example(&format!("pw-{i}"))).unwrap();
+                s.append(Notice::Alert(Alert::example(&format!("pw-{i}"))))
+                    .unwrap();
             }
             s.ack(0, 3).unwrap();
         }
@@ -474,7 +484,7 @@ mod tests {
         assert_eq!(drain(&s, 0), ["pw-3", "pw-4"]);
         assert_eq!(drain(&s, 1).len(), 5);
         // New events continue the sequence.
-        assert_eq!(s.append(&Alert::example("pw-5")).unwrap(), 6);
+        assert_eq!(s.append(Notice::Alert(Alert::example("pw-5"))).unwrap(), 6);
     }
 
     #[test]
@@ -483,7 +493,7 @@ mod tests {
         let names = vec!["a".to_string()];
         {
             let s = Spool::open(&cfg(dir.path()), names.clone()).unwrap();
-            s.append(&Alert::example("pw-0")).unwrap();
+            s.append(Notice::Alert(Alert::example("pw-0"))).unwrap();
         }
         let seg = dir.path().join(format!("seg-{:020}.jsonl", 1));
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
@@ -491,7 +501,7 @@ mod tests {
         drop(f);
         let s = Spool::open(&cfg(dir.path()), names.clone()).unwrap();
         assert_eq!(drain(&s, 0), ["pw-0"]);
-        s.append(&Alert::example("pw-1")).unwrap();
+        s.append(Notice::Alert(Alert::example("pw-1"))).unwrap();
         drop(s);
         let s = Spool::open(&cfg(dir.path()), names).unwrap();
         assert_eq!(drain(&s, 0), ["pw-0", "pw-1"]);
@@ -506,7 +516,7 @@ mod tests {
         for i in 0..25 {
             let mut a = Alert::example(&format!("pw-{i}"));
             a.evidence = serde_json::json!({ "pad": big });
-            last = s.append(&a).unwrap();
+            last = s.append(Notice::Alert(a.clone())).unwrap();
         }
         assert!(s.stats().segments >= 2);
         s.ack(0, last).unwrap();
@@ -526,7 +536,7 @@ mod tests {
         for i in 0..40 {
             let mut a = Alert::example(&format!("pw-{i}"));
             a.evidence = serde_json::json!({ "pad": big });
-            s.append(&a).unwrap();
+            s.append(Notice::Alert(a.clone())).unwrap();
         }
         assert!(s.stats().bytes <= 3 << 20);
         let lost = s.dropped(0);
@@ -541,7 +551,10 @@ mod tests {
         for i in 0..40 {
             let mut a = Alert::example(&format!("pw-{i}"));
             a.evidence = serde_json::json!({ "pad": big });
-            refused += usize::from(matches!(s.append(&a), Err(SpoolError::Full { .. })));
+            refused += usize::from(matches!(
+                s.append(Notice::Alert(a.clone())),
+                Err(SpoolError::Full { .. })
+            ));
         }
         assert!(refused > 0);
         assert_eq!(s.stats().refused as usize, refused);
@@ -553,9 +566,50 @@ mod tests {
         let mut c = Config::default().alerts;
         c.spool_dir = String::new();
         let s = Spool::open(&c, vec!["a".into()]).unwrap();
-        s.append(&Alert::example("pw-0")).unwrap();
+        s.append(Notice::Alert(Alert::example("pw-0"))).unwrap();
         assert_eq!(drain(&s, 0), ["pw-0"]);
         s.ack(0, 1).unwrap();
         assert_eq!(s.stats().events, 0);
+    }
+
+    #[test]
+    fn audit_events_share_the_spool_and_old_alert_lines_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["a".to_string()];
+        {
+            let s = Spool::open(&cfg(dir.path()), names.clone()).unwrap();
+            s.append(Notice::Alert(Alert::example("pw-0"))).unwrap();
+            s.append(Notice::Audit(AuditEvent {
+                id: "audit-1-0000beef-1".into(),
+                ts_ms: 1,
+                who: "PW_OP".into(),
+                act: Act::Block,
+                alert_id: None,
+                client: Some("k-1".into()),
+                kind: None,
+                until_ms: Some(2),
+                why: "seen".into(),
+            }))
+            .unwrap();
+        }
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".jsonl"))
+            .unwrap();
+        let text = std::fs::read_to_string(&seg).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with(r#"{"seq":1,"alert":{"#),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with(r#"{"seq":2,"audit":{"#),
+            "{}",
+            lines[1]
+        );
+        let s = Spool::open(&cfg(dir.path()), names).unwrap();
+        assert_eq!(drain(&s, 0), ["pw-0", "audit-1-0000beef-1"]);
     }
 }

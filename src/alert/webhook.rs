@@ -1,6 +1,7 @@
 //! Generic webhook, signed per the Standard Webhooks spec (standardwebhooks.com).
 //!
-//! Body: `{"type": "probewatch.alert.<event>", "timestamp": RFC 3339, "data": <alert>}`.
+//! Body: `{"type": "probewatch.alert.<event>", "timestamp": RFC 3339, "data": <alert>}`, or
+//! `probewatch.audit.<act>` with the audit event as `data` for an operator's action.
 //! Headers: `webhook-id` (the alert's event id, the same on every redelivery, for dedup),
 //! `webhook-timestamp` (Unix seconds of this attempt) and `webhook-signature`: for every
 //! configured secret, `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, separated by
@@ -9,6 +10,7 @@
 use super::delivery::{Outcome, Sink};
 use super::{http, Alert, AlertError};
 use crate::config::ResolvedSink;
+use crate::vocab::AuditEvent;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -70,9 +72,10 @@ pub fn signature(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> Str
         .join(" ")
 }
 
-impl Sink for WebhookSink {
-    async fn deliver(&mut self, a: &Alert) -> Outcome {
-        let body = match serde_json::to_vec(&body(a)) {
+impl WebhookSink {
+    /// POSTs `body` signed under every key, with `id` as the `webhook-id`.
+    async fn post(&self, id: &str, body: &serde_json::Value) -> Outcome {
+        let body = match serde_json::to_vec(body) {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::Reject {
@@ -84,17 +87,33 @@ impl Sink for WebhookSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let mut headers = vec![
-            ("webhook-id", a.event_id.clone()),
+            ("webhook-id", id.to_string()),
             ("webhook-timestamp", ts.to_string()),
         ];
         if !self.keys.is_empty() {
-            headers.push((
-                "webhook-signature",
-                signature(&self.keys, &a.event_id, ts, &body),
-            ));
+            headers.push(("webhook-signature", signature(&self.keys, id, ts, &body)));
         }
         http::post(&self.client, &self.url, "application/json", &headers, body).await
     }
+}
+
+impl Sink for WebhookSink {
+    async fn deliver(&mut self, a: &Alert) -> Outcome {
+        self.post(&a.event_id, &body(a)).await
+    }
+
+    async fn deliver_audit(&mut self, e: &AuditEvent) -> Option<Outcome> {
+        Some(self.post(&e.id, &audit_body(e)).await)
+    }
+}
+
+/// The Standard Webhooks payload of an operator's action (`probewatch.audit.<act>`).
+pub fn audit_body(e: &AuditEvent) -> serde_json::Value {
+    serde_json::json!({
+        "type": format!("probewatch.audit.{}", e.act.as_str()),
+        "timestamp": super::rfc3339(e.ts_ms),
+        "data": e,
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! caller the interceptor found; errors map to gRPC codes as [`ApiError`]s do.
 
 use super::auth::{Caller, Tokens};
-use super::grpc::{name, parse};
+use super::grpc::parse;
 use super::{ApiError, ApiState};
 use crate::config::enforce::{Action, DegradeMode};
 use crate::enforce::audit::AuditEvent;
@@ -31,7 +31,7 @@ fn audit_event(e: AuditEvent) -> pb::AuditEvent {
         id: e.id,
         ts_ms: e.ts_ms,
         who: e.who,
-        act: name(e.act),
+        act: e.act.as_str().into(),
         alert_id: e.alert_id.unwrap_or_default(),
         client: e.client.unwrap_or_default(),
         kind: e.kind.map(|k| k.as_str().to_string()).unwrap_or_default(),

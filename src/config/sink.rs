@@ -83,6 +83,9 @@ impl SinkType {
 fn default_min_severity() -> Severity {
     Severity::Low
 }
+fn default_audit() -> bool {
+    true
+}
 fn default_rate() -> f64 {
     DEFAULT_SINK_RATE_PER_SEC
 }
@@ -109,6 +112,10 @@ pub struct Delivery {
     /// Deliver only alerts at or above this severity.
     #[serde(default = "default_min_severity")]
     pub min_severity: Severity,
+    /// Deliver operators' actions (the audit log) too, where the format has room for them
+    /// (not Alertmanager or PagerDuty, which page).
+    #[serde(default = "default_audit")]
+    pub audit: bool,
     /// Sustained deliveries per second (token bucket), so a storm cannot flood a pager.
     #[serde(default = "default_rate")]
     pub rate_per_sec: f64,
@@ -128,6 +135,7 @@ impl Default for Delivery {
         Self {
             name: None,
             min_severity: default_min_severity(),
+            audit: default_audit(),
             rate_per_sec: default_rate(),
             burst: default_burst(),
             timeout_ms: default_timeout(),

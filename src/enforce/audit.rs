@@ -8,9 +8,8 @@
 //! the in-memory list holds at most [`MAX_RECENT`] events. Without a spool directory the log
 //! is in memory only. Every event is also logged (target `probewatch::audit`).
 
-use crate::vocab::Kind;
+pub use crate::vocab::{Act, AuditEvent};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,41 +23,6 @@ pub const FILE: &str = "audit.jsonl";
 /// Longest reason kept, in bytes (longer ones are cut at a character boundary).
 pub const MAX_WHY_BYTES: usize = 512;
 
-/// What an operator did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Act {
-    Ack,
-    FalsePositive,
-    Allow,
-    Disallow,
-    Block,
-    Degrade,
-    Throttle,
-    Clear,
-}
-
-/// One audited action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// `audit-<ts_ms>-<n>`, unique within a process.
-    pub id: String,
-    pub ts_ms: i64,
-    /// The token's name.
-    pub who: String,
-    pub act: Act,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alert_id: Option<String>,
-    /// The client (as alerts name it) or allow-list pattern acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<Kind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until_ms: Option<i64>,
-    pub why: String,
-}
-
 /// Why an action could not be recorded (and so was not taken).
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -66,11 +30,25 @@ pub enum AuditError {
     Io(String, std::io::Error),
 }
 
+/// Called with every recorded event (the sidecar spools it for the sinks).
+pub type Forward = Box<dyn Fn(&AuditEvent) + Send + Sync>;
+
 /// The log.
-#[derive(Debug)]
 pub struct AuditLog {
     path: Option<PathBuf>,
     inner: Mutex<Inner>,
+    /// Tells this process's ids from another replica's or an earlier run's.
+    instance: u32,
+    forward: Option<Forward>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("forward", &self.forward.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -94,10 +72,21 @@ impl AuditLog {
                 push(&mut inner.recent, e);
             }
         }
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         Self {
             path,
             inner: Mutex::new(inner),
+            instance: crate::hash::mix64(started ^ u64::from(std::process::id())) as u32,
+            forward: None,
         }
+    }
+
+    /// Hands every event recorded from now on to `f` too, after it is on disk.
+    pub fn with_forward(mut self, f: Forward) -> Self {
+        self.forward = Some(f);
+        self
     }
 
     /// Records `event` (its `id` is set here, its `why` cut to [`MAX_WHY_BYTES`]); the
@@ -105,7 +94,7 @@ impl AuditLog {
     pub fn record(&self, mut event: AuditEvent) -> Result<AuditEvent, AuditError> {
         let mut g = self.inner.lock();
         g.seq += 1;
-        event.id = format!("audit-{}-{}", event.ts_ms, g.seq);
+        event.id = format!("audit-{}-{:08x}-{}", event.ts_ms, self.instance, g.seq);
         cut(&mut event.why, MAX_WHY_BYTES);
         if let Some(p) = &self.path {
             append(p, &event).map_err(|e| AuditError::Io(p.display().to_string(), e))?;
@@ -118,6 +107,10 @@ impl AuditLog {
             "operator action"
         );
         push(&mut g.recent, event.clone());
+        // Under the lock, so the sinks see events in the log's order.
+        if let Some(f) = &self.forward {
+            f(&event);
+        }
         Ok(event)
     }
 

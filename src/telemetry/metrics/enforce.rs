@@ -40,6 +40,18 @@ pub(super) fn encode(
         "Decision-table entries pushed out by a full table.",
         &one(get(&s.evicted)),
     )?;
+    counter(
+        e,
+        "enforce_silenced",
+        "Alert events kept from the sinks by a false-positive mark.",
+        &one(get(&s.silenced)),
+    )?;
+    counter(
+        e,
+        "enforce_restore_refused",
+        "Saved decision tables refused at start (damaged, or another format version).",
+        &one(get(&s.restore_refused)),
+    )?;
     gauge(
         e,
         "enforce_clients_flagged",

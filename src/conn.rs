@@ -77,6 +77,12 @@ impl Acceptor {
         }
     }
 
+    /// Its listener, limits and counters, to rebuild it on another runtime (a listener
+    /// belongs to the runtime it was registered with).
+    pub fn into_parts(self) -> (TcpListener, Limits, Arc<ConnStats>) {
+        (self.listener, self.limits, self.stats)
+    }
+
     /// The limits.
     pub fn limits(&self) -> Limits {
         self.limits

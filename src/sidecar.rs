@@ -368,7 +368,7 @@ impl Running {
         if let Some((e, l)) = enforcer {
             front.spawn(
                 "enforce ext_proc",
-                e.serve(accept(l, "enforce"), front.stopped()),
+                e.serve_dedicated(accept(l, "enforce"), front.stopped()),
             );
         }
         let svc =

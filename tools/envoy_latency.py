@@ -50,20 +50,26 @@ def main():
                          "throughput and probewatch CPU per exchange under load")
     ap.add_argument("--enforce", action="store_true",
                     help="measure the enforcing filter (envoy-enforce.yaml) against the mirror alone")
+    ap.add_argument("--alone", action="store_true",
+                    help="with --enforce: both Envoys without the mirror, so the decision does not "
+                         "compete with detection for probewatch's threads")
     a = ap.parse_args()
     d = tempfile.mkdtemp()
     mport, ext, e_on, e_off = free_port(), free_port(), free_port(), free_port()
     enf, api = free_port(), free_port()
     local = lambda t: t.replace("address: 0.0.0.0", "address: 127.0.0.1").replace("port_value: 8081", f"port_value: {mport}").replace("port_value: 50052", f"port_value: {ext}").replace("port_value: 50053", f"port_value: {enf}")
     base = local(open(os.path.join(ROOT, "deploy/envoy/envoy.yaml")).read())
+    # Without the mirror: drop the ext_proc filter block (the enforcing filter has another name).
+    unmirrored = lambda t: re.sub(r"\s+- name: envoy\.filters\.http\.ext_proc.*?(?=\s+- name: envoy\.filters\.http\.router)", "", t, flags=re.S)
     if a.enforce:
         on = local(open(os.path.join(ROOT, "deploy/envoy/envoy-enforce.yaml")).read())
         off = base
         names = ("mirror only", "mirror + enforce")
+        if a.alone:
+            on, off, names = unmirrored(on), unmirrored(off), ("no filter", "enforce only")
     else:
         on = base
-        # Without the mirror: drop the ext_proc filter block.
-        off = re.sub(r"\s+- name: envoy\.filters\.http\.ext_proc.*?(?=\s+- name: envoy\.filters\.http\.router)", "", base, flags=re.S)
+        off = unmirrored(base)
         names = ("without mirror", "with mirror")
     on = on.replace("port_value: 8000", f"port_value: {e_on}")
     off = off.replace("port_value: 8000", f"port_value: {e_off}")

@@ -6,6 +6,8 @@
 //!   client, kind) is one alert with one id and one owner across the fleet, and a replica
 //!   that dies hands its alerts on when its lease lapses (the gate is
 //!   `alert::fleet`; the store is [`redis::RedisStore`]).
+//! - **Operators' decisions.** A block, a clear, an allow rule or a false positive set on
+//!   one replica's API reaches every replica's decision table within a sync ([`table`]).
 //! - **The learned normal.** Each replica publishes every model's baseline once it has
 //!   learned one, and a replica without one (new, or restarted without a snapshot) adopts
 //!   the fleet's, so it does not judge traffic blind while its own sample fills
@@ -20,6 +22,7 @@
 pub mod echo;
 pub mod normal;
 pub mod redis;
+pub mod table;
 
 use crate::alert::fleet::FleetStore;
 use crate::alert::Dispatcher;
@@ -68,6 +71,8 @@ pub struct Cluster {
     publish: Option<Duration>,
     /// The echo exchange, with `share_windows`.
     echoes: Option<Arc<tokio::sync::Mutex<echo::Echoes>>>,
+    /// The decision table's operator changes, once [`Cluster::share_table`] is called.
+    shared: parking_lot::Mutex<Option<Arc<tokio::sync::Mutex<table::SharedTable>>>>,
     stop: watch::Sender<bool>,
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -96,9 +101,17 @@ impl Cluster {
             sync: Duration::from_millis(c.config.sync_ms),
             publish,
             echoes,
+            shared: parking_lot::Mutex::new(None),
             stop: watch::channel(false).0,
             task: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Shares the operators' changes to `t` with the fleet, from the next sync on (call it
+    /// before [`Cluster::start`]).
+    pub fn share_table(&self, t: Arc<crate::enforce::table::DecisionTable>) {
+        let shared = table::SharedTable::new(t);
+        *self.shared.lock() = Some(Arc::new(tokio::sync::Mutex::new(shared)));
     }
 
     /// The alert-ownership store, for the dispatcher's fleet gate.
@@ -144,6 +157,7 @@ impl Cluster {
     pub fn start(&self, p: Arc<Pipeline>, alerts: Arc<Dispatcher>) {
         let store = self.store.clone();
         let echoes = self.echoes.clone();
+        let shared = self.shared.lock().clone();
         let (sync, publish) = (self.sync, self.publish);
         let mut stop = self.stop.subscribe();
         let task = tokio::spawn(async move {
@@ -157,6 +171,9 @@ impl Cluster {
                 }
                 for a in sync_once(&store, echoes.as_deref(), &p).await {
                     alerts.send(a);
+                }
+                if let Some(t) = &shared {
+                    t.lock().await.sync(&store).await;
                 }
                 if publish.is_some_and(|d| last_publish.elapsed() >= d) {
                     last_publish = tokio::time::Instant::now();

@@ -316,6 +316,7 @@ impl Running {
         if let Some(cl) = &cluster {
             // Models the snapshot did not bring start from the fleet's normal.
             cl.adopt_normals(&pipeline).await;
+            cl.share_table(table.clone());
             cl.start(pipeline.clone(), dispatcher.clone());
         }
         let scorer = Scorer::start_default();

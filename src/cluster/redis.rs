@@ -184,6 +184,11 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// This replica's name.
+    pub(super) fn replica(&self) -> &str {
+        &self.replica
+    }
+
     /// The key of a name under this deployment's prefix.
     pub(super) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)

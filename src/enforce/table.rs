@@ -6,6 +6,8 @@
 //! (past it, the entry that expires first goes, counted) and [`MAX_ALLOWS`] allow-list
 //! rules, and every entry expires.
 
+pub mod share;
+
 use crate::config::enforce::{Action, Degrade, EnforceConfig};
 use crate::vocab::{Alert, Event, Kind};
 use dashmap::DashMap;
@@ -141,6 +143,10 @@ pub struct TableStats {
     pub evicted: AtomicU64,
     /// Saved tables refused at start (damaged, or another version).
     pub restore_refused: AtomicU64,
+    /// Operators' changes not shared with the other replicas: the outbox was full.
+    pub share_dropped: AtomicU64,
+    /// Operators' changes taken from other replicas.
+    pub shared_in: AtomicU64,
 }
 
 /// The table.
@@ -151,6 +157,8 @@ pub struct DecisionTable {
     allows: RwLock<Vec<AllowRule>>,
     /// Keys the probabilistic draw, so a client cannot predict which requests are acted on.
     draw: std::collections::hash_map::RandomState,
+    /// Operators' changes for the other replicas ([`share`]).
+    outbox: parking_lot::Mutex<share::Outbox>,
     pub stats: TableStats,
 }
 
@@ -162,6 +170,7 @@ impl DecisionTable {
             flagged: DashMap::new(),
             allows: RwLock::new(Vec::new()),
             draw: Default::default(),
+            outbox: Default::default(),
             stats: TableStats::default(),
         }
     }
@@ -292,19 +301,47 @@ impl DecisionTable {
         now_ms: i64,
         until_ms: i64,
     ) {
+        self.record(share::Change::Set(SavedEntry {
+            client: client.to_string(),
+            action,
+            cause: cause.clone(),
+            starts_ms: now_ms,
+            expires_ms: until_ms,
+        }));
+        self.put_manual(client, action, cause, now_ms, until_ms, now_ms);
+    }
+
+    fn put_manual(
+        &self,
+        client: &str,
+        action: Action,
+        cause: Cause,
+        starts_ms: i64,
+        until_ms: i64,
+        now_ms: i64,
+    ) {
         self.flagged.remove(client);
         if action != Action::Observe {
-            self.insert(client, action, cause, now_ms, until_ms, now_ms);
+            self.insert(client, action, cause, starts_ms, until_ms, now_ms);
         }
     }
 
     /// Lifts every entry of `client`; true if there was one.
     pub fn clear(&self, client: &str) -> bool {
+        self.record(share::Change::Clear {
+            client: client.to_string(),
+        });
         self.flagged.remove(client).is_some()
     }
 
     /// Allow-lists `rule.pattern` for `rule.kind`, and lifts alert-driven entries it covers.
     pub fn allow(&self, rule: AllowRule, now_ms: i64) -> Result<(), TableError> {
+        self.add_allow(rule.clone(), now_ms)?;
+        self.record(share::Change::Allow(rule));
+        Ok(())
+    }
+
+    fn add_allow(&self, rule: AllowRule, now_ms: i64) -> Result<(), TableError> {
         if rule.pattern.is_empty() || rule.pattern == "*" {
             return Err(TableError::BarePattern);
         }
@@ -327,6 +364,14 @@ impl DecisionTable {
 
     /// Removes the allow rule for exactly `pattern` and `kind`; true if there was one.
     pub fn disallow(&self, pattern: &str, kind: Option<Kind>) -> bool {
+        self.record(share::Change::Disallow {
+            pattern: pattern.to_string(),
+            kind,
+        });
+        self.remove_allow(pattern, kind)
+    }
+
+    fn remove_allow(&self, pattern: &str, kind: Option<Kind>) -> bool {
         let mut allows = self.allows.write();
         let before = allows.len();
         allows.retain(|r| !(r.pattern == pattern && r.kind == kind));

@@ -52,6 +52,18 @@ pub(super) fn encode(
         "Saved decision tables refused at start (damaged, or another format version).",
         &one(get(&s.restore_refused)),
     )?;
+    counter(
+        e,
+        "enforce_shared_in",
+        "Operators' changes taken from other replicas ([cluster]).",
+        &one(get(&s.shared_in)),
+    )?;
+    counter(
+        e,
+        "enforce_share_dropped",
+        "Operators' changes not shared with the other replicas: the outbox was full.",
+        &one(get(&s.share_dropped)),
+    )?;
     gauge(
         e,
         "enforce_clients_flagged",

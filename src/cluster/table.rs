@@ -1,0 +1,174 @@
+//! The decision table's operator changes, shared by the fleet: a block, a clear, an allow
+//! rule or a false positive set through one replica's API holds on all of them.
+//!
+//! Two keys: a stream (`enforce`) that every replica appends its changes to and reads the
+//! others' from, capped at about [`STREAM_MAXLEN`] entries, and a hash (`enforce:state`)
+//! holding the latest change in force per slot (a client, or an allow rule's pattern and
+//! kind; fields are hashed, so no client is a Redis field name). A replica reads the hash
+//! once, when it starts, so that it holds what the fleet's operators decided before it
+//! came up however long ago; from then on it follows the stream. Both are written in one
+//! pipeline per sync, only when there is something to send; a sync that fails gives its
+//! changes back to the table's bounded outbox. Changes are applied in the order a replica
+//! reads them, so two operators acting on one client on two replicas within a sync end
+//! with whichever change reached Redis last.
+
+use super::redis::RedisStore;
+use crate::enforce::table::share::Change;
+use crate::enforce::table::DecisionTable;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Entries the stream keeps (approximately: `MAXLEN ~`); a replica that falls further
+/// behind than this (a long partition) misses changes, which the state hash gives back at
+/// its next start.
+pub const STREAM_MAXLEN: usize = 4_096;
+/// Stream entries read per sync.
+const READ_COUNT: usize = 512;
+/// Hash fields read per `HSCAN` step at start, and the most read in all.
+const SCAN_COUNT: usize = 512;
+const MAX_STATE: usize = 1 << 17;
+/// How long the state hash outlives its last write (the longest operator action is 90 days).
+const STATE_TTL_MS: i64 = 91 * 24 * 3_600_000;
+
+/// One replica's share of the fleet's table.
+#[derive(Debug)]
+pub struct SharedTable {
+    table: Arc<DecisionTable>,
+    /// Where the stream was last read (from this replica's start, on Redis's stream clock).
+    cursor: String,
+    booted: bool,
+}
+
+impl SharedTable {
+    /// Shares `table`'s operator changes from now on.
+    pub fn new(table: Arc<DecisionTable>) -> Self {
+        table.share();
+        // A millisecond early: an entry appended in this very millisecond is read too
+        // (XREAD returns what comes after the cursor); reading one twice changes nothing.
+        let now = crate::clock::system().now_ms().max(1);
+        Self {
+            table,
+            cursor: format!("{}-0", now - 1),
+            booted: false,
+        }
+    }
+
+    /// Reads the fleet's state (once), sends this replica's changes, applies the others'.
+    pub async fn sync(&mut self, store: &RedisStore) {
+        if !self.booted {
+            self.booted = boot(store, &self.table).await;
+        }
+        let out = self.table.take_changes();
+        if !out.is_empty() && !send(store, &out).await {
+            self.table.give_back(out);
+        }
+        self.read(store).await;
+    }
+
+    async fn read(&mut self, store: &RedisStore) {
+        let mut cmd = ::redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(store.key("enforce"))
+            .arg(&self.cursor);
+        let mut conn = store.conn();
+        let r = store
+            .call(cmd.query_async::<Option<::redis::streams::StreamReadReply>>(&mut conn))
+            .await;
+        let Ok(Some(reply)) = r else {
+            return;
+        };
+        let now = crate::clock::system().now_ms();
+        for id in reply.keys.into_iter().flat_map(|k| k.ids) {
+            let from = id.get::<String>("r").unwrap_or_default();
+            if from != store.replica() {
+                match id
+                    .get::<String>("c")
+                    .and_then(|c| serde_json::from_str(&c).ok())
+                {
+                    Some(c) => self.table.apply(c, now),
+                    None => tracing::warn!(entry = %id.id, "unreadable enforce change skipped"),
+                }
+            }
+            self.cursor = id.id;
+        }
+    }
+}
+
+fn field(c: &Change) -> String {
+    hex::encode(&Sha256::digest(c.slot().as_bytes())[..16])
+}
+
+/// Appends `out` to the stream and the state hash in one pipeline; true when Redis took it.
+async fn send(store: &RedisStore, out: &[Change]) -> bool {
+    let (stream, state) = (store.key("enforce"), store.key("enforce:state"));
+    let mut pipe = ::redis::pipe();
+    for c in out {
+        let Ok(json) = serde_json::to_string(c) else {
+            continue;
+        };
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("r")
+            .arg(store.replica())
+            .arg("c")
+            .arg(&json)
+            .ignore();
+        match c.until_ms() {
+            Some(_) => pipe.hset(&state, field(c), &json).ignore(),
+            None => pipe.hdel(&state, field(c)).ignore(),
+        };
+    }
+    pipe.pexpire(&state, STATE_TTL_MS).ignore();
+    pipe.pexpire(&stream, STATE_TTL_MS).ignore();
+    let mut conn = store.conn();
+    match store.call(pipe.query_async::<()>(&mut conn)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "enforce changes not shared yet");
+            false
+        }
+    }
+}
+
+/// Applies every change in force in the state hash; true once it was read.
+async fn boot(store: &RedisStore, table: &DecisionTable) -> bool {
+    let state = store.key("enforce:state");
+    let now = crate::clock::system().now_ms();
+    let (mut cursor, mut read, mut stale) = ("0".to_string(), 0usize, Vec::new());
+    loop {
+        let mut cmd = ::redis::cmd("HSCAN");
+        cmd.arg(&state).arg(&cursor).arg("COUNT").arg(SCAN_COUNT);
+        let mut conn = store.conn();
+        let Ok((next, fields)) = store
+            .call(cmd.query_async::<(String, Vec<(String, String)>)>(&mut conn))
+            .await
+        else {
+            return false;
+        };
+        for (f, json) in fields {
+            read += 1;
+            match serde_json::from_str::<Change>(&json) {
+                Ok(c) if c.until_ms().is_some_and(|u| now < u) => table.apply(c, now),
+                _ => stale.push(f),
+            }
+        }
+        if next == "0" || read >= MAX_STATE {
+            break;
+        }
+        cursor = next;
+    }
+    if !stale.is_empty() {
+        let mut conn = store.conn();
+        let mut cmd = ::redis::cmd("HDEL");
+        cmd.arg(&state).arg(&stale);
+        let _ = store.call(cmd.query_async::<i64>(&mut conn)).await;
+    }
+    tracing::info!(read, expired = stale.len(), "fleet decision table read");
+    true
+}

@@ -33,6 +33,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+
+/// A gRPC server for `acceptor`'s connections that pings each peer every half idle timeout
+/// and drops one that does not answer within as long, so a dead peer cannot hold a
+/// connection slot.
+pub(crate) fn grpc_server(acceptor: &crate::conn::Acceptor) -> tonic::transport::Server {
+    let ping = acceptor.limits().idle / 2;
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ping))
+}
 use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::{Request, Response, Status, Streaming};
 

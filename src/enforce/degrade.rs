@@ -176,12 +176,7 @@ fn chat_token(t: &mut Map<String, Value>, d: Degrade) {
     }
     if let Some(top) = t.get_mut("top_logprobs").and_then(Value::as_array_mut) {
         // Listed most likely first, as the API returns them.
-        let keep = match d {
-            Degrade::Top1 => 1,
-            Degrade::TopK(k) => k,
-            Degrade::Round(_) => top.len(),
-        };
-        top.truncate(keep);
+        top.truncate(kept(d, top.len()));
         for alt in top.iter_mut().filter_map(Value::as_object_mut) {
             if let Some(x) = alt.get("logprob").and_then(Value::as_f64) {
                 alt.insert("logprob".into(), number(logprob(x, d)));
@@ -208,15 +203,20 @@ fn completions(lp: &mut Map<String, Value>, d: Degrade) {
             .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(f64::NEG_INFINITY)))
             .collect();
         alts.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let keep = match d {
-            Degrade::Top1 => 1,
-            Degrade::TopK(k) => k,
-            Degrade::Round(_) => alts.len(),
-        };
+        let keep = kept(d, alts.len());
         m.clear();
         for (tok, x) in alts.into_iter().take(keep) {
             m.insert(tok, number(logprob(x, d)));
         }
+    }
+}
+
+/// How many of `n` alternatives an answer keeps.
+fn kept(d: Degrade, n: usize) -> usize {
+    match d {
+        Degrade::Top1 => 1,
+        Degrade::TopK(k) => k,
+        Degrade::Round(_) => n,
     }
 }
 

@@ -193,10 +193,7 @@ impl Enforcer {
         acceptor: crate::conn::Acceptor,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let ping = acceptor.limits().idle / 2;
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(ping))
-            .http2_keepalive_timeout(Some(ping))
+        super::grpc_server(&acceptor)
             .add_service(ExternalProcessorServer::new(self))
             .serve_with_incoming_shutdown(acceptor.into_stream(), shutdown)
             .await

@@ -80,10 +80,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let ping = acceptor.limits().idle / 2;
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(ping))
-        .http2_keepalive_timeout(Some(ping));
+    let mut builder = super::grpc_server(&acceptor);
     if let Some(t) = tls {
         builder = builder.tls_config(t)?;
     }

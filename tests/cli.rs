@@ -330,9 +330,10 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let trace = synthetic_trace(dir.path());
     std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(dir.path().join("op-token"), "op-s3cret-token\n").unwrap();
     std::fs::write(
         dir.path().join("pw.toml"),
-        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\n[[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"),
+        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\noperator_tokens_file = [\"op-token\"]\noperator_tokens_env = []\n[alerts]\nspool_dir = \"\"\n[[alerts.sinks]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n"),
     )
     .unwrap();
     let (mut serve, mut log, addr) = start_serve(
@@ -538,6 +539,7 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
             .arg(root.join("tests/dashboard.cjs"))
             .args([api.as_str(), "s3cret-token", "attacker"])
             .arg(&shot)
+            .arg("op-s3cret-token")
             .output()
             .expect("node (tests/install-deps.sh installs node, chromium and playwright-core)");
         assert!(

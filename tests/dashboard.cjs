@@ -1,11 +1,13 @@
 // Drives the embedded dashboard in headless Chromium (playwright-core, Debian's chromium):
-// the page must list `expect` as the riskiest client, and its drill-down must draw all four
-// charts. Saves a screenshot. Usage: NODE_PATH=... node tests/dashboard.cjs URL TOKEN EXPECT SCREENSHOT
+// the page must list `expect` as the riskiest client, and its drill-down must draw all its
+// charts. With an operator token, an action from the drill-down: refused with the read
+// token, then taken with the operator's, listed under Enforcement and in the audit log.
+// Saves a screenshot. Usage: NODE_PATH=... node tests/dashboard.cjs URL TOKEN EXPECT SCREENSHOT [OPERATOR_TOKEN]
 const { chromium } = require("playwright-core");
 
 (async () => {
 
-const [url, token, expect, shot] = process.argv.slice(2);
+const [url, token, expect, shot, operator] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,8 +32,25 @@ try {
   }
   const rows = await page.locator("#client-alerts tbody tr").count();
   if (rows < 1) throw new Error("drill-down lists no alerts");
+  if (operator) {
+    const result = page.locator("#act-result");
+    await page.fill("#why", "extraction confirmed by the SOC");
+    await page.click('#actions button[data-act="block"]');
+    await page.waitForFunction(() => document.getElementById("act-result").textContent !== "");
+    if ((await result.getAttribute("class")) !== "failed" || !/read but not act/.test(await result.textContent()))
+      throw new Error(`a read token acted: ${await result.textContent()}`);
+    await page.fill("#token", operator);
+    await page.click('#actions button[data-act="block"]');
+    await page.waitForFunction(() => /^done/.test(document.getElementById("act-result").textContent), null, { timeout: 10000 });
+    const flagged = page.locator("#flagged tbody tr").first();
+    await flagged.waitFor({ timeout: 10000 });
+    const cells = await flagged.locator("td").allTextContents();
+    if (cells[0] !== expect || cells[1] !== "block") throw new Error(`enforcement lists ${cells}`);
+    const audit = await page.locator("#audit tbody tr").first().locator("td").allTextContents();
+    if (audit[2] !== "block" || audit[5] !== "extraction confirmed by the SOC") throw new Error(`audit lists ${audit}`);
+  }
   await page.screenshot({ path: shot, fullPage: true });
-  console.log(`dashboard ok: ${who} first, ${dots} alert events, ${rows} alerts in drill-down`);
+  console.log(`dashboard ok: ${who} first, ${dots} alert events, ${rows} alerts in drill-down${operator ? ", blocked from the page" : ""}`);
 } finally {
   await browser.close();
 }

@@ -149,7 +149,8 @@ impl Cluster {
     /// `sync_ms`); returns the alert events that the others' evidence raised here. Without
     /// `share_windows`, a health check.
     pub async fn sync_now(&self, p: &Arc<Pipeline>) -> Vec<crate::vocab::Alert> {
-        sync_once(&self.store, self.echoes.as_deref(), p).await
+        let shared = self.shared.lock().clone();
+        sync_once(&self.store, self.echoes.as_deref(), shared.as_deref(), p).await
     }
 
     /// Starts the sync loop: echoes every `sync_ms`, and the learned normal published
@@ -169,11 +170,8 @@ impl Cluster {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                for a in sync_once(&store, echoes.as_deref(), &p).await {
+                for a in sync_once(&store, echoes.as_deref(), shared.as_deref(), &p).await {
                     alerts.send(a);
-                }
-                if let Some(t) = &shared {
-                    t.lock().await.sync(&store).await;
                 }
                 if publish.is_some_and(|d| last_publish.elapsed() >= d) {
                     last_publish = tokio::time::Instant::now();
@@ -200,14 +198,38 @@ impl Cluster {
     }
 }
 
+/// One sync: echoes sent and read, and the decision table's changes sent and read in the
+/// same `XREAD`; without echoes, the table's read (or a `PING`) is the health check.
 async fn sync_once(
     store: &redis::RedisStore,
     echoes: Option<&tokio::sync::Mutex<echo::Echoes>>,
+    shared: Option<&tokio::sync::Mutex<table::SharedTable>>,
     p: &Arc<Pipeline>,
 ) -> Vec<crate::vocab::Alert> {
-    match echoes {
-        Some(e) => e.lock().await.sync(store, p).await,
-        None => {
+    let mut table = match shared {
+        Some(t) => Some(t.lock().await),
+        None => None,
+    };
+    match (echoes, table.as_mut()) {
+        (Some(e), t) => {
+            let extra = match t {
+                Some(t) => {
+                    t.send(store).await;
+                    Some(t.read_from(store))
+                }
+                None => None,
+            };
+            let (alerts, ids) = e.lock().await.sync(store, p, extra).await;
+            if let Some(t) = table.as_mut() {
+                t.absorb(store, ids);
+            }
+            alerts
+        }
+        (None, Some(t)) => {
+            t.sync(store).await;
+            Vec::new()
+        }
+        (None, None) => {
             ping(store).await;
             Vec::new()
         }

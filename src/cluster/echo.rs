@@ -79,8 +79,14 @@ impl Echoes {
     }
 
     /// Sends this replica's echoes and absorbs the others'; returns the alerts that
-    /// absorbing raised.
-    pub async fn sync(&mut self, store: &RedisStore, p: &Arc<Pipeline>) -> Vec<Alert> {
+    /// absorbing raised, and the entries of `extra` (another stream and where to read it
+    /// from, read in the same `XREAD`, so that it costs no round trip of its own).
+    pub async fn sync(
+        &mut self,
+        store: &RedisStore,
+        p: &Arc<Pipeline>,
+        extra: Option<(String, String)>,
+    ) -> (Vec<Alert>, Vec<::redis::streams::StreamId>) {
         let out = p.take_echoes();
         if !self.send(store, &out).await {
             p.return_echoes(out);
@@ -88,14 +94,15 @@ impl Echoes {
             let n = out.len() as u64;
             store.stats.echoes_sent.fetch_add(n, Ordering::Relaxed);
         }
-        let batches = self.read(store).await;
+        let (batches, extra) = self.read(store, extra).await;
         if batches.is_empty() {
-            return Vec::new();
+            return (Vec::new(), extra);
         }
         let (p, stats) = (p.clone(), store.stats.clone());
-        tokio::task::spawn_blocking(move || absorb(&p, &stats, batches))
+        let alerts = tokio::task::spawn_blocking(move || absorb(&p, &stats, batches))
             .await
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (alerts, extra)
     }
 
     fn stream(&self, store: &RedisStore, replica: &str) -> String {
@@ -169,10 +176,14 @@ impl Echoes {
         }
     }
 
-    /// Reads every other live replica's new entries.
-    async fn read(&mut self, store: &RedisStore) -> Vec<Vec<u8>> {
-        if self.live.is_empty() {
-            return Vec::new();
+    /// Reads every other live replica's new entries, and `extra`'s.
+    async fn read(
+        &mut self,
+        store: &RedisStore,
+        extra: Option<(String, String)>,
+    ) -> (Vec<Vec<u8>>, Vec<::redis::streams::StreamId>) {
+        if self.live.is_empty() && extra.is_none() {
+            return Default::default();
         }
         let keys: HashMap<String, String> = self
             .live
@@ -184,18 +195,28 @@ impl Echoes {
         for r in &self.live {
             cmd.arg(self.stream(store, r));
         }
+        if let Some((key, _)) = &extra {
+            cmd.arg(key);
+        }
         for r in &self.live {
             cmd.arg(self.cursors.get(r).unwrap_or(&self.since));
+        }
+        if let Some((_, cursor)) = &extra {
+            cmd.arg(cursor);
         }
         let mut conn = store.conn();
         let r = store
             .call(cmd.query_async::<Option<::redis::streams::StreamReadReply>>(&mut conn))
             .await;
         let Ok(Some(reply)) = r else {
-            return Vec::new();
+            return Default::default();
         };
-        let mut out = Vec::new();
+        let (mut out, mut other) = (Vec::new(), Vec::new());
         for k in reply.keys {
+            if extra.as_ref().is_some_and(|(key, _)| *key == k.key) {
+                other = k.ids;
+                continue;
+            }
             let Some(replica) = keys.get(&k.key).cloned() else {
                 continue;
             };
@@ -206,7 +227,7 @@ impl Echoes {
                 self.cursors.insert(replica.clone(), id.id);
             }
         }
-        out
+        (out, other)
     }
 }
 

@@ -6,8 +6,10 @@
 //! holding the latest change in force per slot (a client, or an allow rule's pattern and
 //! kind; fields are hashed, so no client is a Redis field name). A replica reads the hash
 //! once, when it starts, so that it holds what the fleet's operators decided before it
-//! came up however long ago; from then on it follows the stream. Both are written in one
-//! pipeline per sync, only when there is something to send; a sync that fails gives its
+//! came up however long ago; from then on it follows the stream, read in the same `XREAD`
+//! as the echoes (or in place of the health check's `PING` without them), so following it
+//! costs no round trip. Both are written in one pipeline per sync, only when there is
+//! something to send; a sync that fails gives its
 //! changes back to the table's bounded outbox. Changes are applied in the order a replica
 //! reads them, so two operators acting on one client on two replicas within a sync end
 //! with whichever change reached Redis last.
@@ -53,8 +55,9 @@ impl SharedTable {
         }
     }
 
-    /// Reads the fleet's state (once), sends this replica's changes, applies the others'.
-    pub async fn sync(&mut self, store: &RedisStore) {
+    /// Reads the fleet's state (once) and sends this replica's changes, if any: no round
+    /// trip when there is nothing to send.
+    pub async fn send(&mut self, store: &RedisStore) {
         if !self.booted {
             self.booted = boot(store, &self.table).await;
         }
@@ -62,25 +65,17 @@ impl SharedTable {
         if !out.is_empty() && !send(store, &out).await {
             self.table.give_back(out);
         }
-        self.read(store).await;
     }
 
-    async fn read(&mut self, store: &RedisStore) {
-        let mut cmd = ::redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(READ_COUNT)
-            .arg("STREAMS")
-            .arg(store.key("enforce"))
-            .arg(&self.cursor);
-        let mut conn = store.conn();
-        let r = store
-            .call(cmd.query_async::<Option<::redis::streams::StreamReadReply>>(&mut conn))
-            .await;
-        let Ok(Some(reply)) = r else {
-            return;
-        };
+    /// The stream to read and where from, for an `XREAD` that also reads other streams.
+    pub fn read_from(&self, store: &RedisStore) -> (String, String) {
+        (store.key("enforce"), self.cursor.clone())
+    }
+
+    /// Applies the others' entries of the stream (this replica's own are skipped).
+    pub fn absorb(&mut self, store: &RedisStore, ids: Vec<::redis::streams::StreamId>) {
         let now = crate::clock::system().now_ms();
-        for id in reply.keys.into_iter().flat_map(|k| k.ids) {
+        for id in ids {
             let from = id.get::<String>("r").unwrap_or_default();
             if from != store.replica() {
                 match id
@@ -92,6 +87,26 @@ impl SharedTable {
                 }
             }
             self.cursor = id.id;
+        }
+    }
+
+    /// Sends, then reads the stream on its own (when no echo exchange reads it along).
+    pub async fn sync(&mut self, store: &RedisStore) {
+        self.send(store).await;
+        let (key, cursor) = self.read_from(store);
+        let mut cmd = ::redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(cursor);
+        let mut conn = store.conn();
+        let r = store
+            .call(cmd.query_async::<Option<::redis::streams::StreamReadReply>>(&mut conn))
+            .await;
+        if let Ok(Some(reply)) = r {
+            let ids = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+            self.absorb(store, ids);
         }
     }
 }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use probewatch::alert::Dispatcher;
 use probewatch::config::Config;
-use probewatch::ingest::decode::decode;
+use probewatch::exchange::decode::decode;
 use probewatch::ingest::envoy::EnvoySource;
 use probewatch::ingest::identity::Identity;
 use probewatch::ingest::source::SourceCtx;

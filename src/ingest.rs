@@ -13,13 +13,11 @@
 //! ([`enforcer`]) that answers flagged clients from the decision table.
 
 pub mod admit;
-pub mod decode;
 pub mod enforcer;
 pub mod envoy;
 pub mod identity;
 pub mod kserve;
 pub mod oip_grpc;
-pub mod route;
 pub mod scorer;
 pub mod server;
 pub mod source;

@@ -11,10 +11,11 @@
 //! 0. **Vocabulary.** [`proto`] (wire types), [`vocab`] (an alert, its kind, severity and
 //!    ATLAS technique), [`clock`], [`hash`], [`stats`], [`pseudonym`] (keyed client pseudonyms),
 //!    [`budget`] (one memory budget for data in flight), [`conn`] (connections bounded in
-//!    number and idle time).
+//!    number and idle time), [`exchange`] (inference payloads decoded into queries: OIP v2,
+//!    KServe v1, OpenAI).
 //! 1. **Inputs.** [`config`], [`schema`] (what a model owner knows of inputs), [`record`]
 //!    (a query and its [`record::validate`]ion), [`sketch`] (the vector detectors compare),
-//!    [`trace`] (the recorded-traffic format).
+//!    [`trace`] (the recorded-traffic format: records, or whole exchanges).
 //! 2. **State.** [`window`]: per-client sliding-window sketches in a bounded dashmap;
 //!    [`normal`]: the model's learned normal traffic (reservoir, baseline, the region in
 //!    rank space).
@@ -44,6 +45,7 @@ pub mod config;
 pub mod conn;
 pub mod detect;
 pub mod enforce;
+pub mod exchange;
 pub mod hash;
 pub mod ingest;
 pub mod normal;

@@ -467,6 +467,27 @@ mod tests {
     }
 
     #[test]
+    fn exchanges_replay_as_the_records_a_mirror_sends() {
+        let mut f = tempfile::NamedTempFile::with_suffix(".jsonl").unwrap();
+        for i in 0..3 {
+            writeln!(
+                f,
+                "{{\"ts_ms\":{i},\"client\":\"a\",\"path\":\"/v2/models/m/infer\",\"request\":{{\"inputs\":[{{\"name\":\"x\",\"shape\":[2,2],\"datatype\":\"FP32\",\"data\":[1,2,3,{i}]}}]}},\"response\":{{\"outputs\":[{{\"name\":\"y\",\"shape\":[2,2],\"datatype\":\"FP32\",\"data\":[0.1,0.9,0.8,0.2]}}]}}}}"
+            )
+            .unwrap();
+        }
+        writeln!(f, "{{\"ts_ms\":9,\"client\":\"a\",\"path\":\"/v2/health/ready\",\"request\":{{}},\"response\":{{}}}}").unwrap();
+        let rep = replay(
+            Arc::new(Config::default()),
+            None,
+            f.path(),
+            &ReplayOptions::default(),
+        )
+        .unwrap();
+        assert_eq!((rep.records, rep.accepted, rep.bad_lines), (6, 6, 1));
+    }
+
+    #[test]
     fn a_trace_with_no_record_fails_loudly() {
         let mut f = tempfile::NamedTempFile::with_suffix(".jsonl").unwrap();
         for i in 0..3 {
@@ -484,7 +505,11 @@ mod tests {
         ) {
             Err(ReplayError::NothingReadable { lines, first }) => {
                 assert_eq!(lines, 3);
-                assert!(first.contains("input"), "{first}");
+                // Read as exchanges, which do not decode: the reason names the path.
+                assert!(
+                    first.contains("exchange on /v1/chat/completions"),
+                    "{first}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -1,6 +1,11 @@
 //! Reader for recorded traffic in the shared trace format: JSON Lines (optionally gzip),
-//! one `{"ts_ms", "client", "model", "input", "output", ...}` per line. Unknown fields are
-//! ignored; malformed lines are reported with their line number, never fatal to the reader.
+//! one `{"ts_ms", "client", "model", "input", "output", ...}` per line, or one whole
+//! exchange per line, `{"ts_ms", "client", "model", "path", "request", "response"}` with the
+//! request and response bodies as JSON, as a gateway's log holds them. An exchange is
+//! decoded by the mirror's own decoders ([`crate::exchange::decode_rest`]) into the records
+//! a mirror would have sent: a replay of captured traffic judges the mirror's code path.
+//! Unknown fields are ignored; malformed lines are reported with their line number, never
+//! fatal to the reader.
 
 use crate::proto::v1::QueryRecord;
 use serde::Deserialize;
@@ -52,15 +57,80 @@ impl TraceLine {
     }
 }
 
-/// Parses one trace line (fuzzed: never panics on input).
+/// A line as written: a record (`input`), or an exchange (`path`, `request`, `response`).
+#[derive(Deserialize)]
+struct Line {
+    ts_ms: i64,
+    client: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    input: Option<Vec<f64>>,
+    #[serde(default)]
+    output: Vec<f64>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    label: Option<u32>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    request: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    response: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Parses one trace line into its records: one for a record line, one per decoded query
+/// for an exchange (fuzzed: never panics on input).
+pub fn parse_records(text: &[u8]) -> Result<Vec<TraceLine>, String> {
+    let l: Line = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    if let Some(input) = l.input {
+        return Ok(vec![TraceLine {
+            ts_ms: l.ts_ms,
+            client: l.client,
+            model: l.model,
+            input,
+            output: l.output,
+            request_id: l.request_id,
+            label: l.label,
+        }]);
+    }
+    let (Some(path), Some(req), Some(resp)) = (l.path, l.request, l.response) else {
+        return Err("neither a record (input) nor an exchange (path, request, response)".into());
+    };
+    let (model, decoded) =
+        crate::exchange::decode_rest(&path, req.get().as_bytes(), resp.get().as_bytes())
+            .map_err(|e| format!("exchange on {path}: {e}"))?;
+    let model = if l.model.is_empty() { model } else { l.model };
+    Ok(decoded
+        .into_iter()
+        .map(|d| TraceLine {
+            ts_ms: l.ts_ms,
+            client: l.client.clone(),
+            model: model.clone(),
+            input: d.input.into_iter().map(f64::from).collect(),
+            output: d.output.into_iter().map(f64::from).collect(),
+            request_id: l.request_id.clone(),
+            label: d.label,
+        })
+        .collect())
+}
+
+/// Parses a one-record trace line (fuzzed: never panics on input).
 pub fn parse_line(text: &[u8]) -> Result<TraceLine, String> {
-    serde_json::from_slice(text).map_err(|e| e.to_string())
+    let mut v = parse_records(text)?;
+    match v.len() {
+        1 => Ok(v.remove(0)),
+        n => Err(format!("{n} records on one line")),
+    }
 }
 
 /// Iterates a trace's lines.
 pub struct TraceReader {
     lines: std::io::Lines<Box<dyn BufRead + Send>>,
     line: u64,
+    /// Records of an exchange line not yet handed out.
+    pending: std::collections::VecDeque<TraceLine>,
 }
 
 impl TraceReader {
@@ -88,6 +158,7 @@ impl TraceReader {
         Ok(Self {
             lines: reader.lines(),
             line: 0,
+            pending: Default::default(),
         })
     }
 }
@@ -97,6 +168,9 @@ impl Iterator for TraceReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Some(Ok(r));
+            }
             let text = self.lines.next()?;
             self.line += 1;
             let text = match text {
@@ -111,12 +185,15 @@ impl Iterator for TraceReader {
             if text.trim().is_empty() {
                 continue;
             }
-            return Some(
-                parse_line(text.as_bytes()).map_err(|reason| TraceError::Line {
-                    line: self.line,
-                    reason,
-                }),
-            );
+            match parse_records(text.as_bytes()) {
+                Ok(v) => self.pending.extend(v),
+                Err(reason) => {
+                    return Some(Err(TraceError::Line {
+                        line: self.line,
+                        reason,
+                    }))
+                }
+            }
         }
     }
 }
@@ -151,5 +228,40 @@ mod tests {
             assert_eq!(r.client_id, "a");
             assert_eq!(r.input, vec![1.0, 2.0]);
         }
+    }
+
+    #[test]
+    fn an_exchange_line_becomes_the_records_a_mirror_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let oip = r#"{"ts_ms":5,"client":"a","path":"/v2/models/digits/infer","request":{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]},"response":{"outputs":[{"name":"y","shape":[2,2],"datatype":"FP32","data":[0.1,0.9,0.8,0.2]}]}}"#;
+        let chat = r#"{"ts_ms":6,"client":"b","model":"nimbus","path":"/v1/chat/completions","request":{"model":"nimbus","messages":[{"role":"user","content":"secret prompt"}],"max_tokens":1},"response":{"choices":[{"message":{"role":"assistant","content":"x"}}]}}"#;
+        let health =
+            r#"{"ts_ms":7,"client":"c","path":"/v2/health/ready","request":{},"response":{}}"#;
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, format!("{oip}\n{chat}\n{health}\n")).unwrap();
+        let v: Vec<_> = TraceReader::open(&p).unwrap().collect();
+        assert_eq!(v.len(), 4, "{v:?}");
+        let rows: Vec<&TraceLine> = v[..3].iter().map(|r| r.as_ref().unwrap()).collect();
+        assert_eq!(
+            (rows[0].model.as_str(), rows[0].input.as_slice()),
+            ("digits", &[1.0, 2.0][..])
+        );
+        assert_eq!(rows[1].input, vec![3.0, 4.0]);
+        assert!((rows[1].output[0] - 0.8).abs() < 1e-6);
+        assert_eq!(
+            (rows[2].client.as_str(), rows[2].model.as_str()),
+            ("b", "nimbus")
+        );
+        match &v[3] {
+            Err(TraceError::Line { line, reason }) => {
+                assert_eq!(*line, 3);
+                assert!(reason.contains("not an inference path"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse_line(oip.as_bytes()).is_err(),
+            "two records are not one"
+        );
     }
 }

@@ -228,11 +228,11 @@ fn planted_upward_imports_and_cycles_are_caught() {
         .push_str("\nuse crate::{alert::Dispatcher};\n");
     // Two sibling decoders importing each other for a constant.
     files
-        .get_mut("ingest/route.rs")
+        .get_mut("exchange/route.rs")
         .unwrap()
         .push_str("\nuse super::decode::DecodeError;\n");
     files
-        .get_mut("ingest/decode.rs")
+        .get_mut("exchange/decode.rs")
         .unwrap()
         .push_str("\nuse super::route::MODEL_INFER_PATH;\n");
     // Mentions in comments and strings are not imports.
@@ -253,7 +253,7 @@ fn planted_upward_imports_and_cycles_are_caught() {
     );
     assert!(
         v.iter()
-            .any(|m| m.contains("ingest: `decode` and `route` use each other")),
+            .any(|m| m.contains("exchange: `decode` and `route` use each other")),
         "{v:?}"
     );
     assert_eq!(v.len(), 3, "{v:?}");

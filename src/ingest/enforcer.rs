@@ -21,10 +21,10 @@
 
 use super::envoy::{headers, reply, source_address};
 use super::identity::Identity;
-use super::route::Route;
 use crate::clock::SharedClock;
 use crate::enforce::degrade::{rewrite, Format};
 use crate::enforce::table::{Decision, DecisionTable};
+use crate::exchange::route::Route;
 use crate::pipeline::Pipeline;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{

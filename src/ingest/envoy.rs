@@ -11,10 +11,9 @@
 //! budget, and a stream silent for `pair_ttl_ms` is given up; an exchange over a cap or the
 //! budget, undecodable, idle or cut short is counted by reason and dropped, never fatal.
 
-use super::decode::{decode, model_from_body};
-use super::route::Route;
 use super::source::{SourceCtx, SourceStats};
 use crate::budget::{Grant, MemoryBudget};
+use crate::exchange::ExchangeError;
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -230,18 +229,11 @@ impl EnvoySource {
             .get(":path")
             .map(String::as_str)
             .unwrap_or_default();
-        let Some(route) = Route::of_path(path) else {
-            return self.stats.dropped_one("not_inference");
-        };
-        let decoded = match route {
-            Route::OipGrpc => super::oip_grpc::decode(&ex.request, &ex.response),
-            Route::OpenAi => decode(&ex.request, &ex.response).map(|d| {
-                let model = model_from_body(&ex.request).unwrap_or_else(|| "openai".into());
-                (model, d)
-            }),
-            Route::OipRest { model } | Route::KserveV1 { model } => {
-                decode(&ex.request, &ex.response).map(|d| (model.to_string(), d))
+        let decoded = match crate::exchange::decode_rest(path, &ex.request, &ex.response) {
+            Err(ExchangeError::Grpc) => {
+                super::oip_grpc::decode(&ex.request, &ex.response).map_err(ExchangeError::from)
             }
+            other => other,
         };
         let (model, decoded) = match decoded {
             Ok(d) => d,

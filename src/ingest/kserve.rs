@@ -18,9 +18,9 @@
 //! can choose ids: reused ids are counted (`duplicate_half`) and pair at worst with another
 //! of the same client's events, since the pair's identity comes from the request half.
 
-use super::decode::decode;
 use super::source::{SourceCtx, SourceStats};
 use crate::budget::Grant;
+use crate::exchange::decode::decode;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -188,7 +188,7 @@ impl KserveSource {
             .filter(|m| !m.is_empty())
             .cloned()
             // The model's own answer, never the request: a client could name any model.
-            .or_else(|| super::decode::model_from_body(&resp.body))
+            .or_else(|| crate::exchange::decode::model_from_body(&resp.body))
             .unwrap_or_default();
         let decoded = match decode(&req.body, &resp.body) {
             Ok(d) => d,

@@ -6,7 +6,7 @@
 //! `raw_output_contents` (little-endian, row-major). A compressed message, an unknown data
 //! type or a shape that does not match its data is an error the caller counts.
 
-use super::decode::{DecodeError, Decoded};
+use crate::exchange::decode::{DecodeError, Decoded};
 use crate::proto::inference::{InferTensor, ModelInferRequest, ModelInferResponse};
 use prost::Message;
 

@@ -2,12 +2,12 @@
 //! exchange goes ([`SourceCtx`]: identity, the scoring thread, the pipeline and alerts) and
 //! how what they receive and drop is counted ([`SourceStats`]).
 
-use super::decode::{DecodeError, Decoded};
 use super::identity::Identity;
 use super::scorer::Scorer;
 use crate::alert::Dispatcher;
 use crate::budget::MemoryBudget;
 use crate::config::SourcesConfig;
+use crate::exchange::decode::{DecodeError, Decoded};
 use crate::pipeline::Pipeline;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;

@@ -17,8 +17,8 @@ fn halves(data: &[u8]) -> (&[u8], &[u8]) {
 /// A JSON inference exchange (Open Inference Protocol v2 REST, KServe v1, OpenAI-style).
 pub fn json_exchange(data: &[u8]) {
     let (req, resp) = halves(data);
-    let _ = probewatch::ingest::decode::decode(req, resp);
-    let _ = probewatch::ingest::decode::model_from_body(req);
+    let _ = probewatch::exchange::decode::decode(req, resp);
+    let _ = probewatch::exchange::decode::model_from_body(req);
 }
 
 /// An Open Inference Protocol gRPC `ModelInfer` call: framed request and response bodies.
@@ -43,13 +43,15 @@ pub fn cloudevent(data: &[u8]) {
         .collect();
     let h = probewatch::ingest::kserve::event_headers(headers);
     let _ = h.get("ce-id");
-    let _ = probewatch::ingest::decode::decode(body, body);
+    let _ = probewatch::exchange::decode::decode(body, body);
 }
 
-/// One line of a recorded trace.
+/// One line of a recorded trace: a record, or an exchange through the mirror's decoders.
 pub fn trace_line(data: &[u8]) {
-    if let Ok(l) = probewatch::trace::parse_line(data) {
-        let _ = l.into_record();
+    if let Ok(v) = probewatch::trace::parse_records(data) {
+        for l in v {
+            let _ = l.into_record();
+        }
     }
 }
 

@@ -32,6 +32,56 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
+/// Why a server on its own thread stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnThreadError {
+    #[error("listener: {0}")]
+    Io(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Serve(tonic::transport::Error),
+    #[error("the server thread ended without a result")]
+    Thread,
+}
+
+/// Runs `serve` on `acceptor`'s listener from a thread named `name` with a single-threaded
+/// runtime of its own, and completes when it does. One thread reads a connection, runs its
+/// streams and writes their answers: no hand-off between runtime workers, each of which
+/// cost a futex wake-up (most of a light request's CPU on the shared runtime).
+pub(crate) async fn on_own_thread<F, Fut>(
+    name: &'static str,
+    acceptor: crate::conn::Acceptor,
+    serve: F,
+) -> Result<(), OwnThreadError>
+where
+    F: FnOnce(crate::conn::Acceptor) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    // A listener belongs to the runtime it was registered with: it moves over as std's.
+    let (listener, limits, stats) = acceptor.into_parts();
+    let std_listener = listener.into_std().map_err(OwnThreadError::Io)?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(OwnThreadError::Io)
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let l = tokio::net::TcpListener::from_std(std_listener)
+                            .map_err(OwnThreadError::Io)?;
+                        serve(crate::conn::Acceptor::new(l, limits, stats))
+                            .await
+                            .map_err(OwnThreadError::Serve)
+                    })
+                });
+            let _ = done.send(served);
+        })
+        .map_err(OwnThreadError::Io)?;
+    result.await.unwrap_or(Err(OwnThreadError::Thread))
+}
+
 /// A gRPC server for `acceptor`'s connections that pings each peer every half idle timeout
 /// and drops one that does not answer within as long, so a dead peer cannot hold a
 /// connection slot.

@@ -362,7 +362,7 @@ impl Running {
             counted.push(("envoy", src.stats.clone()));
             front.spawn(
                 "envoy ext_proc",
-                src.serve(accept(l, "envoy"), front.stopped()),
+                src.serve_dedicated(accept(l, "envoy"), front.stopped()),
             );
         }
         let enforcer_stats = enforcer.as_ref().map(|(e, _)| e.stats.clone());

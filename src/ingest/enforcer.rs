@@ -56,17 +56,6 @@ pub const DEGRADE_FAILURES: [&str; 6] = [
     "missing_field",
 ];
 
-/// Why the enforcing filter stopped serving.
-#[derive(Debug, thiserror::Error)]
-pub enum EnforcerError {
-    #[error("enforce listener: {0}")]
-    Io(std::io::Error),
-    #[error("enforce ext_proc server: {0}")]
-    Serve(tonic::transport::Error),
-    #[error("the enforce thread ended without a result")]
-    Thread,
-}
-
 /// Counters of the enforcing filter (no client labels).
 #[derive(Debug, Default)]
 pub struct EnforcerStats {
@@ -148,43 +137,21 @@ impl Enforcer {
         }
     }
 
-    /// Serves the filter on `acceptor`'s listener from a thread of its own, with a single-threaded
-    /// runtime, until `shutdown` completes.
+    /// Serves the filter from a thread of its own ([`super::on_own_thread`]).
     ///
     /// A header decision is a few microseconds of work; on the shared multi-threaded
     /// runtime most of its cost was waking other workers (futex and scheduler time were
     /// 40 % of the process's samples under `perf` in `tools/envoy_latency.py --enforce
-    /// --alone`), and its requests queued behind the mirror's detection work. Here one
-    /// thread reads the request, decides and writes the answer.
+    /// --alone`), and its requests queued behind the mirror's detection work.
     pub async fn serve_dedicated(
         self,
         acceptor: crate::conn::Acceptor,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), EnforcerError> {
-        let (listener, limits, stats) = acceptor.into_parts();
-        let std_listener = listener.into_std().map_err(EnforcerError::Io)?;
-        let (done, result) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("probewatch-enforce".into())
-            .spawn(move || {
-                let served = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(EnforcerError::Io)
-                    .and_then(|rt| {
-                        rt.block_on(async move {
-                            let l = tokio::net::TcpListener::from_std(std_listener)
-                                .map_err(EnforcerError::Io)?;
-                            let acceptor = crate::conn::Acceptor::new(l, limits, stats);
-                            self.serve(acceptor, shutdown)
-                                .await
-                                .map_err(EnforcerError::Serve)
-                        })
-                    });
-                let _ = done.send(served);
-            })
-            .map_err(EnforcerError::Io)?;
-        result.await.unwrap_or(Err(EnforcerError::Thread))
+    ) -> Result<(), super::OwnThreadError> {
+        super::on_own_thread("probewatch-enforce", acceptor, move |a| {
+            self.serve(a, shutdown)
+        })
+        .await
     }
 
     /// Serves the filter on `acceptor`'s connections until `shutdown` completes.

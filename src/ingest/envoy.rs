@@ -204,6 +204,20 @@ impl EnvoySource {
         ExternalProcessorServer::new(self)
     }
 
+    /// [`EnvoySource::serve`] from a thread of its own ([`super::on_own_thread`]): the
+    /// per-message work is small, and on the shared runtime most of its CPU went to waking
+    /// other workers.
+    pub async fn serve_dedicated(
+        self,
+        acceptor: crate::conn::Acceptor,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), super::OwnThreadError> {
+        super::on_own_thread("probewatch-mirror", acceptor, move |a| {
+            self.serve(a, shutdown)
+        })
+        .await
+    }
+
     /// Serves ext_proc on `acceptor`'s connections until `shutdown` completes, with HTTP/2
     /// keep-alive pings to find dead peers.
     pub async fn serve(

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Renders the Kustomize bases (the sidecar base, the standalone one fed by KServe's logger,
-# and the replicated overlay with its Redis) and validates every object offline
+# the replicated overlay with its Redis, and the query-management overlay) and validates every object offline
 # (kubernetes-validate, strict). Uses `kubectl kustomize` when present; otherwise
 # deploy/render.py, which renders the subset of Kustomize they use. With `envoy` on PATH, also has Envoy
 # validate its standalone config and the filter the Istio EnvoyFilter installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp --suffix=.yaml)
-for base in deploy/kubernetes/base deploy/kubernetes/kserve deploy/kubernetes/replicated; do
+for base in deploy/kubernetes/base deploy/kubernetes/kserve deploy/kubernetes/replicated deploy/kubernetes/enforce; do
     if command -v kubectl >/dev/null; then
         kubectl kustomize "$base" > "$out"
     else

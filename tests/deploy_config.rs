@@ -158,6 +158,41 @@ fn shipped_configmaps_hold_valid_configs() {
         cfg.window.max_clients,
         Config::from_toml_str(&base).unwrap().window.max_clients
     );
+    // The query-management overlay: the enforcing port is pod-local and reserved, operators
+    // have a token of their own, the base's read token still reads, and the policy acts.
+    let enforce = embedded(&read("enforce/enforce-configmap.yaml"), "enforce.toml");
+    let cfg = Config::from_toml_strs(&[&base, &enforce]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cfg.enforce.listen.starts_with("127.0.0.1:"),
+        "{}",
+        cfg.enforce.listen
+    );
+    assert!(!cfg.api.tokens_file.is_empty() && !cfg.api.operator_tokens_file.is_empty());
+    assert!(cfg
+        .enforce
+        .rules
+        .iter()
+        .any(|r| r.action != probewatch::config::enforce::Action::Observe));
+    let patch = read("enforce/deployment-patch.yaml");
+    let port = cfg.enforce.listen.rsplit_once(':').unwrap().1;
+    let reserved = patch
+        .lines()
+        .skip_while(|l| !l.contains("ip_local_reserved_ports"))
+        .find(|l| l.contains("value:"))
+        .unwrap();
+    for p in [port, "50051", "50052"] {
+        assert!(reserved.contains(p), "port {p} not reserved: {reserved}");
+    }
+    let envoy = std::fs::read_to_string(root.join("deploy/envoy/envoy-enforce.yaml")).unwrap();
+    assert!(
+        envoy.contains(&format!("port_value: {port}")),
+        "Envoy asks another port"
+    );
+    let mount = cfg.api.operator_tokens_file[0].rsplit_once('/').unwrap().0;
+    assert!(
+        patch.contains(&format!("mountPath: {mount}")),
+        "the operator token is mounted"
+    );
     // And the check can fail: a misspelt key is refused.
     let bad = embedded_toml("data:\n  probewatch.toml: |\n    [api]\n    lissen = \"x\"\n");
     assert!(Config::from_toml_str(&bad).is_err());

@@ -185,12 +185,18 @@ impl Cluster {
         *self.task.lock() = Some(task);
     }
 
-    /// Publishes the learned normal one last time and stops the loop, within `grace`.
+    /// Publishes the learned normal one last time, sends the operators' last changes, and
+    /// stops the loop, within `grace`.
     pub async fn stop(&self, p: &Pipeline, grace: Duration) {
         let _ = self.stop.send(true);
         let task = self.task.lock().take();
         if let Some(t) = task {
             let _ = tokio::time::timeout(grace, t).await;
+        }
+        let shared = self.shared.lock().clone();
+        if let Some(t) = shared {
+            let _ =
+                tokio::time::timeout(grace, async { t.lock().await.send(&self.store).await }).await;
         }
         if self.publish.is_some() {
             let _ = tokio::time::timeout(grace, normal::publish(&self.store, p)).await;

@@ -43,22 +43,33 @@ pub enum OwnThreadError {
     Thread,
 }
 
+/// How long a server on its own thread may drain after shutdown before it is dropped with
+/// its connections (Envoy fails open; an exchange in flight is lost, and counted by Envoy).
+pub const OWN_THREAD_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs `serve` on `acceptor`'s listener from a thread named `name` with a single-threaded
-/// runtime of its own, and completes when it does. One thread reads a connection, runs its
-/// streams and writes their answers: no hand-off between runtime workers, each of which
-/// cost a futex wake-up (most of a light request's CPU on the shared runtime).
+/// runtime of its own, until `shutdown` completes and the server drains (at most
+/// [`OWN_THREAD_DRAIN`] more); completes when the thread is done. One thread reads a
+/// connection, runs its streams and writes their answers: no hand-off between runtime
+/// workers, each of which cost a futex wake-up (most of a light request's CPU on the shared
+/// runtime).
 pub(crate) async fn on_own_thread<F, Fut>(
     name: &'static str,
     acceptor: crate::conn::Acceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     serve: F,
 ) -> Result<(), OwnThreadError>
 where
-    F: FnOnce(crate::conn::Acceptor) -> Fut + Send + 'static,
+    F: FnOnce(crate::conn::Acceptor, futures::future::BoxFuture<'static, ()>) -> Fut
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::transport::Error>>,
 {
+    use futures::FutureExt;
     // A listener belongs to the runtime it was registered with: it moves over as std's.
     let (listener, limits, stats) = acceptor.into_parts();
     let std_listener = listener.into_std().map_err(OwnThreadError::Io)?;
+    let shutdown = shutdown.boxed().shared();
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.into())
@@ -71,10 +82,21 @@ where
                     rt.block_on(async move {
                         let l = tokio::net::TcpListener::from_std(std_listener)
                             .map_err(OwnThreadError::Io)?;
-                        serve(crate::conn::Acceptor::new(l, limits, stats))
-                            .await
-                            .map_err(OwnThreadError::Serve)
+                        let acceptor = crate::conn::Acceptor::new(l, limits, stats);
+                        let server = serve(acceptor, shutdown.clone().boxed());
+                        let deadline = async {
+                            shutdown.await;
+                            tokio::time::sleep(OWN_THREAD_DRAIN).await;
+                        };
+                        tokio::select! {
+                            r = server => r.map_err(OwnThreadError::Serve),
+                            () = deadline => {
+                                tracing::warn!(server = name, "did not drain in time; its connections are dropped");
+                                Ok(())
+                            }
+                        }
                     })
+                    // Dropping the runtime here cancels whatever it still runs.
                 });
             let _ = done.send(served);
         })

@@ -175,6 +175,16 @@ async fn operators_act_read_tokens_only_read_and_every_action_is_audited() {
         )
         .await;
     assert_eq!(st, 400, "an expiry of 0");
+    let long = "k".repeat(300);
+    let (st, _) = api
+        .call(
+            Method::PUT,
+            &format!("/api/v1/enforce/clients/{long}"),
+            "op-token",
+            Some(json!({"action": {"type": "block"}, "for_ms": 1_000, "why": "x"})),
+        )
+        .await;
+    assert_eq!(st, 400, "a 300-byte client id");
 
     // Acknowledge, then mark a false positive: the action lifts, new events are silenced,
     // the resolve still reaches the history.

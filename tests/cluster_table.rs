@@ -53,6 +53,7 @@ async fn operator_changes_hold_on_every_replica() {
         kind: None,
         expires_ms: t0 + 600_000,
         silence: false,
+        exact: false,
     };
     ta.allow(rule, t0).unwrap();
     a.sync(&sa).await;

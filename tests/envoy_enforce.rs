@@ -214,6 +214,26 @@ fn envoy_enforces_the_policy_on_flagged_clients() {
         throttled >= 3,
         "only {throttled} of 5 hsj requests throttled"
     );
+    // A client blocked by hand is refused on every path, not only the ones a decoder knows.
+    let r =
+        s.c.put(format!(
+            "http://{}/api/v1/enforce/clients/{}",
+            s.api,
+            id("stolen-key")
+        ))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"action": {"type": "block"}, "for_ms": 600_000, "why": "key leaked"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    for path in ["/v2/models/digits/infer", "/v2/models/digits"] {
+        let r =
+            s.c.get(format!("http://127.0.0.1:{}{path}", s.envoy_port))
+                .header("x-api-key", "stolen-key")
+                .send()
+                .unwrap();
+        assert_eq!(r.status(), 403, "{path} answered a blocked client");
+    }
     // Benign clients, tenants and the allow-listed job: byte-identical answers.
     let mut benign: Vec<String> = (0..30).map(|b| format!("benign-{b}")).collect();
     benign.extend(["tenant-0".into(), "batch-uniform".into()]);

@@ -144,7 +144,8 @@ pub async fn run<S: Sink>(
         };
         let wanted = match &*e.notice {
             Notice::Alert(a) => a.severity >= cfg.delivery.min_severity,
-            Notice::Audit(_) => cfg.delivery.audit,
+            // Decided before the rate limit: a pager's budget is for alerts.
+            Notice::Audit(_) => cfg.delivery.audit && cfg.sink_type().carries_audit(),
         };
         if !wanted || !deliver(&mut sink, &e.notice, &cfg, &stats, &mut bucket, &mut rng).await {
             stats.filtered.fetch_add(1, Ordering::Relaxed);

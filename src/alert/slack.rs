@@ -252,7 +252,8 @@ pub fn audit_summary(e: &AuditEvent) -> String {
 
 /// The Slack payload of an operator's action: one context line, no buttons.
 pub fn audit_body(e: &AuditEvent) -> Value {
-    let text = escape(&format!("[probewatch] {}", audit_summary(e)));
+    // Clipped: a section over Slack's limit gets the whole message rejected.
+    let text = escape(&clip(&format!("[probewatch] {}", audit_summary(e)), 500));
     json!({"text": text, "blocks": [
         {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(":shield: {text} · {}", code(&e.id))}]},
     ]})

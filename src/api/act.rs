@@ -32,6 +32,9 @@ pub const DEFAULT_FOR_MS: i64 = 24 * 3_600_000;
 pub const MAX_FOR_MS: i64 = 90 * 24 * 3_600_000;
 /// Rows `GET /api/v1/enforce` and `/audit` answer at most.
 pub const MAX_LIST: usize = 1_000;
+/// Longest client id or allow pattern an action takes, in bytes (ids are pseudonyms, key
+/// hashes or account names: far shorter).
+pub const MAX_NAME_BYTES: usize = 256;
 
 type Reply = Result<Json<AuditEvent>, ApiError>;
 /// A JSON body, or the reason it is not one (answered as a JSON 400, like every error).
@@ -49,6 +52,8 @@ fn operator(c: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// The reason, trimmed and cut to what the audit log keeps, so the table, the snapshot and
+/// the fleet hold no more of it than the log does.
 fn why(w: &str) -> Result<String, ApiError> {
     let w = w.trim();
     if w.is_empty() {
@@ -56,7 +61,25 @@ fn why(w: &str) -> Result<String, ApiError> {
             "why: say why (it goes to the audit log)".into(),
         ));
     }
-    Ok(w.to_string())
+    let mut at = w.len().min(crate::enforce::audit::MAX_WHY_BYTES);
+    while !w.is_char_boundary(at) {
+        at -= 1;
+    }
+    Ok(w[..at].to_string())
+}
+
+/// A client id or an allow pattern within [`MAX_NAME_BYTES`].
+fn name<'a>(what: &str, v: &'a str) -> Result<&'a str, ApiError> {
+    if v.is_empty() || v.len() > MAX_NAME_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "{what}: 1 to {MAX_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(v)
+}
+
+fn table_error(e: crate::enforce::table::TableError) -> ApiError {
+    ApiError::BadRequest(e.to_string())
 }
 
 fn until(now_ms: i64, for_ms: Option<i64>) -> Result<i64, ApiError> {
@@ -134,21 +157,27 @@ impl ApiState {
             kind: Some(a.kind),
             expires_ms: until_ms,
             silence: true,
+            exact: true,
         };
+        self.table.can_allow(&rule, now).map_err(table_error)?;
         audited(self, e, || allow_rule(self, rule, now))
     }
 
-    /// Allow-lists `pattern` (a client, or `prefix*`) for `kind` (every kind when `None`).
+    /// Allow-lists `pattern` (a client, or `prefix*` unless `exact`) for `kind` (every kind
+    /// when `None`).
+    #[allow(clippy::too_many_arguments)]
     pub fn allow(
         &self,
         c: &Caller,
         pattern: &str,
+        exact: bool,
         kind: Option<Kind>,
         for_ms: Option<i64>,
         why_: &str,
     ) -> Result<AuditEvent, ApiError> {
         operator(c)?;
-        if pattern.is_empty() || pattern == "*" {
+        let pattern = name("pattern", pattern)?;
+        if pattern == "*" && !exact {
             return Err(ApiError::BadRequest(
                 "pattern: a client, or a prefix followed by '*'".into(),
             ));
@@ -160,7 +189,9 @@ impl ApiState {
             kind,
             expires_ms: until_ms,
             silence: false,
+            exact,
         };
+        self.table.can_allow(&rule, now).map_err(table_error)?;
         let mut e = event(c, Act::Allow, now, why(why_)?);
         e.client = Some(pattern.to_string());
         e.kind = kind;
@@ -177,6 +208,7 @@ impl ApiState {
         why_: &str,
     ) -> Result<AuditEvent, ApiError> {
         operator(c)?;
+        let pattern = name("pattern", pattern)?;
         let now = self.now_ms();
         let held = self.table.allows(now);
         if !held.iter().any(|r| r.pattern == pattern && r.kind == kind) {
@@ -201,6 +233,7 @@ impl ApiState {
         why_: &str,
     ) -> Result<AuditEvent, ApiError> {
         operator(c)?;
+        let client = name("client", client)?;
         let act = match action {
             Action::Block => Act::Block,
             Action::Throttle => Act::Throttle,
@@ -236,6 +269,7 @@ impl ApiState {
         why_: &str,
     ) -> Result<AuditEvent, ApiError> {
         operator(c)?;
+        let client = name("client", client)?;
         let mut e = event(c, Act::Clear, self.now_ms(), why(why_)?);
         e.client = Some(client.to_string());
         audited(self, e, || {
@@ -306,6 +340,9 @@ pub(super) async fn false_positive(
 #[serde(deny_unknown_fields)]
 pub(super) struct AllowBody {
     pattern: String,
+    /// `pattern` is one client's id, even if it ends with `*`.
+    #[serde(default)]
+    exact: bool,
     #[serde(default)]
     kind: Option<Kind>,
     #[serde(default)]
@@ -319,7 +356,8 @@ pub(super) async fn allow(
     b: Body<AllowBody>,
 ) -> Reply {
     let b = body(b)?;
-    s.allow(&c, &b.pattern, b.kind, b.for_ms, &b.why).map(Json)
+    s.allow(&c, &b.pattern, b.exact, b.kind, b.for_ms, &b.why)
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]

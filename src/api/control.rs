@@ -87,6 +87,7 @@ impl Control for ApiState {
             self,
             &c,
             &r.pattern,
+            r.exact,
             kind,
             for_ms(r.for_ms),
             &r.why,

@@ -80,6 +80,13 @@ impl SinkType {
     }
 }
 
+impl SinkType {
+    /// Whether the format has room for an operator's action (pagers page on alerts only).
+    pub fn carries_audit(self) -> bool {
+        !matches!(self, SinkType::Pagerduty | SinkType::Alertmanager)
+    }
+}
+
 fn default_min_severity() -> Severity {
     Severity::Low
 }

@@ -44,6 +44,8 @@ pub enum PersistError {
 #[derive(Debug, Clone)]
 pub struct TableFile {
     path: PathBuf,
+    /// One save at a time: the timer's and the drain's both write the same temporary file.
+    saving: std::sync::Arc<parking_lot::Mutex<()>>,
 }
 
 impl TableFile {
@@ -51,6 +53,7 @@ impl TableFile {
     pub fn new(spool_dir: &str) -> Option<Self> {
         (!spool_dir.is_empty()).then(|| Self {
             path: Path::new(spool_dir).join(FILE),
+            saving: Default::default(),
         })
     }
 
@@ -58,6 +61,11 @@ impl TableFile {
     pub fn save(&self, table: &DecisionTable, now_ms: i64) -> Result<u64, PersistError> {
         let payload = serde_json::to_vec(&table.export(now_ms))
             .map_err(|e| PersistError::Decode(e.to_string()))?;
+        // A file the next start would refuse is not written: the previous one stays.
+        if (payload.len() + FRAME) as u64 > MAX_BYTES {
+            return Err(PersistError::Damaged("over the size limit"));
+        }
+        let _one = self.saving.lock();
         let n = write_file(&self.path, |w: &mut dyn Write| {
             w.write_all(MAGIC)?;
             w.write_all(&VERSION.to_le_bytes())?;
@@ -76,7 +84,8 @@ impl TableFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e.into()),
             Ok(m) if m.len() > MAX_BYTES => {
-                return Err(PersistError::Damaged("over the size limit"))
+                table.stats.restore_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(PersistError::Damaged("over the size limit"));
             }
             Ok(_) => std::fs::read(&self.path)?,
         };
@@ -130,6 +139,7 @@ mod tests {
             kind: None,
             expires_ms: 20_000,
             silence: false,
+            exact: false,
         };
         t.allow(rule.clone(), 0).unwrap();
         assert!(f.save(&t, 100).unwrap() > FRAME as u64);

@@ -76,6 +76,10 @@ pub struct AllowRule {
     pub kind: Option<Kind>,
     pub expires_ms: i64,
     pub silence: bool,
+    /// `pattern` is one client's id, even if it ends with `*` (a client names itself: a
+    /// false positive on a client called `sub:*` must not cover every `sub:` client).
+    #[serde(default)]
+    pub exact: bool,
 }
 
 /// One flagged client, as the API lists it.
@@ -94,7 +98,7 @@ pub struct EntryView {
 
 impl AllowRule {
     fn covers(&self, client: &str, kind: Kind, now_ms: i64) -> bool {
-        let id_matches = match self.pattern.strip_suffix('*') {
+        let id_matches = match self.pattern.strip_suffix('*').filter(|_| !self.exact) {
             Some(prefix) => client.starts_with(prefix),
             None => client == self.pattern,
         };
@@ -272,7 +276,10 @@ impl DecisionTable {
             let manual = matches!(e.cause, Cause::Manual { .. });
             if same || (!manual && strength(action) >= strength(e.action)) {
                 if !same {
-                    e.starts_ms = now_ms.saturating_add(self.cfg.delay_ms as i64);
+                    // A client already acted on stays acted on: the delay hides when a
+                    // client is first flagged, not each later alert.
+                    let later = now_ms.saturating_add(self.cfg.delay_ms as i64);
+                    e.starts_ms = e.starts_ms.min(later);
                 }
                 e.action = action;
                 e.cause = Cause::Alert {
@@ -341,8 +348,27 @@ impl DecisionTable {
         Ok(())
     }
 
+    /// Whether [`DecisionTable::allow`] would take `rule` at `now_ms` (checked before an
+    /// action is audited, so that the audit log never records a rule that was refused).
+    pub fn can_allow(&self, rule: &AllowRule, now_ms: i64) -> Result<(), TableError> {
+        if rule.pattern.is_empty() || (rule.pattern == "*" && !rule.exact) {
+            return Err(TableError::BarePattern);
+        }
+        let allows = self.allows.read();
+        let held = allows
+            .iter()
+            .filter(|r| {
+                now_ms < r.expires_ms && !(r.pattern == rule.pattern && r.kind == rule.kind)
+            })
+            .count();
+        if held >= MAX_ALLOWS {
+            return Err(TableError::AllowListFull);
+        }
+        Ok(())
+    }
+
     fn add_allow(&self, rule: AllowRule, now_ms: i64) -> Result<(), TableError> {
-        if rule.pattern.is_empty() || rule.pattern == "*" {
+        if rule.pattern.is_empty() || (rule.pattern == "*" && !rule.exact) {
             return Err(TableError::BarePattern);
         }
         {
@@ -475,10 +501,12 @@ impl DecisionTable {
             self.flagged.retain(|_, e| now_ms < e.expires_ms);
         }
         while self.flagged.len() >= self.cfg.max_entries {
+            // An operator's entry goes last: alert-driven entries are evicted first, the one
+            // expiring first of them.
             let first = self
                 .flagged
                 .iter()
-                .min_by_key(|e| e.expires_ms)
+                .min_by_key(|e| (matches!(e.cause, Cause::Manual { .. }), e.expires_ms))
                 .map(|e| e.key().clone());
             let Some(k) = first else { break };
             self.flagged.remove(&k);
@@ -607,6 +635,7 @@ mod tests {
             kind: Some(Kind::Extraction),
             expires_ms: 60_000,
             silence: false,
+            exact: false,
         };
         t.allow(rule, 10).unwrap();
         assert_eq!(
@@ -634,6 +663,7 @@ mod tests {
                     kind: None,
                     expires_ms: 1,
                     silence: false,
+                    exact: false,
                 },
                 0
             ),
@@ -651,6 +681,7 @@ mod tests {
             kind: Some(Kind::Extraction),
             expires_ms: 1_000,
             silence: true,
+            exact: false,
         };
         t.allow(fp, 10).unwrap();
         assert!(t.entries(10, 10).is_empty(), "the mark lifts the action");
@@ -698,5 +729,49 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(t.stats.evicted.load(Ordering::Relaxed), 7);
         assert_eq!(t.decide("c9", 10), Decision::Degrade(Degrade::Top1));
+    }
+
+    #[test]
+    fn an_exact_rule_covers_one_client_even_one_named_with_a_star() {
+        let t = DecisionTable::new(policy());
+        let rule = AllowRule {
+            pattern: "sub:*".into(),
+            kind: None,
+            expires_ms: 10_000,
+            silence: true,
+            exact: true,
+        };
+        t.can_allow(&rule, 0).unwrap();
+        t.allow(rule, 0).unwrap();
+        assert!(!t.on_alert(&alert("sub:*", Kind::Extraction, Event::Updated), 1));
+        assert!(t.on_alert(&alert("sub:alice", Kind::Extraction, Event::Raised), 1));
+        assert_eq!(t.decide("sub:alice", 1), Decision::Degrade(Degrade::Top1));
+        assert_eq!(t.decide("sub:*", 1), Decision::Pass);
+    }
+
+    #[test]
+    fn a_later_alert_does_not_restart_the_delay_and_eviction_spares_operators() {
+        let mut cfg = policy();
+        cfg.delay_ms = 1_000;
+        cfg.max_entries = 2;
+        let t = DecisionTable::new(cfg);
+        t.on_alert(&alert("c1", Kind::Extraction, Event::Raised), 0);
+        assert_eq!(t.decide("c1", 1_000), Decision::Degrade(Degrade::Top1));
+        // A stronger alert of another kind: the client stays acted on, now throttled.
+        t.on_alert(&alert("c1", Kind::BoundaryProbe, Event::Raised), 1_500);
+        assert!(matches!(
+            t.decide("c1", 1_500),
+            Decision::Pass | Decision::Throttle { .. }
+        ));
+        assert_eq!(t.entries(1_500, 10)[0].starts_ms, 1_000);
+        // A manual block that expires first is still not the one a full table evicts.
+        let by = Cause::Manual {
+            by: "PW_OP".into(),
+            why: "leak".into(),
+        };
+        t.set_manual("m", Action::Block, by, 1_500, 2_000);
+        t.on_alert(&alert("c2", Kind::Extraction, Event::Raised), 1_600);
+        assert_eq!(t.decide("m", 1_600), Decision::Block);
+        assert_eq!(t.stats.evicted.load(Ordering::Relaxed), 1);
     }
 }

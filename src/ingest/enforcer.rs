@@ -47,21 +47,27 @@ use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Why a degrade was not applied (the answer passed unchanged).
-pub const DEGRADE_FAILURES: [&str; 6] = [
+pub const DEGRADE_FAILURES: [&str; 8] = [
     "status",
     "encoded",
     "grpc",
+    "not_inference",
     "too_large",
     "not_json",
     "missing_field",
+    "idle",
 ];
+
+/// How long a degraded exchange waits for its answer: a long completion can take minutes,
+/// and one that outlasted the stream's usual idle time would otherwise pass undegraded.
+pub const DEGRADE_IDLE: Duration = Duration::from_secs(600);
 
 /// Counters of the enforcing filter (no client labels).
 #[derive(Debug, Default)]
 pub struct EnforcerStats {
     /// Requests decided.
     pub requests: AtomicU64,
-    /// Requests passed without a lookup: not an inference route, or no client identity.
+    /// Requests passed without a lookup: no client identity.
     pub unidentified: AtomicU64,
     /// Answers rewritten.
     pub degraded: AtomicU64,
@@ -148,8 +154,8 @@ impl Enforcer {
         acceptor: crate::conn::Acceptor,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), super::OwnThreadError> {
-        super::on_own_thread("probewatch-enforce", acceptor, move |a| {
-            self.serve(a, shutdown)
+        super::on_own_thread("probewatch-enforce", acceptor, shutdown, move |a, stop| {
+            self.serve(a, stop)
         })
         .await
     }
@@ -173,10 +179,11 @@ impl Enforcer {
         h: &BTreeMap<String, String>,
         peer: Option<&str>,
     ) -> (ProcessingResponse, Plan) {
+        // A block or a throttle holds on every path of the client (embeddings, streaming
+        // inference, paths no decoder knows); the route only picks a degraded answer's format.
         let route = h.get(":path").and_then(|p| Route::of_path(p));
         let source = source_address(msg);
-        let client = self.identity.client_id(h, source.as_deref().or(peer));
-        let (Some(route), Some(client)) = (route, client) else {
+        let Some(client) = self.identity.client_id(h, source.as_deref().or(peer)) else {
             self.stats.unidentified.fetch_add(1, Ordering::Relaxed);
             return (pass(), Plan::Pass);
         };
@@ -195,11 +202,15 @@ impl Enforcer {
             ),
             Decision::Degrade(d) => {
                 let format = match route {
-                    Route::OipRest { .. } => Format::OipV2,
-                    Route::KserveV1 { .. } => Format::KserveV1,
-                    Route::OpenAi => Format::OpenAi,
-                    Route::OipGrpc => {
+                    Some(Route::OipRest { .. }) => Format::OipV2,
+                    Some(Route::KserveV1 { .. }) => Format::KserveV1,
+                    Some(Route::OpenAi) => Format::OpenAi,
+                    Some(Route::OipGrpc) => {
                         self.stats.fail("grpc");
+                        return (pass(), Plan::Pass);
+                    }
+                    None => {
+                        self.stats.fail("not_inference");
                         return (pass(), Plan::Pass);
                     }
                 };
@@ -334,11 +345,20 @@ impl Stream {
     async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
         loop {
             let e = &self.enforcer;
-            let msg = match tokio::time::timeout(e.idle, self.inbound.message()).await {
+            let degrading = matches!(self.plan, Plan::Degrade(..));
+            let idle = if degrading {
+                DEGRADE_IDLE.max(e.idle)
+            } else {
+                e.idle
+            };
+            let msg = match tokio::time::timeout(idle, self.inbound.message()).await {
                 Ok(Ok(Some(m))) => m,
                 Ok(_) => return None,
                 Err(_) => {
                     e.stats.idle.fetch_add(1, Ordering::Relaxed);
+                    if degrading {
+                        e.stats.fail("idle");
+                    }
                     return None;
                 }
             };

@@ -212,8 +212,8 @@ impl EnvoySource {
         acceptor: crate::conn::Acceptor,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), super::OwnThreadError> {
-        super::on_own_thread("probewatch-mirror", acceptor, move |a| {
-            self.serve(a, shutdown)
+        super::on_own_thread("probewatch-mirror", acceptor, shutdown, move |a, stop| {
+            self.serve(a, stop)
         })
         .await
     }

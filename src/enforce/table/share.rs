@@ -148,6 +148,7 @@ mod tests {
             kind: None,
             expires_ms: 30_000,
             silence: false,
+            exact: false,
         };
         a.allow(rule, 1_000).unwrap();
         let out = a.take_changes();

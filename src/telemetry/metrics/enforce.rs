@@ -93,7 +93,7 @@ pub(super) fn encode(
     counter(
         e,
         "enforce_unidentified",
-        "Requests passed without a lookup (not an inference route, or no client identity).",
+        "Requests passed without a lookup (no client identity).",
         &one(get(&f.unidentified)),
     )
 }

@@ -118,3 +118,39 @@ async fn a_redis_outage_keeps_changes_queued_until_it_is_back() {
     assert_eq!(held[0].by.as_deref(), Some("PW_OP"));
     assert_eq!(ta.stats.share_dropped.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_lifted_while_a_replica_was_down_does_not_come_back() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (ta, mut a, sa) = replica(&url, "a");
+    let (tb, mut b, sb) = replica(&url, "b");
+    let t0 = now();
+    ta.set_manual("k-3", Action::Block, manual(), t0, t0 + 600_000);
+    a.sync(&sa).await;
+    b.sync(&sb).await;
+    assert_eq!(tb.decide("k-3", now()), Decision::Block);
+    // b stops with the block in its snapshot; a lifts it meanwhile.
+    let saved = tb.export(now());
+    drop((b, tb));
+    ta.clear("k-3");
+    a.sync(&sa).await;
+    // b restarts from its snapshot, and blocks "k-4" before Redis is reached.
+    let tb = Arc::new(DecisionTable::new(EnforceConfig::default()));
+    tb.import(saved, now());
+    let mut b = SharedTable::new(tb.clone());
+    tb.set_manual("k-4", Action::Block, manual(), now(), now() + 600_000);
+    b.sync(&sb).await;
+    assert_eq!(
+        tb.decide("k-3", now()),
+        Decision::Pass,
+        "the lifted block came back"
+    );
+    assert_eq!(
+        tb.decide("k-4", now()),
+        Decision::Block,
+        "b's own newer change was lost"
+    );
+    a.sync(&sa).await;
+    assert_eq!(ta.decide("k-4", now()), Decision::Block);
+}

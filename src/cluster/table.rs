@@ -6,7 +6,9 @@
 //! holding the latest change in force per slot (a client, or an allow rule's pattern and
 //! kind; fields are hashed, so no client is a Redis field name). A replica reads the hash
 //! once, when it starts, so that it holds what the fleet's operators decided before it
-//! came up however long ago; from then on it follows the stream, read in the same `XREAD`
+//! came up however long ago, and drops operator entries it restored from its snapshot that
+//! the fleet lifted meanwhile (changes it made itself while Redis was unreachable go back
+//! on top); from then on it follows the stream, read in the same `XREAD`
 //! as the echoes (or in place of the health check's `PING` without them), so following it
 //! costs no round trip. Both are written in one pipeline per sync, only when there is
 //! something to send; a sync that fails gives its
@@ -29,6 +31,9 @@ const READ_COUNT: usize = 512;
 /// Hash fields read per `HSCAN` step at start, and the most read in all.
 const SCAN_COUNT: usize = 512;
 const MAX_STATE: usize = 1 << 17;
+/// A field every send writes to the state hash: its presence says the hash is the fleet's
+/// (and not a flushed or never-written Redis), so what it lacks was lifted.
+const MARK: &str = "written";
 /// How long the state hash outlives its last write (the longest operator action is 90 days).
 const STATE_TTL_MS: i64 = 91 * 24 * 3_600_000;
 
@@ -60,6 +65,16 @@ impl SharedTable {
     pub async fn send(&mut self, store: &RedisStore) {
         if !self.booted {
             self.booted = boot(store, &self.table).await;
+            if self.booted {
+                // Changes made here while Redis was out of reach are newer than the fleet's
+                // state just read: they go back on top, and out with this send.
+                let now = crate::clock::system().now_ms();
+                let queued = self.table.take_changes();
+                for c in &queued {
+                    self.table.reapply(c.clone(), now);
+                }
+                self.table.give_back(queued);
+            }
         }
         let out = self.table.take_changes();
         if !out.is_empty() && !send(store, &out).await {
@@ -139,6 +154,7 @@ async fn send(store: &RedisStore, out: &[Change]) -> bool {
             None => pipe.hdel(&state, field(c)).ignore(),
         };
     }
+    pipe.hset(&state, MARK, "1").ignore();
     pipe.pexpire(&state, STATE_TTL_MS).ignore();
     pipe.pexpire(&stream, STATE_TTL_MS).ignore();
     let mut conn = store.conn();
@@ -156,6 +172,7 @@ async fn boot(store: &RedisStore, table: &DecisionTable) -> bool {
     let state = store.key("enforce:state");
     let now = crate::clock::system().now_ms();
     let (mut cursor, mut read, mut stale) = ("0".to_string(), 0usize, Vec::new());
+    let (mut held, mut marked) = (std::collections::HashSet::new(), false);
     loop {
         let mut cmd = ::redis::cmd("HSCAN");
         cmd.arg(&state).arg(&cursor).arg("COUNT").arg(SCAN_COUNT);
@@ -167,9 +184,16 @@ async fn boot(store: &RedisStore, table: &DecisionTable) -> bool {
             return false;
         };
         for (f, json) in fields {
+            if f == MARK {
+                marked = true;
+                continue;
+            }
             read += 1;
             match serde_json::from_str::<Change>(&json) {
-                Ok(c) if c.until_ms().is_some_and(|u| now < u) => table.apply(c, now),
+                Ok(c) if c.until_ms().is_some_and(|u| now < u) => {
+                    held.insert(c.slot());
+                    table.apply(c, now);
+                }
                 _ => stale.push(f),
             }
         }
@@ -183,6 +207,11 @@ async fn boot(store: &RedisStore, table: &DecisionTable) -> bool {
         let mut cmd = ::redis::cmd("HDEL");
         cmd.arg(&state).arg(&stale);
         let _ = store.call(cmd.query_async::<i64>(&mut conn)).await;
+    }
+    // The fleet's state, read whole: what it does not hold was lifted fleet-wide. A hash
+    // without its mark (Redis flushed or new) says nothing, and local blocks stay.
+    if marked && read < MAX_STATE {
+        table.keep_operator_state(&held);
     }
     tracing::info!(read, expired = stale.len(), "fleet decision table read");
     true

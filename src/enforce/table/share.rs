@@ -31,15 +31,22 @@ pub enum Change {
     Disallow { pattern: String, kind: Option<Kind> },
 }
 
+fn client_slot(client: &str) -> String {
+    format!("client\0{client}")
+}
+
+fn allow_slot(pattern: &str, kind: Option<Kind>) -> String {
+    format!("allow\0{pattern}\0{}", kind.map_or("*", Kind::as_str))
+}
+
 impl Change {
     /// What it replaces: one slot per client, one per (pattern, kind) allow rule.
     pub fn slot(&self) -> String {
-        let kind = |k: &Option<Kind>| k.map_or("*", Kind::as_str);
         match self {
-            Change::Set(e) => format!("client\0{}", e.client),
-            Change::Clear { client } => format!("client\0{client}"),
-            Change::Allow(r) => format!("allow\0{}\0{}", r.pattern, kind(&r.kind)),
-            Change::Disallow { pattern, kind: k } => format!("allow\0{pattern}\0{}", kind(k)),
+            Change::Set(e) => client_slot(&e.client),
+            Change::Clear { client } => client_slot(client),
+            Change::Allow(r) => allow_slot(&r.pattern, r.kind),
+            Change::Disallow { pattern, kind } => allow_slot(pattern, *kind),
         }
     }
 
@@ -94,12 +101,34 @@ impl DecisionTable {
         }
     }
 
+    /// Drops the operators' entries and allow rules whose slot `held` does not name: the
+    /// fleet's state is authoritative for them once read, so a block lifted elsewhere while
+    /// this replica was down (and restored from its snapshot) does not come back.
+    /// Alert-driven entries stay.
+    pub fn keep_operator_state(&self, held: &std::collections::HashSet<String>) {
+        self.flagged.retain(|client, e| {
+            !matches!(e.cause, super::Cause::Manual { .. }) || held.contains(&client_slot(client))
+        });
+        self.allows
+            .write()
+            .retain(|r| held.contains(&allow_slot(&r.pattern, r.kind)));
+    }
+
     /// Applies another replica's change at `now_ms` (an expired one is ignored).
     pub fn apply(&self, c: Change, now_ms: i64) {
         if c.until_ms().is_some_and(|u| now_ms >= u) {
             return;
         }
         self.stats.shared_in.fetch_add(1, Ordering::Relaxed);
+        self.reapply(c, now_ms);
+    }
+
+    /// Applies one of this replica's own changes again (over the fleet's state just read),
+    /// without queuing it or counting it as another replica's.
+    pub fn reapply(&self, c: Change, now_ms: i64) {
+        if c.until_ms().is_some_and(|u| now_ms >= u) {
+            return;
+        }
         match c {
             Change::Set(e) => self.put_manual(
                 &e.client,
@@ -196,5 +225,39 @@ mod tests {
         );
         t.give_back(out);
         assert_eq!(t.take_changes().len(), MAX_OUTBOX);
+    }
+
+    #[test]
+    fn the_fleet_state_replaces_operators_state_but_not_alerts() {
+        let t = DecisionTable::new(EnforceConfig::default());
+        let cause = Cause::Manual {
+            by: "PW_OP".into(),
+            why: "x".into(),
+        };
+        t.set_manual("kept", Action::Block, cause.clone(), 0, 60_000);
+        t.set_manual("lifted", Action::Block, cause, 0, 60_000);
+        let rule = |p: &str| AllowRule {
+            pattern: p.into(),
+            kind: None,
+            expires_ms: 60_000,
+            silence: false,
+            exact: false,
+        };
+        t.allow(rule("a-*"), 0).unwrap();
+        t.allow(rule("b-*"), 0).unwrap();
+        let held = [
+            Change::Clear {
+                client: "kept".into(),
+            }
+            .slot(),
+            Change::Allow(rule("a-*")).slot(),
+        ]
+        .into_iter()
+        .collect();
+        t.keep_operator_state(&held);
+        assert_eq!(t.decide("kept", 1), Decision::Block);
+        assert_eq!(t.decide("lifted", 1), Decision::Pass);
+        let pats: Vec<String> = t.allows(1).into_iter().map(|r| r.pattern).collect();
+        assert_eq!(pats, ["a-*"]);
     }
 }

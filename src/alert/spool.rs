@@ -167,11 +167,11 @@ impl Spool {
         Ok(seq)
     }
 
-    /// The first event after `seq`.
+    /// The first event after `seq`. Sequence numbers may have gaps (records of a newer
+    /// build skipped at recovery), so this searches rather than indexes.
     pub fn next_after(&self, seq: u64) -> Option<Entry> {
         let g = self.inner.lock();
-        let first = g.entries.front()?.seq;
-        let i = seq.saturating_add(1).saturating_sub(first) as usize;
+        let i = g.entries.partition_point(|e| e.seq <= seq);
         g.entries.get(i).cloned()
     }
 
@@ -339,6 +339,15 @@ pub struct SegmentRead {
     /// A record after them was partial or unreadable (a crash mid-append): the file is cut
     /// at `good_bytes`.
     pub torn: bool,
+    /// Whole records of a kind this build does not know (written by a newer one), skipped:
+    /// a rollback loses them for the sinks, but not what follows them.
+    pub skipped: u64,
+}
+
+/// Just the sequence number of a record.
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
 }
 
 /// Parses one segment's bytes, keeping records numbered `next_seq` or later; stops at the
@@ -362,6 +371,17 @@ pub fn read_segment(bytes: &[u8], mut next_seq: u64) -> SegmentRead {
                     bytes: n,
                 });
             }
+            Err(_) if line_ended(rest, line) => match serde_json::from_slice::<SeqOnly>(line) {
+                Ok(l) if l.seq >= next_seq => {
+                    out.good_bytes += line.len() as u64 + 1;
+                    next_seq = l.seq + 1;
+                    out.skipped += 1;
+                }
+                _ => {
+                    out.torn = true;
+                    break;
+                }
+            },
             _ => {
                 out.torn = true;
                 break;
@@ -370,6 +390,11 @@ pub fn read_segment(bytes: &[u8], mut next_seq: u64) -> SegmentRead {
         rest = after;
     }
     out
+}
+
+/// Whether `line`, the start of `rest`, ends with a newline (a record written whole).
+fn line_ended(rest: &[u8], line: &[u8]) -> bool {
+    rest.get(line.len()) == Some(&b'\n')
 }
 
 /// Reads segments and cursors back after a restart.
@@ -397,6 +422,9 @@ fn recover(dir: &Path, inner: &mut Inner, names: &[String]) -> Result<(), SpoolE
             .read_to_end(&mut bytes)
             .map_err(io(path))?;
         let read = read_segment(&bytes, inner.next_seq);
+        if read.skipped > 0 {
+            tracing::warn!(path = %path.display(), skipped = read.skipped, "spool: records of a newer version skipped");
+        }
         for e in read.entries {
             if seg.first_seq == 0 {
                 seg.first_seq = e.seq;
@@ -611,5 +639,41 @@ mod tests {
         );
         let s = Spool::open(&cfg(dir.path()), names).unwrap();
         assert_eq!(drain(&s, 0), ["pw-0", "audit-1-0000beef-1"]);
+    }
+
+    #[test]
+    fn records_of_a_newer_kind_are_skipped_not_taken_for_a_torn_tail() {
+        let a = |seq: u64| {
+            let mut l = serde_json::to_vec(&Line {
+                seq,
+                notice: &Notice::Alert(Alert::example(&format!("pw-{seq}"))),
+            })
+            .unwrap();
+            l.push(b'\n');
+            l
+        };
+        let mut bytes = a(1);
+        bytes.extend_from_slice(b"{\"seq\":2,\"verdict\":{\"from\":\"a later build\"}}\n");
+        bytes.extend(a(3));
+        let r = read_segment(&bytes, 1);
+        assert!(!r.torn);
+        assert_eq!(r.skipped, 1);
+        assert_eq!(r.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(r.good_bytes, bytes.len() as u64);
+        // A partial line at the end is still a torn tail.
+        bytes.extend_from_slice(b"{\"seq\":4,\"ver");
+        let r = read_segment(&bytes, 1);
+        assert!(r.torn && r.entries.len() == 2);
+
+        // And the spool serves across the gap.
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["a".to_string()];
+        let mut gap = a(1);
+        gap.extend_from_slice(b"{\"seq\":2,\"verdict\":{}}\n");
+        gap.extend(a(3));
+        std::fs::write(dir.path().join(format!("seg-{:020}.jsonl", 1)), &gap).unwrap();
+        let s = Spool::open(&cfg(dir.path()), names).unwrap();
+        assert_eq!(drain(&s, 0), ["pw-1", "pw-3"]);
+        assert_eq!(s.append(Notice::Alert(Alert::example("pw-4"))).unwrap(), 4);
     }
 }

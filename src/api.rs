@@ -194,7 +194,19 @@ async fn alerts(
 ) -> Result<Json<Value>, ApiError> {
     let Query(f) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let events = view::alerts(&s.alerts, f)?;
-    let list: Vec<&crate::vocab::Alert> = events.iter().map(|a| &**a).collect();
+    // Each event with its evidence in words (the figures Slack and OCSF show), for a queue
+    // that says why without unfolding the raw evidence.
+    let list: Vec<Value> = events
+        .iter()
+        .map(|a| {
+            let mut v = serde_json::to_value(&**a).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                let reason = crate::alert::slack::highlights(a).join("; ");
+                o.insert("reason".into(), Value::String(reason));
+            }
+            v
+        })
+        .collect();
     Ok(Json(json!({ "alerts": list })))
 }
 

@@ -21,6 +21,21 @@ try {
   await first.waitFor({ timeout: 15000 });
   const who = await first.getAttribute("data-client");
   if (who !== expect) throw new Error(`first client is ${who}, not ${expect}`);
+  // The alert queue: the attacker's open alert first, with its evidence in words; a filter
+  // goes into the URL, and a URL with a filter opens filtered.
+  const top = page.locator("#queue tbody tr").first();
+  await top.waitFor({ timeout: 15000 });
+  const cells = await top.locator("td").allTextContents();
+  if ((await top.getAttribute("data-client")) !== expect || cells[0] !== "open")
+    throw new Error(`queue starts with ${cells}`);
+  if (!/\d/.test(cells[9]) || !/ago$/.test(cells[6])) throw new Error(`queue row has no reason or time: ${cells}`);
+  await page.selectOption("#f-kind", "boundary_probe");
+  await page.waitForFunction(() => location.search.includes("kind=boundary_probe"));
+  await page.goto(`${url}/?kind=extraction#token=${encodeURIComponent(token)}`);
+  await page.locator("#queue tbody tr").first().waitFor({ timeout: 15000 });
+  if ((await page.inputValue("#f-kind")) !== "extraction") throw new Error("the URL's filter was not applied");
+  const kinds = await page.locator("#queue tbody tr td:nth-child(3)").allTextContents();
+  if (kinds.some((k) => k !== "extraction")) throw new Error(`filtered queue lists ${kinds}`);
   const dots = Number(await page.locator("#timeline").getAttribute("data-points"));
   if (!(dots > 0)) throw new Error("alert timeline is empty");
   await first.click();
@@ -50,7 +65,7 @@ try {
     if (audit[2] !== "block" || audit[5] !== "extraction confirmed by the SOC") throw new Error(`audit lists ${audit}`);
   }
   await page.screenshot({ path: shot, fullPage: true });
-  console.log(`dashboard ok: ${who} first, ${dots} alert events, ${rows} alerts in drill-down${operator ? ", blocked from the page" : ""}`);
+  console.log(`dashboard ok: queue led by ${expect}, ${who} first, ${dots} alert events, ${rows} alerts in drill-down${operator ? ", blocked from the page" : ""}`);
 } finally {
   await browser.close();
 }

@@ -63,19 +63,22 @@ pub fn summary(a: &Alert) -> String {
 }
 
 /// The few evidence figures that best explain an alert of this kind, in words, most telling
-/// first; figures missing from the evidence are skipped.
+/// first; figures missing from the evidence, and shares of zero, are skipped.
 pub fn highlights(a: &Alert) -> Vec<String> {
     let ev = &a.evidence;
     let num = |k: &str| ev.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
+    // A share of zero explains nothing (the detector that fired is elsewhere): left out.
     let share = |label: &str, k: &str, normal: Option<&str>| {
-        num(k).map(|x| match normal.and_then(num) {
-            Some(n) => format!(
-                "{label}: {} of window queries (normal {})",
-                percent(x),
-                percent(n)
-            ),
-            None => format!("{label}: {} of window queries", percent(x)),
-        })
+        num(k)
+            .filter(|x| *x > 0.0)
+            .map(|x| match normal.and_then(num) {
+                Some(n) => format!(
+                    "{label}: {} of window queries (normal {})",
+                    percent(x),
+                    percent(n)
+                ),
+                None => format!("{label}: {} of window queries", percent(x)),
+            })
     };
     let count = |label: &str, k: &str| num(k).map(|x| format!("{label}: {x:.0}"));
     let prada = || {
@@ -364,5 +367,21 @@ mod tests {
         );
         a.evidence = Value::Null;
         assert!(highlights(&a).is_empty());
+    }
+
+    #[test]
+    fn a_share_of_zero_is_not_a_reason() {
+        let mut a = Alert::example("pw-z");
+        a.kind = Kind::Extraction;
+        a.evidence = serde_json::json!({
+            "out_of_range_share": 1.0, "normal_out_of_range_share": 0.012,
+            "structured_perturbation_share": 0.0, "normal_structured_share": 0.0,
+        });
+        let h = highlights(&a);
+        assert!(
+            h.iter().any(|f| f.starts_with("Out-of-range inputs")),
+            "{h:?}"
+        );
+        assert!(!h.iter().any(|f| f.starts_with("Structured")), "{h:?}");
     }
 }

@@ -61,11 +61,9 @@ fn why(w: &str) -> Result<String, ApiError> {
             "why: say why (it goes to the audit log)".into(),
         ));
     }
-    let mut at = w.len().min(crate::enforce::audit::MAX_WHY_BYTES);
-    while !w.is_char_boundary(at) {
-        at -= 1;
-    }
-    Ok(w[..at].to_string())
+    let mut w = w.to_string();
+    crate::enforce::audit::cut(&mut w, crate::enforce::audit::MAX_WHY_BYTES);
+    Ok(w)
 }
 
 /// A client id or an allow pattern within [`MAX_NAME_BYTES`].
@@ -177,11 +175,6 @@ impl ApiState {
     ) -> Result<AuditEvent, ApiError> {
         operator(c)?;
         let pattern = name("pattern", pattern)?;
-        if pattern == "*" && !exact {
-            return Err(ApiError::BadRequest(
-                "pattern: a client, or a prefix followed by '*'".into(),
-            ));
-        }
         let now = self.now_ms();
         let until_ms = until(now, for_ms)?;
         let rule = AllowRule {

@@ -128,7 +128,8 @@ fn push(recent: &mut VecDeque<AuditEvent>, e: AuditEvent) {
     recent.push_back(e);
 }
 
-fn cut(s: &mut String, max: usize) {
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+pub(crate) fn cut(s: &mut String, max: usize) {
     if s.len() > max {
         let mut at = max;
         while !s.is_char_boundary(at) {

@@ -97,6 +97,11 @@ pub struct EntryView {
 }
 
 impl AllowRule {
+    /// A pattern that would cover every client.
+    fn is_bare(&self) -> bool {
+        self.pattern.is_empty() || (self.pattern == "*" && !self.exact)
+    }
+
     fn covers(&self, client: &str, kind: Kind, now_ms: i64) -> bool {
         let id_matches = match self.pattern.strip_suffix('*').filter(|_| !self.exact) {
             Some(prefix) => client.starts_with(prefix),
@@ -351,7 +356,7 @@ impl DecisionTable {
     /// Whether [`DecisionTable::allow`] would take `rule` at `now_ms` (checked before an
     /// action is audited, so that the audit log never records a rule that was refused).
     pub fn can_allow(&self, rule: &AllowRule, now_ms: i64) -> Result<(), TableError> {
-        if rule.pattern.is_empty() || (rule.pattern == "*" && !rule.exact) {
+        if rule.is_bare() {
             return Err(TableError::BarePattern);
         }
         let allows = self.allows.read();
@@ -368,7 +373,7 @@ impl DecisionTable {
     }
 
     fn add_allow(&self, rule: AllowRule, now_ms: i64) -> Result<(), TableError> {
-        if rule.pattern.is_empty() || (rule.pattern == "*" && !rule.exact) {
+        if rule.is_bare() {
             return Err(TableError::BarePattern);
         }
         {

@@ -139,7 +139,7 @@ fn bench_exchange(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             let (req, resp) = &raw[i % raw.len()];
-            let d = decode(req, resp).unwrap();
+            let d = decode(req, resp, identity.prompt_key()).unwrap();
             ctx.feed(&ids[i % CLIENTS], "digits", d);
         })
     });

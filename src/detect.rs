@@ -12,11 +12,14 @@
 //! | [`drift`] | inputs outside the model's normal traffic (uniform, out-of-domain sets) | none |
 //! | [`sanity`] | values outside the schema's valid domain | none |
 //! | [`coverage`] | feature-space cells visited (random projections) | none (window bitmaps) |
+//! | [`campaign`] | low-volume accounts that started together, pooled | onset, campaign |
+//! | [`llm`] | logit-bias sweeps, logprob harvesting, distillation over accounts (LLM APIs) | epoch counts, an HLL of bias ids, template values |
 
 pub mod campaign;
 pub mod coverage;
 pub mod drift;
 pub mod fingerprint;
+pub mod llm;
 pub mod margin;
 pub mod policy;
 pub mod prada;
@@ -43,6 +46,9 @@ pub struct Query<'a> {
     /// cohorts): its fleet pseudonym when the pipeline is one of several, so that a client
     /// is one member whether its queries land here or elsewhere; else `client_tag`.
     pub member: u64,
+    /// A language-model exchange's summary ([`llm`] judges it; the detectors of dense
+    /// inputs do not see such queries).
+    pub llm: Option<&'a crate::proto::v1::LlmQuery>,
 }
 
 /// The model-wide context detectors read.
@@ -99,6 +105,10 @@ pub struct Signals {
     pub cell: Option<u64>,
     /// The campaign the client is a member of.
     pub campaign: Option<campaign::CampaignView>,
+    /// The query was a language-model exchange: only the [`llm`] detector judged it.
+    pub llm_query: bool,
+    /// What the [`llm`] detector found.
+    pub llm: Option<llm::Finding>,
 }
 
 /// What a detector's state must be: shared across the scoring threads, and serialised
@@ -214,4 +224,5 @@ detector_set! {
     sanity: sanity::Sanity,
     coverage: coverage::Coverage,
     campaign: campaign::Campaign,
+    llm: llm::Llm,
 }

@@ -456,10 +456,24 @@ impl Pipeline {
             answer,
             client_tag: st.tag,
             member: st.member(),
+            llm: rec.llm.as_deref(),
         };
         let mut sig = Signals::default();
-        self.detectors
-            .observe(&q, view, &model.detectors, &mut st.detectors, &mut sig);
+        if q.llm.is_some() {
+            // Its features are request parameters, not a model input: only the LLM
+            // detector reads a language-model exchange.
+            crate::detect::Detector::observe(
+                &self.detectors.llm,
+                &q,
+                view,
+                &model.detectors.llm,
+                &mut st.detectors.llm,
+                &mut sig,
+            );
+        } else {
+            self.detectors
+                .observe(&q, view, &model.detectors, &mut st.detectors, &mut sig);
+        }
         sig
     }
 
@@ -474,7 +488,7 @@ impl Pipeline {
         sig: &Signals,
         cold: bool,
     ) {
-        if !st.offers_sample(self.cfg.baseline.per_client_cap, cold) {
+        if sig.llm_query || !st.offers_sample(self.cfg.baseline.per_client_cap, cold) {
             return;
         }
         st.contributed += 1;

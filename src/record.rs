@@ -3,6 +3,7 @@
 
 pub mod validate;
 
+use crate::proto::v1::LlmQuery;
 use std::sync::Arc;
 
 /// The model's answer to one query.
@@ -34,6 +35,8 @@ pub struct RawRecord {
     /// they are never kept, only bounded.
     pub attributes: usize,
     pub attribute_bytes: usize,
+    /// What the LLM detector reads of a language-model exchange.
+    pub llm: Option<Box<LlmQuery>>,
 }
 
 impl From<crate::proto::v1::QueryRecord> for RawRecord {
@@ -50,6 +53,7 @@ impl From<crate::proto::v1::QueryRecord> for RawRecord {
             input: r.input,
             output: r.output,
             label: r.label,
+            llm: r.llm.map(Box::new),
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct Record {
     pub ts_ms: i64,
     pub input: Vec<f32>,
     pub output: Output,
+    /// A language-model exchange's summary: the LLM detector judges it, not the detectors
+    /// of dense inputs (its feature vector is request parameters, not a model input).
+    pub llm: Option<Box<LlmQuery>>,
 }
 
 /// What the detectors read of an answer: predicted class and top-1/top-2 margin.

@@ -1,7 +1,9 @@
 //! Small numerical helpers shared by the learned normal and the detectors: normal
-//! quantiles, sample quantiles, and the Shapiro–Wilk test ([`shapiro`]). Each is checked
+//! quantiles, sample quantiles, the Shapiro–Wilk test ([`shapiro`]) and a HyperLogLog
+//! ([`hll`]). Each is checked
 //! against reference values (SciPy, the published algorithms) in its tests.
 
+pub mod hll;
 pub mod shapiro;
 
 pub use shapiro::norm_ppf;

@@ -7,6 +7,7 @@
 //! Unknown fields are ignored; malformed lines are reported with their line number, never
 //! fatal to the reader.
 
+use crate::exchange::openai::PromptKey;
 use crate::proto::v1::QueryRecord;
 use serde::Deserialize;
 use std::io::{BufRead, BufReader};
@@ -38,6 +39,9 @@ pub struct TraceLine {
     pub request_id: Option<String>,
     #[serde(default)]
     pub label: Option<u32>,
+    /// A decoded LLM exchange's summary (never in a record line).
+    #[serde(skip)]
+    pub llm: Option<Box<crate::proto::v1::LlmQuery>>,
 }
 
 impl TraceLine {
@@ -52,6 +56,7 @@ impl TraceLine {
             input: self.input.into_iter().map(|v| v as f32).collect(),
             output: self.output.into_iter().map(|v| v as f32).collect(),
             label: self.label,
+            llm: self.llm.map(|b| *b),
             ..Default::default()
         }
     }
@@ -83,6 +88,11 @@ struct Line {
 /// Parses one trace line into its records: one for a record line, one per decoded query
 /// for an exchange (fuzzed: never panics on input).
 pub fn parse_records(text: &[u8]) -> Result<Vec<TraceLine>, String> {
+    parse_records_keyed(text, &PromptKey::offline())
+}
+
+/// [`parse_records`] with the key of LLM prompt hashes.
+pub fn parse_records_keyed(text: &[u8], key: &PromptKey) -> Result<Vec<TraceLine>, String> {
     let l: Line = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     if let Some(input) = l.input {
         return Ok(vec![TraceLine {
@@ -93,13 +103,14 @@ pub fn parse_records(text: &[u8]) -> Result<Vec<TraceLine>, String> {
             output: l.output,
             request_id: l.request_id,
             label: l.label,
+            llm: None,
         }]);
     }
     let (Some(path), Some(req), Some(resp)) = (l.path, l.request, l.response) else {
         return Err("neither a record (input) nor an exchange (path, request, response)".into());
     };
     let (model, decoded) =
-        crate::exchange::decode_rest(&path, req.get().as_bytes(), resp.get().as_bytes())
+        crate::exchange::decode_rest(&path, req.get().as_bytes(), resp.get().as_bytes(), key)
             .map_err(|e| format!("exchange on {path}: {e}"))?;
     let model = if l.model.is_empty() { model } else { l.model };
     Ok(decoded
@@ -112,6 +123,7 @@ pub fn parse_records(text: &[u8]) -> Result<Vec<TraceLine>, String> {
             output: d.output.into_iter().map(f64::from).collect(),
             request_id: l.request_id.clone(),
             label: d.label,
+            llm: d.llm,
         })
         .collect())
 }
@@ -131,6 +143,8 @@ pub struct TraceReader {
     line: u64,
     /// Records of an exchange line not yet handed out.
     pending: std::collections::VecDeque<TraceLine>,
+    /// Keys the prompt hashes of LLM exchanges.
+    key: PromptKey,
 }
 
 impl TraceReader {
@@ -159,7 +173,15 @@ impl TraceReader {
             lines: reader.lines(),
             line: 0,
             pending: Default::default(),
+            key: PromptKey::offline(),
         })
+    }
+
+    /// Keys LLM prompt hashes with `key` (the sidecar's, so that a sent trace's templates
+    /// match the mirror's) instead of the fixed offline key.
+    pub fn with_prompt_key(mut self, key: PromptKey) -> Self {
+        self.key = key;
+        self
     }
 }
 
@@ -185,7 +207,7 @@ impl Iterator for TraceReader {
             if text.trim().is_empty() {
                 continue;
             }
-            match parse_records(text.as_bytes()) {
+            match parse_records_keyed(text.as_bytes(), &self.key) {
                 Ok(v) => self.pending.extend(v),
                 Err(reason) => {
                     return Some(Err(TraceError::Line {

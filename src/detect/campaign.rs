@@ -555,6 +555,7 @@ mod tests {
                         },
                         client_tag: 100 + t as u64,
                         member: 100 + t as u64,
+                        llm: None,
                     };
                     let mut sig = sig_of(k);
                     d.observe(&q, &view, &replicas[mine], st, &mut sig);

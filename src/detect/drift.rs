@@ -85,6 +85,7 @@ mod tests {
                 },
                 client_tag: 0,
                 member: 0,
+                llm: None,
             };
             let mut s = Signals::default();
             Drift.observe(&q, &m, &(), &mut (), &mut s);

@@ -548,6 +548,7 @@ mod tests {
             },
             client_tag: 7,
             member: 7,
+            llm: None,
         }
     }
 

@@ -55,6 +55,7 @@ mod tests {
             },
             client_tag: 0,
             member: 0,
+            llm: None,
         };
         let mut s = Signals::default();
         Margin.observe(&q, &m, &(), &mut (), &mut s);

@@ -21,6 +21,9 @@
 //! | `extraction` | AML.T0024.002 | off-region, tail or structured queries far above normal; or PRADA's alarm with half that evidence; or membership of a campaign ([`super::campaign`]) |
 //! | `input_anomaly` | AML.T0043 | values past hard or gross schema bounds, non-finite values |
 //!
+//! A language-model exchange is judged by [`super::llm`] alone: its finding (a logit-bias
+//! sweep, logprob harvesting, distillation) is an `extraction` decision as it stands.
+//!
 //! A boundary search's random start and line searches look like extraction: extraction is
 //! held while boundary evidence is rising, and an open extraction alert whose evidence turns
 //! out to be a boundary search is corrected (same alert, `previous_kind`). One alert stays
@@ -225,6 +228,18 @@ impl Policy {
         total: u64,
         events: impl FnOnce() -> Counts,
     ) -> Vec<Decision> {
+        if sig.llm_query {
+            // The LLM detector's findings are decisions already (their thresholds are
+            // stated in its module); the dense tests have nothing to step on.
+            return sig
+                .llm
+                .map(|f| Decision {
+                    kind: Kind::Extraction,
+                    strength: f.strength.max(1.0),
+                })
+                .into_iter()
+                .collect();
+        }
         // A retry repeats evidence already counted; it is not new evidence.
         if base.ready && !sig.exact_dup {
             let c = &mut st.cusum;

@@ -372,6 +372,7 @@ mod tests {
             },
             client_tag: 1,
             member: 1,
+            llm: None,
         };
         let mut s = Signals::default();
         p.observe(&q, &m, &(), st, &mut s);
@@ -500,6 +501,7 @@ mod tests {
             },
             client_tag: 1,
             member: 1,
+            llm: None,
         };
         let mut s = Signals {
             exact_dup: true,

@@ -95,6 +95,7 @@ mod tests {
             },
             client_tag: 0,
             member: 0,
+            llm: None,
         };
         let mut s = Signals::default();
         Sanity { tolerance: tol }.observe(&q, &m, &(), &mut (), &mut s);

@@ -6,15 +6,15 @@
 //! - KServe v1 (`/v1/models/{m}:predict`): request `instances` (rows), response
 //!   `predictions` (score rows, or one label per row).
 //!
-//! - OpenAI-style `/v1/chat/completions` and `/v1/completions`: the request becomes a small
-//!   feature vector (prompt length, a hash of the prompt, `max_tokens`, `temperature`, `n`,
-//!   `logprobs`, `top_logprobs`, the number and largest size of `logit_bias` entries; the prompt
-//!   itself is never kept) and the first token's `top_logprobs` become the answer's scores, so
-//!   logit-bias and logprob sweeps show as near-duplicates with shifting answers.
+//! - OpenAI-style `/v1/chat/completions` and `/v1/completions` ([`super::openai`]): a small
+//!   feature vector of request parameters, the first token's `top_logprobs` as scores, and
+//!   the [`LlmQuery`] that the LLM detector reads; no prompt or completion text.
 //!
 //! A payload that cannot be decoded is an error with a reason the caller counts; nothing
 //! here panics on input.
 
+use super::openai::{self, PromptKey};
+use crate::proto::v1::LlmQuery;
 use serde_json::Value;
 
 /// Why a payload was not decoded.
@@ -60,6 +60,8 @@ pub struct Decoded {
     pub input: Vec<f32>,
     pub output: Vec<f32>,
     pub label: Option<u32>,
+    /// What the LLM detector reads of an OpenAI-style exchange.
+    pub llm: Option<Box<LlmQuery>>,
 }
 
 fn numbers(v: &Value) -> Result<Vec<f32>, DecodeError> {
@@ -134,77 +136,22 @@ pub fn model_from_body(request: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Features of an OpenAI-style request (no prompt text is kept: its length and a hash).
-fn openai_features(req: &Value) -> Vec<f32> {
-    let prompt = match (req.get("messages"), req.get("prompt")) {
-        (Some(m), _) => m.to_string(),
-        (None, Some(p)) => p.to_string(),
-        _ => String::new(),
-    };
-    let hash = prompt.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    });
-    let num = |k: &str, d: f64| req.get(k).and_then(Value::as_f64).unwrap_or(d) as f32;
-    let logprobs = match req.get("logprobs") {
-        Some(Value::Bool(b)) => f32::from(u8::from(*b)),
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0) as f32,
-        _ => 0.0,
-    };
-    let bias: Vec<f64> = req
-        .get("logit_bias")
-        .and_then(Value::as_object)
-        .map(|o| o.values().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
-    vec![
-        (prompt.len() as f32).ln_1p(),
-        (hash >> 40) as f32 / (1u64 << 24) as f32,
-        num("max_tokens", 16.0),
-        num("temperature", 1.0),
-        num("n", 1.0),
-        logprobs,
-        num("top_logprobs", 0.0),
-        bias.len() as f32,
-        bias.iter().fold(0.0f64, |m, b| m.max(b.abs())) as f32,
-    ]
-}
-
-/// The first generated token's `top_logprobs` as probabilities (chat or completions shape).
-fn openai_scores(resp: &Value) -> Vec<f32> {
-    let choice = resp.pointer("/choices/0/logprobs");
-    let lps: Vec<f64> = match choice {
-        Some(l) => {
-            if let Some(top) = l
-                .pointer("/content/0/top_logprobs")
-                .and_then(Value::as_array)
-            {
-                top.iter()
-                    .filter_map(|t| t.get("logprob")?.as_f64())
-                    .collect()
-            } else if let Some(top) = l.pointer("/top_logprobs/0").and_then(Value::as_object) {
-                top.values().filter_map(Value::as_f64).collect()
-            } else {
-                vec![]
-            }
-        }
-        None => vec![],
-    };
-    let p: Vec<f64> = lps.iter().map(|l| l.exp()).collect();
-    let sum: f64 = p.iter().sum();
-    if p.len() < 2 || sum <= 0.0 {
-        return vec![];
-    }
-    p.iter().map(|v| (v / sum) as f32).collect()
-}
-
-/// Decodes one request/response exchange into queries.
-pub fn decode(request: &[u8], response: &[u8]) -> Result<Vec<Decoded>, DecodeError> {
+/// Decodes one request/response exchange into queries; `key` keys the prompt hashes of
+/// OpenAI-style exchanges.
+pub fn decode(
+    request: &[u8],
+    response: &[u8],
+    key: &PromptKey,
+) -> Result<Vec<Decoded>, DecodeError> {
     let req: Value = serde_json::from_slice(request).map_err(|_| DecodeError::NotJson)?;
     let resp: Value = serde_json::from_slice(response).map_err(|_| DecodeError::NotJson)?;
     if req.get("messages").is_some() || req.get("prompt").is_some() {
+        let (llm, prompt_chars) = openai::summarise(&req, &resp, key);
         return Ok(vec![Decoded {
-            input: openai_features(&req),
-            output: openai_scores(&resp),
+            input: openai::features(&req, prompt_chars),
+            output: openai::scores(&resp),
             label: None,
+            llm: Some(Box::new(llm)),
         }]);
     }
     let (inputs, outputs) = if let Some(i) = req.get("inputs") {
@@ -236,6 +183,7 @@ pub fn decode(request: &[u8], response: &[u8]) -> Result<Vec<Decoded>, DecodeErr
                 input,
                 output,
                 label,
+                llm: None,
             }
         })
         .collect())
@@ -244,13 +192,16 @@ pub fn decode(request: &[u8], response: &[u8]) -> Result<Vec<Decoded>, DecodeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::LazyLock;
+
+    static K: LazyLock<PromptKey> = LazyLock::new(PromptKey::offline);
 
     #[test]
     fn open_inference_protocol_v2() {
         let req =
             br#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6]}]}"#;
         let resp = br#"{"model_name":"m","outputs":[{"name":"p","shape":[2,2],"datatype":"FP32","data":[0.1,0.9,0.8,0.2]}]}"#;
-        let d = decode(req, resp).unwrap();
+        let d = decode(req, resp, &K).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].input, vec![4.0, 5.0, 6.0]);
         assert_eq!(d[1].output, vec![0.8, 0.2]);
@@ -261,6 +212,7 @@ mod tests {
         let d = decode(
             br#"{"instances":[[1,2],[3,4]]}"#,
             br#"{"predictions":[1,0]}"#,
+            &K,
         )
         .unwrap();
         assert_eq!(d[0].label, Some(1));
@@ -268,6 +220,7 @@ mod tests {
         let d = decode(
             br#"{"instances":[[1,2]]}"#,
             br#"{"predictions":[[0.3,0.7]]}"#,
+            &K,
         )
         .unwrap();
         assert_eq!(d[0].output, vec![0.3, 0.7]);
@@ -280,11 +233,13 @@ mod tests {
         let resp = br#"{"choices":[{"logprobs":{"content":[{"token":"a","logprob":-0.1,
             "top_logprobs":[{"token":"a","logprob":-0.1},{"token":"b","logprob":-2.5},
             {"token":"c","logprob":-4.0}]}]}}]}"#;
-        let d = decode(req, resp).unwrap();
+        let d = decode(req, resp, &K).unwrap();
         assert_eq!(d.len(), 1);
         let x = &d[0].input;
-        assert_eq!(x.len(), 9);
-        assert_eq!((x[2], x[5], x[6], x[7], x[8]), (1.0, 1.0, 3.0, 2.0, 100.0));
+        assert_eq!(x.len(), 8);
+        assert_eq!((x[1], x[4], x[5], x[6], x[7]), (1.0, 1.0, 3.0, 2.0, 100.0));
+        let llm = d[0].llm.as_ref().unwrap();
+        assert_eq!(llm.bias_ids, vec![123, 456]);
         assert!((d[0].output.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert!(d[0].output[0] > 0.8);
         assert_eq!(model_from_body(req).as_deref(), Some("gpt-x"));
@@ -292,16 +247,17 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_errors_with_reasons() {
-        assert_eq!(decode(b"nope", b"{}"), Err(DecodeError::NotJson));
-        assert_eq!(decode(b"{}", b"{}"), Err(DecodeError::UnknownFormat));
+        assert_eq!(decode(b"nope", b"{}", &K), Err(DecodeError::NotJson));
+        assert_eq!(decode(b"{}", b"{}", &K), Err(DecodeError::UnknownFormat));
         let bad = br#"{"inputs":[{"shape":[2,3],"data":[1,2]}]}"#;
-        assert_eq!(decode(bad, b"{}"), Err(DecodeError::BadShape));
+        assert_eq!(decode(bad, b"{}", &K), Err(DecodeError::BadShape));
         let text = br#"{"instances":[["a"]]}"#;
-        assert_eq!(decode(text, b"{}"), Err(DecodeError::NotNumeric));
+        assert_eq!(decode(text, b"{}", &K), Err(DecodeError::NotNumeric));
         assert_eq!(
             decode(
                 br#"{"instances":[[1],[2]]}"#,
-                br#"{"predictions":[[0.5,0.5]]}"#
+                br#"{"predictions":[[0.5,0.5]]}"#,
+                &K
             ),
             Err(DecodeError::RowMismatch)
         );

@@ -243,7 +243,12 @@ impl EnvoySource {
             .get(":path")
             .map(String::as_str)
             .unwrap_or_default();
-        let decoded = match crate::exchange::decode_rest(path, &ex.request, &ex.response) {
+        let decoded = match crate::exchange::decode_rest(
+            path,
+            &ex.request,
+            &ex.response,
+            self.ctx.identity.prompt_key(),
+        ) {
             Err(ExchangeError::Grpc) => {
                 super::oip_grpc::decode(&ex.request, &ex.response).map_err(ExchangeError::from)
             }

@@ -14,6 +14,7 @@
 //! stay stable across restarts); without a spool, a random key per process.
 
 use crate::config::IdentitySource;
+use crate::exchange::openai::PromptKey;
 use crate::pseudonym::Pseudonymiser;
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -57,6 +58,8 @@ pub struct Identity {
     sources: Vec<IdentitySource>,
     /// Header values become `k-` pseudonyms under the identity key.
     keyed: Pseudonymiser,
+    /// Keys LLM prompt hashes (derived from the identity key).
+    prompt: PromptKey,
     /// Where the key came from.
     pub origin: KeyOrigin,
 }
@@ -149,11 +152,18 @@ fn spool_key(dir: &Path) -> Result<String, IdentityError> {
 impl Identity {
     /// Identity with an explicit key (tests, tools).
     pub fn with_key(sources: &[IdentitySource], key: &[u8]) -> Self {
+        let keyed = Pseudonymiser::new("k", key);
         Self {
             sources: sources.to_vec(),
-            keyed: Pseudonymiser::new("k", key),
+            prompt: PromptKey::derive(&keyed),
+            keyed,
             origin: KeyOrigin::Env,
         }
+    }
+
+    /// The key of LLM prompt hashes and signatures.
+    pub fn prompt_key(&self) -> &PromptKey {
+        &self.prompt
     }
 
     /// Identity for `sources`, its key from `$key_env`, else from the spool directory, else

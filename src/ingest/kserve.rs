@@ -190,7 +190,7 @@ impl KserveSource {
             // The model's own answer, never the request: a client could name any model.
             .or_else(|| crate::exchange::decode::model_from_body(&resp.body))
             .unwrap_or_default();
-        let decoded = match decode(&req.body, &resp.body) {
+        let decoded = match decode(&req.body, &resp.body, self.ctx.identity.prompt_key()) {
             Ok(d) => d,
             Err(e) => return self.stats.dropped_one(e.as_str()),
         };

@@ -112,6 +112,7 @@ pub fn decode(request: &[u8], response: &[u8]) -> Result<(String, Vec<Decoded>),
             input,
             output: outputs.get(i).cloned().unwrap_or_default(),
             label: None,
+            llm: None,
         })
         .collect();
     Ok((model, decoded))

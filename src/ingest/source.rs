@@ -103,6 +103,7 @@ impl SourceCtx {
                 input: d.input,
                 output: d.output,
                 label: d.label,
+                llm: d.llm,
                 ..Default::default()
             };
             let _ = self.pipeline.submit(rec, &mut raised);

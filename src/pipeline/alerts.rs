@@ -145,6 +145,7 @@ impl Pipeline {
             "queries_per_minute": f64::from(c.queries) / span_min,
             "cusum": st.policy.cusum,
             "campaign": st.detectors.campaign.campaign,
+            "llm": st.detectors.llm.last,
             "threshold": self.policy.threshold(),
         });
         let n = match event {
@@ -219,6 +220,7 @@ mod tests {
             ts_ms: 0,
             input: vec![0.0],
             output: Output::None,
+            llm: None,
         };
         let st = p.new_client(&rec, 1);
         (p, st)

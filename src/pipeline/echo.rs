@@ -322,6 +322,7 @@ impl super::Pipeline {
             answer: e.answer(),
             client_tag: st.tag,
             member: st.member(),
+            llm: None,
         };
         let view = ModelView {
             baseline: base,

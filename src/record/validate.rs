@@ -1,6 +1,7 @@
 //! Stateless checks of one wire record. The model-dependent check (input dimension) is made
 //! by the pipeline, which knows the model's schema.
 
+use crate::exchange::openai::{MAX_BIAS_IDS, SIGNATURE_SLOTS};
 use crate::proto::v1::{OutputKind, QueryRecord, RejectReason};
 use crate::record::{looks_like_probabilities, softmax, Output, RawRecord, Record};
 use std::sync::Arc;
@@ -91,6 +92,7 @@ pub fn check(
         ts_ms: if rec.ts_ms == 0 { now_ms } else { rec.ts_ms },
         input: rec.input,
         output,
+        llm: rec.llm,
     })
 }
 
@@ -160,6 +162,21 @@ fn problem(rec: &RawRecord, limits: &Limits, now_ms: i64) -> Option<Reject> {
                 limits.max_attribute_bytes
             ),
         );
+    }
+    if let Some(l) = &rec.llm {
+        if l.bias_ids.len() > MAX_BIAS_IDS
+            || !(l.signature.is_empty() || l.signature.len() == SIGNATURE_SLOTS)
+            || !l.bias_max_abs.is_finite()
+            || l.temperature.is_some_and(|t| !t.is_finite())
+        {
+            return bad(
+                R::BadField,
+                format!(
+                    "llm: at most {MAX_BIAS_IDS} bias ids, a signature of {SIGNATURE_SLOTS} \
+                     values or none, finite numbers"
+                ),
+            );
+        }
     }
     if rec.output.len() == 1 {
         return bad(

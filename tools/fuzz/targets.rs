@@ -17,7 +17,11 @@ fn halves(data: &[u8]) -> (&[u8], &[u8]) {
 /// A JSON inference exchange (Open Inference Protocol v2 REST, KServe v1, OpenAI-style).
 pub fn json_exchange(data: &[u8]) {
     let (req, resp) = halves(data);
-    let _ = probewatch::exchange::decode::decode(req, resp);
+    let _ = probewatch::exchange::decode::decode(
+        req,
+        resp,
+        &probewatch::exchange::openai::PromptKey::offline(),
+    );
     let _ = probewatch::exchange::decode::model_from_body(req);
 }
 
@@ -43,7 +47,11 @@ pub fn cloudevent(data: &[u8]) {
         .collect();
     let h = probewatch::ingest::kserve::event_headers(headers);
     let _ = h.get("ce-id");
-    let _ = probewatch::exchange::decode::decode(body, body);
+    let _ = probewatch::exchange::decode::decode(
+        body,
+        body,
+        &probewatch::exchange::openai::PromptKey::offline(),
+    );
 }
 
 /// One line of a recorded trace: a record, or an exchange through the mirror's decoders.

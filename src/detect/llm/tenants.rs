@@ -1,0 +1,215 @@
+//! What a model's LLM clients do, model-wide: each client's profile (the model's own normal,
+//! one vote per client, so no client weighs more than its share), and the clients on a
+//! prompt template (the groups that distillation campaigns form).
+
+use super::client::{LlmClient, Totals};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+
+/// Client profiles kept per model (the least recently seen one makes room).
+pub const MAX_PROFILES: usize = 4096;
+/// Templated clients kept per model (likewise).
+pub const MAX_TEMPLATED: usize = 1024;
+/// Queries before a client's profile counts in the normal.
+pub const PROFILE_MIN_QUERIES: u32 = 8;
+/// Profiled clients before the normal is used; with fewer, only the detector's fixed floors
+/// apply (one busy client must not be its own normal).
+pub const MIN_PROFILED: usize = 20;
+/// Profile updates between two recomputations of the normal.
+pub const REFRESH_EVERY: u32 = 256;
+/// Template values two clients must share to be on one template.
+pub const GROUP_MIN_SHARED: usize = 4;
+
+/// The model's normal: quantiles over its clients (one value each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normal {
+    /// Clients the quantiles are over (0: no normal yet).
+    pub clients: u32,
+    /// 90th percentile of distinct `logit_bias` ids per client.
+    pub bias_ids_q90: f64,
+    /// 90th percentile of soft-labelled tokens per query.
+    pub soft_per_query_q90: f64,
+    /// Median completion tokens per query.
+    pub completion_median: f64,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Profile {
+    last_ms: i64,
+    queries: u32,
+    distinct_bias: f64,
+    soft_per_query: f64,
+    completion_per_query: f64,
+    flagged: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Templated {
+    last_ms: i64,
+    values: Vec<u64>,
+    novel: u32,
+    templated: u32,
+    queries: u32,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// A template group as the detector judges it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Group {
+    /// Stable id: the smallest member id, mixed.
+    pub id: u64,
+    /// Clients on the template, mostly templated themselves (including this one).
+    pub members: u32,
+    pub queries: u64,
+    pub prompt_per_query: f64,
+    pub completion_per_query: f64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Inner {
+    profiles: HashMap<u64, Profile>,
+    templated: HashMap<u64, Templated>,
+    normal: Normal,
+    since: u32,
+}
+
+/// A model's LLM clients.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Tenants {
+    inner: Mutex<Inner>,
+}
+
+impl Clone for Tenants {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Mutex::new(self.inner.lock().clone()),
+        }
+    }
+}
+
+fn evict_oldest<V>(m: &mut HashMap<u64, V>, last: impl Fn(&V) -> i64) {
+    if let Some(k) = m.iter().min_by_key(|(_, v)| last(v)).map(|(k, _)| *k) {
+        m.remove(&k);
+    }
+}
+
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+    f64::from(crate::stats::quantile_sorted(&v, q))
+}
+
+impl Inner {
+    fn refresh(&mut self) {
+        let live: Vec<&Profile> = self
+            .profiles
+            .values()
+            .filter(|p| !p.flagged && p.queries >= PROFILE_MIN_QUERIES)
+            .collect();
+        self.normal = if live.len() < MIN_PROFILED {
+            Normal::default()
+        } else {
+            Normal {
+                clients: live.len() as u32,
+                bias_ids_q90: quantile(live.iter().map(|p| p.distinct_bias).collect(), 0.9),
+                soft_per_query_q90: quantile(live.iter().map(|p| p.soft_per_query).collect(), 0.9),
+                completion_median: quantile(
+                    live.iter().map(|p| p.completion_per_query).collect(),
+                    0.5,
+                ),
+            }
+        };
+        self.since = 0;
+    }
+}
+
+impl Tenants {
+    /// Updates client `member`'s profile (and its template entry) after a query at `ts`;
+    /// returns the model's normal.
+    pub fn note(&self, member: u64, ts: i64, c: &LlmClient, t: &Totals, flagged: bool) -> Normal {
+        let mut g = self.inner.lock();
+        if !g.profiles.contains_key(&member) && g.profiles.len() >= MAX_PROFILES {
+            evict_oldest(&mut g.profiles, |p| p.last_ms);
+        }
+        g.profiles.insert(
+            member,
+            Profile {
+                last_ms: ts,
+                queries: t.queries,
+                distinct_bias: t.distinct_bias_ids,
+                soft_per_query: t.per_query(t.soft_tokens),
+                completion_per_query: t.per_query(t.completion_tokens),
+                flagged,
+            },
+        );
+        let values: Vec<u64> = c.template_values().collect();
+        if values.len() >= GROUP_MIN_SHARED {
+            if !g.templated.contains_key(&member) && g.templated.len() >= MAX_TEMPLATED {
+                evict_oldest(&mut g.templated, |t| t.last_ms);
+            }
+            g.templated.insert(
+                member,
+                Templated {
+                    last_ms: ts,
+                    values,
+                    novel: t.novel,
+                    templated: t.templated,
+                    queries: t.queries,
+                    prompt_tokens: t.prompt_tokens,
+                    completion_tokens: t.completion_tokens,
+                },
+            );
+        }
+        g.since += 1;
+        if g.since >= REFRESH_EVERY || g.normal.clients == 0 && g.since >= 16 {
+            g.refresh();
+        }
+        g.normal
+    }
+
+    /// The group of clients on `member`'s template: those sharing [`GROUP_MIN_SHARED`] of its
+    /// template values whose own prompts are mostly on a template (`min_share` of their novel
+    /// ones, with `min_novel` of them), seen within `horizon_ms` of `ts`.
+    pub fn group(
+        &self,
+        member: u64,
+        ts: i64,
+        horizon_ms: i64,
+        min_share: f64,
+        min_novel: u32,
+    ) -> Option<Group> {
+        let g = self.inner.lock();
+        let mine: HashSet<u64> = g.templated.get(&member)?.values.iter().copied().collect();
+        let (mut members, mut queries, mut lowest) = (0u32, 0u64, u64::MAX);
+        let (mut prompt, mut completion) = (0u64, 0u64);
+        for (&tag, t) in &g.templated {
+            let on_template =
+                t.values.iter().filter(|v| mine.contains(v)).count() >= GROUP_MIN_SHARED;
+            let templated = t.novel >= min_novel
+                && f64::from(t.templated) >= min_share * f64::from(t.novel.max(1));
+            if on_template && templated && ts - t.last_ms <= horizon_ms {
+                members += 1;
+                queries += u64::from(t.queries);
+                prompt += t.prompt_tokens;
+                completion += t.completion_tokens;
+                lowest = lowest.min(tag);
+            }
+        }
+        (members > 0).then(|| Group {
+            id: crate::hash::mix64(lowest),
+            members,
+            queries,
+            prompt_per_query: prompt as f64 / queries.max(1) as f64,
+            completion_per_query: completion as f64 / queries.max(1) as f64,
+        })
+    }
+
+    /// The model's normal now.
+    pub fn normal(&self) -> Normal {
+        self.inner.lock().normal
+    }
+}

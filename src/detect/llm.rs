@@ -237,6 +237,9 @@ impl Detector for Llm {
             }
         }
         if let Some((f, g)) = best {
+            if let Some(g) = &g {
+                model.adopt(q.member, g.id);
+            }
             st.last = Some(evidence(f, &t, largest, g.as_ref(), normal));
             st.flagged = true;
             sig.llm = Some(f);

@@ -348,7 +348,10 @@ mod tests {
     fn a_huge_prompt_is_read_at_its_ends_only() {
         let k = PromptKey::offline();
         let filler = "word ".repeat(50_000);
-        let a = signature(&format!("begin here {filler} secret middle {filler} end"), &k);
+        let a = signature(
+            &format!("begin here {filler} secret middle {filler} end"),
+            &k,
+        );
         let b = signature(&format!("begin here {filler} {filler} end"), &k);
         assert_eq!(a, b);
         let c = signature(&format!("other start {filler} {filler} end"), &k);

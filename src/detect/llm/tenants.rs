@@ -52,6 +52,9 @@ struct Templated {
     queries: u32,
     prompt_tokens: u64,
     completion_tokens: u64,
+    /// The campaign the client was alerted in (0: none), so that one group keeps one id
+    /// while members join.
+    group: u64,
 }
 
 /// A template group as the detector judges it.
@@ -151,6 +154,7 @@ impl Tenants {
             if !g.templated.contains_key(&member) && g.templated.len() >= MAX_TEMPLATED {
                 evict_oldest(&mut g.templated, |t| t.last_ms);
             }
+            let group = g.templated.get(&member).map_or(0, |e| e.group);
             g.templated.insert(
                 member,
                 Templated {
@@ -161,6 +165,7 @@ impl Tenants {
                     queries: t.queries,
                     prompt_tokens: t.prompt_tokens,
                     completion_tokens: t.completion_tokens,
+                    group,
                 },
             );
         }
@@ -185,6 +190,7 @@ impl Tenants {
         let g = self.inner.lock();
         let mine: HashSet<u64> = g.templated.get(&member)?.values.iter().copied().collect();
         let (mut members, mut queries, mut lowest) = (0u32, 0u64, u64::MAX);
+        let mut ids: HashMap<u64, u32> = HashMap::new();
         let (mut prompt, mut completion) = (0u64, 0u64);
         for (&tag, t) in &g.templated {
             let on_template =
@@ -194,18 +200,33 @@ impl Tenants {
             if on_template && templated && ts - t.last_ms <= horizon_ms {
                 members += 1;
                 queries += u64::from(t.queries);
+                if t.group != 0 {
+                    *ids.entry(t.group).or_default() += 1;
+                }
                 prompt += t.prompt_tokens;
                 completion += t.completion_tokens;
                 lowest = lowest.min(tag);
             }
         }
+        // The id most members were alerted under (the smaller on a tie), else a new one.
+        let id = ids
+            .into_iter()
+            .max_by_key(|&(id, n)| (n, std::cmp::Reverse(id)))
+            .map_or_else(|| crate::hash::mix64(lowest), |(id, _)| id);
         (members > 0).then(|| Group {
-            id: crate::hash::mix64(lowest),
+            id,
             members,
             queries,
             prompt_per_query: prompt as f64 / queries.max(1) as f64,
             completion_per_query: completion as f64 / queries.max(1) as f64,
         })
+    }
+
+    /// Records that `member` was alerted in group `id`.
+    pub fn adopt(&self, member: u64, id: u64) {
+        if let Some(t) = self.inner.lock().templated.get_mut(&member) {
+            t.group = id;
+        }
     }
 
     /// The model's normal now.

@@ -66,6 +66,9 @@ pub fn summary(a: &Alert) -> String {
 /// first; figures missing from the evidence, and shares of zero, are skipped.
 pub fn highlights(a: &Alert) -> Vec<String> {
     let ev = &a.evidence;
+    if let Some(lines) = llm_highlights(&ev["llm"]) {
+        return lines.into_iter().take(MAX_FIGURES).collect();
+    }
     let num = |k: &str| ev.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
     // A share of zero explains nothing (the detector that fired is elsewhere): left out.
     let share = |label: &str, k: &str, normal: Option<&str>| {
@@ -132,6 +135,70 @@ pub fn highlights(a: &Alert) -> Vec<String> {
         ],
     };
     figures.into_iter().flatten().take(MAX_FIGURES).collect()
+}
+
+/// The figures of an LLM finding (`evidence.llm`), in words; `None` for other alerts.
+fn llm_highlights(ev: &Value) -> Option<Vec<String>> {
+    let technique = ev.get("technique")?.as_str()?;
+    let num = |k: &str| ev.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let normal = |k: &str| ev.pointer(&format!("/normal/{k}")).and_then(Value::as_f64);
+    let vs = |k: &str| normal(k).map_or(String::new(), |n| format!(" (normal: {n:.0})"));
+    let share = |k: &str| percent(num(k));
+    Some(match technique {
+        "logit_bias_sweep" => vec![
+            format!(
+                "Logit-bias sweep: {:.0} distinct biased token ids over {:.0} queries{}",
+                num("distinct_bias_ids"),
+                num("biased_queries"),
+                vs("bias_ids_q90")
+            ),
+            format!(
+                "Largest bias set in one request: {:.0} ids",
+                num("largest_bias_set")
+            ),
+            format!(
+                "Same prompt resent under a new bias: {:.0} times",
+                num("bias_reprompts")
+            ),
+            format!(
+                "max_tokens = 1 on {} of queries",
+                share("max_tokens_one_share")
+            ),
+        ],
+        "logprob_harvest" => vec![
+            format!(
+                "Logprob harvesting: {:.0} generated tokens returned with their full distribution",
+                num("soft_labelled_tokens")
+            ),
+            format!(
+                "{:.0} such tokens per query{}",
+                num("soft_labelled_per_query"),
+                vs("soft_per_query_q90")
+            ),
+            format!("Logprobs on {} of queries", share("logprob_share")),
+        ],
+        _ => {
+            let g = |k: &str| ev.pointer(&format!("/group/{k}")).and_then(Value::as_f64);
+            vec![
+                format!(
+                    "Distillation campaign: {:.0} accounts on one prompt template, {:.0} queries",
+                    g("members").unwrap_or(0.0),
+                    g("queries").unwrap_or(0.0)
+                ),
+                format!(
+                    "Answers average {:.0} tokens to {:.0}-token prompts{}",
+                    g("completion_tokens_per_query").unwrap_or(0.0),
+                    g("prompt_tokens_per_query").unwrap_or(0.0),
+                    normal("completion_median")
+                        .map_or(String::new(), |n| format!(" (normal answer: {n:.0})"))
+                ),
+                format!(
+                    "Prompts on the template: {} of this account's",
+                    share("templated_share")
+                ),
+            ]
+        }
+    })
 }
 
 /// The Slack incoming-webhook payload of an alert event: a one-line `text` fallback (used in
@@ -367,6 +434,33 @@ mod tests {
         );
         a.evidence = Value::Null;
         assert!(highlights(&a).is_empty());
+    }
+
+    #[test]
+    fn llm_findings_are_told_in_their_own_words() {
+        let mut a = Alert::example("al-2");
+        a.kind = Kind::Extraction;
+        a.evidence = json!({"out_of_range_share": 0.9, "llm": {"technique": "logit_bias_sweep",
+            "distinct_bias_ids": 1230.0, "biased_queries": 246, "largest_bias_set": 5,
+            "bias_reprompts": 240, "max_tokens_one_share": 1.0,
+            "normal": {"bias_ids_q90": 0.0}}});
+        let h = highlights(&a);
+        assert_eq!(
+            h[0],
+            "Logit-bias sweep: 1230 distinct biased token ids over 246 queries (normal: 0)"
+        );
+        assert!(!h.iter().any(|f| f.contains("Out-of-range")), "{h:?}");
+        a.evidence = json!({"llm": {"technique": "distillation", "templated_share": 0.8,
+            "group": {"members": 11, "queries": 303, "completion_tokens_per_query": 556.0,
+            "prompt_tokens_per_query": 106.0}, "normal": {"completion_median": 106.0}}});
+        let h = highlights(&a);
+        assert_eq!(
+            h[..2],
+            [
+                "Distillation campaign: 11 accounts on one prompt template, 303 queries",
+                "Answers average 556 tokens to 106-token prompts (normal answer: 106)"
+            ]
+        );
     }
 
     #[test]

@@ -32,6 +32,25 @@ pub fn free_port() -> u16 {
 /// Each test runs KServe, Envoy and probewatch on a 2-core machine: one at a time.
 pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The model server behind Envoy: a script started with `--http_port` and `--grpc_port`, up
+/// when `ready_path` answers through Envoy.
+pub struct Upstream {
+    pub script: &'static str,
+    pub ready_path: &'static str,
+}
+
+/// KServe's `ModelServer` with the digits classifier.
+pub const KSERVE_DIGITS: Upstream = Upstream {
+    script: "tests/e2e/kserve_digits.py",
+    ready_path: "/v2/health/ready",
+};
+
+/// An OpenAI-compatible server answering from a stand-in language model.
+pub const OPENAI_STUB: Upstream = Upstream {
+    script: "tests/e2e/openai_stub.py",
+    ready_path: "/health",
+};
+
 /// KServe, probewatch (ext_proc source and query API) and an Envoy, on free loopback ports.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -49,6 +68,11 @@ impl Stack {
     /// `enforce`, probewatch also serves the enforcing filter (Envoy's port 50053) under
     /// that `[enforce]` policy (keys, then `[[enforce.rules]]` tables).
     pub fn start(envoy_cfg: &str, enforce: Option<&str>) -> Self {
+        Self::start_with(envoy_cfg, enforce, &KSERVE_DIGITS)
+    }
+
+    /// [`Stack::start`] with another model server behind Envoy.
+    pub fn start_with(envoy_cfg: &str, enforce: Option<&str>, upstream: &Upstream) -> Self {
         let envoy = std::env::var("ENVOY").unwrap_or_else(|_| "envoy".into());
         assert!(
             Command::new(&envoy).arg("--version").output().is_ok(),
@@ -60,7 +84,7 @@ impl Stack {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut procs = vec![Kill(
             Command::new("python3")
-                .arg(root.join("tests/e2e/kserve_digits.py"))
+                .arg(root.join(upstream.script))
                 .args(["--http_port", &model_port.to_string()])
                 .args(["--grpc_port", &grpc_port.to_string()])
                 .stdout(Stdio::null())
@@ -131,16 +155,19 @@ impl Stack {
                 .unwrap(),
         ));
         let c = reqwest::blocking::Client::new();
-        // Up when KServe answers its readiness probe through Envoy.
+        // Up when the model server answers its readiness probe through Envoy.
         let t0 = Instant::now();
         while !c
-            .get(format!("http://127.0.0.1:{envoy_port}/v2/health/ready"))
+            .get(format!(
+                "http://127.0.0.1:{envoy_port}{}",
+                upstream.ready_path
+            ))
             .send()
             .is_ok_and(|r| r.status().is_success())
         {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "envoy or the KServe model server did not come up"
+                "envoy or the model server did not come up"
             );
             std::thread::sleep(Duration::from_millis(250));
         }

@@ -11,28 +11,30 @@
 //! 0. **Vocabulary.** [`proto`] (wire types), [`vocab`] (an alert, its kind, severity and
 //!    ATLAS technique), [`clock`], [`hash`], [`stats`], [`pseudonym`] (keyed client pseudonyms),
 //!    [`budget`] (one memory budget for data in flight), [`conn`] (connections bounded in
-//!    number and idle time), [`exchange`] (inference payloads decoded into queries: OIP v2,
-//!    KServe v1, OpenAI).
-//! 1. **Inputs.** [`config`], [`schema`] (what a model owner knows of inputs), [`record`]
+//!    number and idle time).
+//! 1. **Payloads.** [`exchange`]: inference payloads decoded into queries (OIP v2, KServe
+//!    v1, OpenAI; an OpenAI exchange also into the LLM summary that [`detect::llm`] reads).
+//! 2. **Inputs.** [`config`], [`schema`] (what a model owner knows of inputs), [`record`]
 //!    (a query and its [`record::validate`]ion), [`sketch`] (the vector detectors compare),
 //!    [`trace`] (the recorded-traffic format: records, or whole exchanges).
-//! 2. **State.** [`window`]: per-client sliding-window sketches in a bounded dashmap;
+//! 3. **State.** [`window`]: per-client sliding-window sketches in a bounded dashmap;
 //!    [`normal`]: the model's learned normal traffic (reservoir, baseline, the region in
 //!    rank space).
-//! 3. **Detectors.** [`detect`]: one module per detector behind the [`detect::Detector`]
-//!    trait (the [`detect::campaign`] detector pools accounts that started together), and the
-//!    [`detect::policy`] that turns their signals into decisions.
-//! 4. **Pipeline.** [`pipeline`]: a record's steps from admission to alert events, shared
+//! 4. **Detectors.** [`detect`]: one module per detector behind the [`detect::Detector`]
+//!    trait (the [`detect::campaign`] detector pools accounts that started together,
+//!    [`detect::llm`] judges LLM API clients), and the [`detect::policy`] that turns their
+//!    signals into decisions.
+//! 5. **Pipeline.** [`pipeline`]: a record's steps from admission to alert events, shared
 //!    by the sidecar and offline replay.
-//! 5. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format;
+//! 6. **Delivery.** [`alert`]: the durable spool, per-sink delivery, one file per format;
 //!    [`enforce`]: what a flagged client gets (the decision table, degraded answers).
-//! 6. **Edges.** [`ingest`]: the gRPC ingest API and the Envoy ext_proc and KServe logger
+//! 7. **Edges.** [`ingest`]: the gRPC ingest API and the Envoy ext_proc and KServe logger
 //!    mirrors; [`api`]: the SOC query API and dashboard; [`replay`]: offline replay;
 //!    [`cluster`]: the Redis that replicas share (alert ownership, the learned normal).
-//! 7. **Observers.** [`telemetry`]: logs, Prometheus `/metrics`, OTLP; [`send`]: streams
+//! 8. **Observers.** [`telemetry`]: logs, Prometheus `/metrics`, OTLP; [`send`]: streams
 //!    a trace to a running sidecar.
-//! 8. **Composition.** [`sidecar`]: builds and runs everything and drains it on SIGTERM.
-//! 9. **Entry.** [`cli`]: arguments and exit codes (`main.rs` only calls it).
+//! 9. **Composition.** [`sidecar`]: builds and runs everything and drains it on SIGTERM.
+//! 10. **Entry.** [`cli`]: arguments and exit codes (`main.rs` only calls it).
 #![forbid(unsafe_code)]
 
 pub mod alert;

@@ -361,7 +361,7 @@ impl Pipeline {
                     answer,
                     base.ready,
                 );
-                o.push(e.with_fingerprint(fp));
+                o.push(e.with_fingerprint(fp).with_llm(rec.llm.as_deref()));
             }
             self.sample(&model, st, &sketch, answer, &sig, !base.ready);
             self.decide_and_apply(st, &sig, answer, &base, rec.ts_ms, alerts)

@@ -243,7 +243,7 @@ fn planted_upward_imports_and_cycles_are_caught() {
     let v = violations(&files, &table);
     assert!(
         v.iter()
-            .any(|m| m.contains("`detect` (layer 3) uses `pipeline` (layer 4)")),
+            .any(|m| m.contains("`detect` (layer 4) uses `pipeline` (layer 5)")),
         "{v:?}"
     );
     assert!(

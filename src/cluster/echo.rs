@@ -257,3 +257,54 @@ fn absorb(p: &Pipeline, stats: &ClusterStats, batches: Vec<Vec<u8>>) -> Vec<Aler
         .fetch_add(r.unmatched as u64, Ordering::Relaxed);
     alerts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_that_each_see_half_of_a_sweep_see_all_of_it() {
+        use crate::record::RawRecord;
+        let pipe = || {
+            crate::pipeline::Pipeline::new(
+                std::sync::Arc::new(crate::config::Config::default()),
+                None,
+                std::sync::Arc::new(crate::clock::ManualClock::new(0)),
+            )
+            .with_echoes(b"0123456789abcdef", 4096)
+        };
+        let (a, b) = (pipe(), pipe());
+        let mut alerts = Vec::new();
+        let mut first = None;
+        for i in 0..40u32 {
+            let llm = crate::proto::v1::LlmQuery {
+                bias_ids: (i * 3..i * 3 + 3).collect(),
+                bias_entries: 3,
+                max_tokens: Some(1),
+                prompt_key: 7,
+                ..Default::default()
+            };
+            let rec = RawRecord {
+                client_id: "sweeper".into(),
+                model: "chat".into(),
+                ts_ms: 1_000 + i64::from(i),
+                input: vec![1.0; 8],
+                llm: Some(Box::new(llm)),
+                ..Default::default()
+            };
+            // Round-robin, and each replica's echoes reach the other before the next query.
+            let (here, there) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            here.submit(rec, &mut alerts).unwrap();
+            let batch = encode_batch(&here.take_echoes()).unwrap();
+            let echoes = decode_batch(&batch).unwrap();
+            there.absorb(&echoes, &mut alerts);
+            if first.is_none() && !alerts.is_empty() {
+                first = Some(i + 1);
+            }
+        }
+        // 64 distinct ids at 3 per query: the 22nd query overall, as on one replica.
+        let first = first.expect("no replica alerted");
+        assert!(first <= 23, "alerted at query {first}");
+        assert_eq!(alerts[0].evidence["llm"]["technique"], "logit_bias_sweep");
+    }
+}

@@ -19,6 +19,9 @@
 //! - **History-based findings** (near-duplicates, structured steps, PRADA's distances) are
 //!   computed against the queries this replica saw of the client, not all of them: the
 //!   histories hold inputs, which never leave the replica.
+//! - **LLM sketches** merge exactly: an echo carries the exchange's summary, and each
+//!   replica's sketch of the client takes every query (counts add, HyperLogLogs of bias ids
+//!   take the same ids). Template groups form on each replica from the clients it tracks.
 //! - **A client not tracked here** (a client-hash router keeps it on another replica). Its
 //!   echoes only count in the model's campaign cohorts (`pooled`), so that a campaign whose
 //!   accounts are spread over replicas is whole on each: the replica that tracks the
@@ -27,6 +30,7 @@
 
 use crate::detect::fingerprint::FpEntry;
 use crate::detect::{ModelView, Query, Signals};
+use crate::proto::v1::LlmQuery;
 use crate::pseudonym::Pseudonymiser;
 use crate::record::Answer;
 use crate::window::store::ClientKey;
@@ -51,6 +55,9 @@ pub struct Echo {
     cell: Option<u64>,
     /// The query's entry in the client's fingerprint history.
     fp: Option<FpEntry>,
+    /// A language-model exchange's summary (keyed hashes and counts, no text): the other
+    /// replicas' LLM sketches of the client take it as the origin's did.
+    llm: Option<Box<LlmQuery>>,
 }
 
 const EXACT_DUP: u16 = 1;
@@ -106,7 +113,14 @@ impl Echo {
             class: answer.class,
             cell: sig.cell,
             fp: None,
+            llm: None,
         }
+    }
+
+    /// With the query's LLM summary.
+    pub fn with_llm(mut self, llm: Option<&LlmQuery>) -> Self {
+        self.llm = llm.map(|l| Box::new(l.clone()));
+        self
     }
 
     /// With the query's fingerprint entry.
@@ -322,13 +336,22 @@ impl super::Pipeline {
             answer: e.answer(),
             client_tag: st.tag,
             member: st.member(),
-            llm: None,
+            llm: e.llm.as_deref(),
         };
         let view = ModelView {
             baseline: base,
             schema: self.models.schema_for(&model.name),
         };
         use crate::detect::Detector;
+        if q.llm.is_some() {
+            return self.detectors.llm.observe(
+                &q,
+                &view,
+                &model.detectors.llm,
+                &mut st.detectors.llm,
+                sig,
+            );
+        }
         self.detectors.campaign.observe(
             &q,
             &view,

@@ -30,8 +30,9 @@ use crate::window::store::ClientStore;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// Format version; a snapshot of another version is refused.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// Format version; a snapshot of another version is refused. 3: clients and models carry
+/// the LLM detector's state.
+pub const SNAPSHOT_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"PWSTATE\0";
 /// Magic and version.
 const HEADER: u64 = 8 + 4;

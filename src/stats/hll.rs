@@ -94,8 +94,15 @@ mod registers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::mix64;
     use proptest::prelude::*;
+
+    /// splitmix64's finaliser: well-mixed hashes of small integers.
+    fn mix64(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 
     #[test]
     fn estimates_are_within_a_few_standard_errors_of_exact_counts() {

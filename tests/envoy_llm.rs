@@ -2,7 +2,7 @@
 //! `deploy/envoy/envoy.yaml`) fronts an OpenAI-compatible server answering from a stand-in
 //! language model (`tests/e2e/openai_stub.py`: a low-rank softmax whose logits take
 //! `logit_bias`, as the published sweeps need). Through it go a Carlini-style logit-bias
-//! sweep and honest clients of the hard kinds: chat users, an evaluation harness
+//! sweep (plain and streamed) and honest clients of the hard kinds: chat users, an evaluation harness
 //! (`max_tokens` 1, logprobs on) and a client that always biases the same tokens. The
 //! sweeper is alerted with its technique; nobody else is, and no prompt text reaches an
 //! alert.
@@ -76,6 +76,21 @@ fn a_logit_bias_sweep_through_envoy_is_alerted_and_honest_clients_are_not() {
             "logit_bias": bias, "seed": 42}),
         );
     }
+    // The same sweep, streamed: server-sent events are read as the answer they add up to.
+    for i in 0..150usize {
+        let bias: serde_json::Map<String, Value> = (0..5)
+            .map(|j| (((i * 5 + j) * 41 % 8192).to_string(), json!(100)))
+            .collect();
+        let body = send(
+            "stream-sweeper",
+            chat,
+            json!({"model": "stand-in",
+            "messages": [{"role": "user", "content": words(7 + i % 3, 3)}],
+            "max_tokens": 1, "temperature": 0, "logprobs": true, "top_logprobs": 5,
+            "logit_bias": bias, "stream": true, "stream_options": {"include_usage": true}}),
+        );
+        assert!(body.starts_with(b"data: "));
+    }
     // Honest hard cases: a moderation client that always bans the same two tokens, and an
     // evaluation harness scoring one answer token per multiple-choice question.
     for i in 0..120usize {
@@ -122,17 +137,18 @@ fn a_logit_bias_sweep_through_envoy_is_alerted_and_honest_clients_are_not() {
             .find(|a| a["client"] == client.as_str() && a["event"] == "raised")
     };
     let t0 = Instant::now();
-    while raised("sweeper").is_none() && t0.elapsed() < Duration::from_secs(20) {
+    while (raised("sweeper").is_none() || raised("stream-sweeper").is_none())
+        && t0.elapsed() < Duration::from_secs(20)
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let a = raised("sweeper").expect("the sweeper was not alerted");
-    assert_eq!(a["kind"], "extraction");
-    assert_eq!(a["evidence"]["llm"]["technique"], "logit_bias_sweep");
-    assert!(
-        a["queries"]["total"].as_u64().unwrap() <= 200,
-        "{}",
-        a["queries"]
-    );
+    for key in ["sweeper", "stream-sweeper"] {
+        let a = raised(key).unwrap_or_else(|| panic!("{key} was not alerted"));
+        assert_eq!(a["kind"], "extraction");
+        assert_eq!(a["evidence"]["llm"]["technique"], "logit_bias_sweep");
+        let at = a["queries"]["total"].as_u64().unwrap();
+        assert!(at <= 200, "{key} alerted after {at} queries");
+    }
     for key in ["moderator", "evals"]
         .map(String::from)
         .into_iter()

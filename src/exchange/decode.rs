@@ -144,7 +144,11 @@ pub fn decode(
     key: &PromptKey,
 ) -> Result<Vec<Decoded>, DecodeError> {
     let req: Value = serde_json::from_slice(request).map_err(|_| DecodeError::NotJson)?;
-    let resp: Value = serde_json::from_slice(response).map_err(|_| DecodeError::NotJson)?;
+    let resp: Value = match serde_json::from_slice(response) {
+        Ok(v) => v,
+        // A streamed answer (`"stream": true`): server-sent events of chunks.
+        Err(_) => openai::assemble_stream(response).ok_or(DecodeError::NotJson)?,
+    };
     if req.get("messages").is_some() || req.get("prompt").is_some() {
         let (llm, prompt_chars) = openai::summarise(&req, &resp, key);
         return Ok(vec![Decoded {

@@ -120,6 +120,58 @@ pub fn scores(resp: &Value) -> Vec<f32> {
     p.iter().map(|v| (v / sum) as f32).collect()
 }
 
+/// A streamed answer (server-sent events of `chat.completion.chunk` or streamed
+/// completions) as the one answer it adds up to: the first choice's text and logprobs, and
+/// `usage` when the stream carried it. `None` when `body` holds no event with a choice.
+pub fn assemble_stream(body: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(body).ok()?;
+    let (mut content, mut lp_content, mut lp_top) = (String::new(), Vec::new(), Vec::new());
+    let (mut usage, mut chunks) = (Value::Null, 0usize);
+    for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+        let Ok(chunk) = serde_json::from_str::<Value>(data.trim()) else {
+            continue; // `[DONE]`, or a line this decoder does not know
+        };
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            usage = u.clone();
+        }
+        let Some(ch) = chunk.pointer("/choices/0") else {
+            continue;
+        };
+        chunks += 1;
+        let piece = ch
+            .pointer("/delta/content")
+            .or_else(|| ch.get("text"))
+            .and_then(Value::as_str);
+        content.push_str(piece.unwrap_or_default());
+        if let Some(c) = ch.pointer("/logprobs/content").and_then(Value::as_array) {
+            lp_content.extend(c.iter().cloned());
+        }
+        if let Some(t) = ch
+            .pointer("/logprobs/top_logprobs")
+            .and_then(Value::as_array)
+        {
+            lp_top.extend(t.iter().cloned());
+        }
+    }
+    if chunks == 0 {
+        return None;
+    }
+    let logprobs = match (lp_content.is_empty(), lp_top.is_empty()) {
+        (false, _) => serde_json::json!({ "content": lp_content }),
+        (true, false) => serde_json::json!({ "top_logprobs": lp_top }),
+        (true, true) => Value::Null,
+    };
+    let mut choice = serde_json::json!({"message": {"content": content}});
+    if !logprobs.is_null() {
+        choice["logprobs"] = logprobs;
+    }
+    let mut out = serde_json::json!({ "choices": [choice] });
+    if usage.is_object() {
+        out["usage"] = usage;
+    }
+    Some(out)
+}
+
 /// The text of a message's `content` (a string, or the text parts of a list).
 fn content_text(c: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match c {
@@ -385,6 +437,28 @@ mod tests {
         assert_eq!(q.signature.len(), SIGNATURE_SLOTS);
         let (again, _) = summarise(&req, &resp, &PromptKey::offline());
         assert_eq!(again.prompt_key, q.prompt_key);
+    }
+
+    #[test]
+    fn a_streamed_answer_counts_as_the_answer_it_adds_up_to() {
+        let sse = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+            data: {\"choices\":[{\"delta\":{\"content\":\"We\"},\"logprobs\":{\"content\":[{\"token\":\"We\",\"logprob\":-0.1,\"top_logprobs\":[{\"token\":\"We\",\"logprob\":-0.1},{\"token\":\"I\",\"logprob\":-2.4}]}]}}]}\n\n\
+            data: {\"choices\":[{\"delta\":{\"content\":\" go\"}}]}\n\n\
+            data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n\
+            data: [DONE]\n\n";
+        let resp = assemble_stream(sse.as_bytes()).unwrap();
+        let req: Value = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"logprobs":true,
+            "top_logprobs":2,"logit_bias":{"5":100}}"#,
+        )
+        .unwrap();
+        let (q, _) = summarise(&req, &resp, &PromptKey::offline());
+        assert_eq!((q.completion_tokens, q.prompt_tokens), (2, 5));
+        assert_eq!((q.logprob_tokens, q.logprob_values), (1, 2));
+        assert_eq!(q.bias_ids, vec![5]);
+        assert_eq!(scores(&resp).len(), 2);
+        assert!(assemble_stream(b"data: [DONE]\n\n").is_none());
+        assert!(assemble_stream(b"\xff\xfe").is_none());
     }
 
     #[test]

@@ -109,6 +109,27 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def reply_stream(self, body, chat):
+        """The answer as server-sent events: one chunk per token, then usage, then [DONE]."""
+        events = []
+        choice = body["choices"][0]
+        lps = (choice.get("logprobs") or {}).get("content") or []
+        text_tokens = [lp["token"] for lp in lps] or [choice["message"]["content"]] if chat \
+            else [choice["text"]]
+        for i, tok in enumerate(text_tokens):
+            c = {"index": 0, "delta": {"content": tok}} if chat else {"index": 0, "text": tok}
+            if chat and i < len(lps):
+                c["logprobs"] = {"content": [lps[i]]}
+            events.append({"id": body["id"], "object": "chat.completion.chunk", "choices": [c]})
+        events.append({"id": body["id"], "choices": [], "usage": body["usage"]})
+        data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        raw = data.encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
     def do_GET(self):
         if self.path == "/health":
             return self.reply(200, {"status": "ok"})
@@ -132,6 +153,8 @@ class Handler(BaseHTTPRequestHandler):
         prompt_tokens = max(1, len(prompt_text(req)) // 4)
         body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": len(gen),
                          "total_tokens": prompt_tokens + len(gen)}
+        if req.get("stream"):
+            return self.reply_stream(body, chat)
         self.reply(200, body)
 
 

@@ -127,3 +127,79 @@ fn llm_public_attacks_are_named_and_no_benign_client_is_alerted() {
         assert!(!text.contains(p.as_str()), "an alert carries text: {p:?}");
     }
 }
+
+/// The set with its sweeper's queries spread over 1,000 accounts (six queries and 30 bias
+/// ids each, under every one-account bar) and its harvester's over 30 (three or four
+/// queries each), round-robin, as a Sybil operator would: every account is alerted with
+/// the technique, as one campaign per attack, and still no benign client.
+#[test]
+fn a_sweep_and_a_harvest_spread_over_accounts_are_campaigns() {
+    let labels: BTreeMap<String, Value> =
+        serde_json::from_slice(&std::fs::read(data("labels.json")).unwrap()).unwrap();
+    let of = |t: &str| {
+        labels
+            .iter()
+            .find(|(_, v)| v["technique"] == t)
+            .map(|(k, _)| k.clone())
+            .unwrap()
+    };
+    let spread = [
+        (of("logit_bias_sweep"), 1000),
+        (of("logprob_harvest_distillation"), 30),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("spread.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&trace).unwrap());
+    let mut sent = [0usize; 2];
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(data("trace.jsonl.gz")).unwrap());
+    for line in std::io::BufRead::lines(std::io::BufReader::new(gz)) {
+        let mut e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some(i) = spread.iter().position(|(c, _)| e["client"] == c.as_str()) {
+            e["client"] = Value::from(format!("{}-{}", spread[i].0, sent[i] % spread[i].1));
+            sent[i] += 1;
+        }
+        std::io::Write::write_all(&mut out, format!("{e}\n").as_bytes()).unwrap();
+    }
+    drop(out);
+    let alerts_out = dir.path().join("alerts.jsonl");
+    let opts = ReplayOptions {
+        diagnostics: None,
+        labels: None,
+        alerts_out: Some(&alerts_out),
+        progress: false,
+        decode_only: false,
+    };
+    replay(Arc::new(Config::default()), None, &trace, &opts).unwrap();
+    let mut first: BTreeMap<String, Value> = BTreeMap::new();
+    for l in std::fs::read_to_string(&alerts_out).unwrap().lines() {
+        let a: Value = serde_json::from_str(l).unwrap();
+        if a["event"] == "raised" {
+            first
+                .entry(a["client"].as_str().unwrap().to_owned())
+                .or_insert(a);
+        }
+    }
+    for ((client, accounts), want) in spread.iter().zip(["logit_bias_sweep", "logprob_harvest"]) {
+        let mut groups = BTreeSet::new();
+        let mut alerted = 0;
+        for k in 0..*accounts {
+            if let Some(a) = first.get(&format!("{client}-{k}")) {
+                assert_eq!(a["evidence"]["llm"]["technique"], want);
+                alerted += 1;
+                if let Some(g) = a["evidence"]["llm"]["group"]["id"].as_str() {
+                    groups.insert(g.to_owned());
+                }
+            }
+        }
+        assert!(
+            alerted * 10 >= accounts * 9,
+            "{want}: {alerted} of {accounts} accounts alerted"
+        );
+        assert_eq!(groups.len(), 1, "{want}: one campaign, not {groups:?}");
+    }
+    let benign: Vec<&String> = first
+        .keys()
+        .filter(|c| labels.get(*c).is_some_and(|l| l["kind"] == "benign"))
+        .collect();
+    assert!(benign.is_empty(), "benign clients alerted: {benign:?}");
+}

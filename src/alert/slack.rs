@@ -144,61 +144,72 @@ fn llm_highlights(ev: &Value) -> Option<Vec<String>> {
     let normal = |k: &str| ev.pointer(&format!("/normal/{k}")).and_then(Value::as_f64);
     let vs = |k: &str| normal(k).map_or(String::new(), |n| format!(" (normal: {n:.0})"));
     let share = |k: &str| percent(num(k));
-    Some(match technique {
-        "logit_bias_sweep" => vec![
+    let g = |k: &str| ev.pointer(&format!("/group/{k}")).and_then(Value::as_f64);
+    // A campaign leads: it is why accounts under every one-account bar were alerted.
+    let spread = |what: &str| {
+        g("members").map(|m| {
             format!(
+                "Spread over {m:.0} accounts: {:.0} {what} together, {:.0} queries",
+                g("pooled").unwrap_or(0.0),
+                g("queries").unwrap_or(0.0)
+            )
+        })
+    };
+    let lines: Vec<Option<String>> = match technique {
+        "logit_bias_sweep" => vec![
+            spread("distinct biased token ids"),
+            Some(format!(
                 "Logit-bias sweep: {:.0} distinct biased token ids over {:.0} queries{}",
                 num("distinct_bias_ids"),
                 num("biased_queries"),
                 vs("bias_ids_q90")
-            ),
-            format!(
+            )),
+            Some(format!(
                 "Largest bias set in one request: {:.0} ids",
                 num("largest_bias_set")
-            ),
-            format!(
+            )),
+            Some(format!(
                 "Same prompt resent under a new bias: {:.0} times",
                 num("bias_reprompts")
-            ),
-            format!(
+            )),
+            Some(format!(
                 "max_tokens = 1 on {} of queries",
                 share("max_tokens_one_share")
-            ),
+            )),
         ],
         "logprob_harvest" => vec![
-            format!(
+            spread("soft-labelled tokens"),
+            Some(format!(
                 "Logprob harvesting: {:.0} generated tokens returned with their full distribution",
                 num("soft_labelled_tokens")
-            ),
-            format!(
+            )),
+            Some(format!(
                 "{:.0} such tokens per query{}",
                 num("soft_labelled_per_query"),
                 vs("soft_per_query_q90")
-            ),
-            format!("Logprobs on {} of queries", share("logprob_share")),
+            )),
+            Some(format!("Logprobs on {} of queries", share("logprob_share"))),
         ],
-        _ => {
-            let g = |k: &str| ev.pointer(&format!("/group/{k}")).and_then(Value::as_f64);
-            vec![
-                format!(
-                    "Distillation campaign: {:.0} accounts on one prompt template, {:.0} queries",
-                    g("members").unwrap_or(0.0),
-                    g("queries").unwrap_or(0.0)
-                ),
-                format!(
-                    "Answers average {:.0} tokens to {:.0}-token prompts{}",
-                    g("completion_tokens_per_query").unwrap_or(0.0),
-                    g("prompt_tokens_per_query").unwrap_or(0.0),
-                    normal("completion_median")
-                        .map_or(String::new(), |n| format!(" (normal answer: {n:.0})"))
-                ),
-                format!(
-                    "Prompts on the template: {} of this account's",
-                    share("templated_share")
-                ),
-            ]
-        }
-    })
+        _ => vec![
+            Some(format!(
+                "Distillation campaign: {:.0} accounts on one prompt template, {:.0} queries",
+                g("members").unwrap_or(0.0),
+                g("queries").unwrap_or(0.0)
+            )),
+            Some(format!(
+                "Answers average {:.0} tokens to {:.0}-token prompts{}",
+                g("completion_tokens_per_query").unwrap_or(0.0),
+                g("prompt_tokens_per_query").unwrap_or(0.0),
+                normal("completion_median")
+                    .map_or(String::new(), |n| format!(" (normal answer: {n:.0})"))
+            )),
+            Some(format!(
+                "Prompts on the template: {} of this account's",
+                share("templated_share")
+            )),
+        ],
+    };
+    Some(lines.into_iter().flatten().collect())
 }
 
 /// The Slack incoming-webhook payload of an alert event: a one-line `text` fallback (used in
@@ -450,6 +461,11 @@ mod tests {
             "Logit-bias sweep: 1230 distinct biased token ids over 246 queries (normal: 0)"
         );
         assert!(!h.iter().any(|f| f.contains("Out-of-range")), "{h:?}");
+        a.evidence["llm"]["group"] = json!({"members": 40, "pooled": 8100.0, "queries": 6314});
+        assert_eq!(
+            highlights(&a)[0],
+            "Spread over 40 accounts: 8100 distinct biased token ids together, 6314 queries"
+        );
         a.evidence = json!({"llm": {"technique": "distillation", "templated_share": 0.8,
             "group": {"members": 11, "queries": 303, "completion_tokens_per_query": 556.0,
             "prompt_tokens_per_query": 106.0}, "normal": {"completion_median": 106.0}}});

@@ -7,7 +7,8 @@
 //! | --- | --- | --- | --- |
 //! | `logit_bias_sweep` | Carlini et al. 2024, Finlayson et al. 2024 | a bias on every token id in turn | the distinct biased ids reach [`SWEEP_MIN_IDS`], [`SWEEP_LIST_FACTOR`] times the largest set one request carried (a fixed list, however long, is one set), and [`NORMAL_FACTOR`] times the model's 90th percentile |
 //! | `logprob_harvest` | soft-label distillation | full distributions over long generations | [`HARVEST_MIN_SOFT_TOKENS`] soft-labelled tokens in the window, at [`HARVEST_MIN_PER_QUERY`] per query and [`NORMAL_FACTOR`] times the model's 90th percentile |
-//! | `distillation` | reasoning-trace distillation over many accounts | long answers to one template, from accounts that each stay small | [`DISTILL_MIN_MEMBERS`] clients share a prompt template, each with most of its prompts on it, and their answers average [`DISTILL_COMPLETION_FACTOR`] times the model's median length and outweigh their prompts ([`DISTILL_MIN_OUTPUT_RATIO`]) |
+//! | spread over accounts | Sybil sweeps and harvests, each account under the bars above | [`CAMPAIGN_MIN_MEMBERS`] accounts rotate their biases (or harvest at the per-query rate) and, pooled without the strongest, reach the one-account bar; a sweep's accounts together cover [`SWEEP_LIST_FACTOR`] times what the widest of them does |
+//! | `distillation` | reasoning-trace distillation over many accounts | long answers to one template, from accounts that each stay small | [`CAMPAIGN_MIN_MEMBERS`] clients share a prompt template, each with most of its prompts on it, and their answers average [`DISTILL_COMPLETION_FACTOR`] times the model's median length and outweigh their prompts ([`DISTILL_MIN_OUTPUT_RATIO`]) |
 //!
 //! An evaluation harness (`max_tokens` 1, logprobs on, thousands of prompts) scores one
 //! token per query, and a client that always biases the same few tokens carries one set: they
@@ -24,7 +25,7 @@ pub mod tenants;
 
 use super::{Detector, ModelView, Query, Signals};
 use client::{LlmClient, Totals};
-use tenants::{Group, Normal, Tenants};
+use tenants::{Group, Normal, Spread, Tenants};
 
 /// Distinct biased token ids before a sweep is considered.
 pub const SWEEP_MIN_IDS: f64 = 64.0;
@@ -36,8 +37,9 @@ pub const NORMAL_FACTOR: f64 = 4.0;
 pub const HARVEST_MIN_SOFT_TOKENS: u64 = 2048;
 /// Soft-labelled tokens per query: long generations, not one scored token.
 pub const HARVEST_MIN_PER_QUERY: f64 = 32.0;
-/// Clients on one template that make a distillation campaign.
-pub const DISTILL_MIN_MEMBERS: u32 = 5;
+/// Accounts that make a campaign (a distillation group, or a sweep or harvest spread over
+/// accounts that each stay under the one-account bars).
+pub const CAMPAIGN_MIN_MEMBERS: u32 = 5;
 /// Share of a member's novel prompts that are on a template, and how many it needs.
 pub const DISTILL_MIN_SHARE: f64 = 0.5;
 pub const DISTILL_MIN_NOVEL: u32 = 8;
@@ -86,7 +88,8 @@ pub struct Evidence {
     pub soft_labelled_per_query: f64,
     pub completion_tokens_per_query: f64,
     pub templated_share: f64,
-    /// The template group, for `distillation`.
+    /// The campaign: the template group (`distillation`), or the accounts a sweep or a
+    /// harvest is spread over.
     pub group: Option<GroupView>,
     /// The model's normal the client was judged against.
     pub normal: Normal,
@@ -100,6 +103,9 @@ pub struct GroupView {
     pub queries: u64,
     pub prompt_tokens_per_query: f64,
     pub completion_tokens_per_query: f64,
+    /// Pooled over the members without the strongest: distinct bias ids (a spread sweep),
+    /// soft-labelled tokens (a spread harvest), queries (distillation).
+    pub pooled: f64,
 }
 
 /// One client's LLM state: nothing until its first LLM exchange.
@@ -115,22 +121,68 @@ pub struct LlmState {
 #[derive(Debug)]
 pub struct Llm;
 
+/// The strongest finding so far, with its campaign.
+#[derive(Default)]
+struct Best(Option<(Finding, Option<Group>)>);
+
+impl Best {
+    fn consider(&mut self, technique: Technique, strength: Option<f64>, g: Option<Group>) {
+        let Some(strength) = strength else {
+            return;
+        };
+        if self.0.as_ref().is_none_or(|(b, _)| strength > b.strength) {
+            self.0 = Some((
+                Finding {
+                    technique,
+                    strength,
+                },
+                g,
+            ));
+        }
+    }
+}
+
 fn ratio(x: f64, thr: f64) -> f64 {
     x / thr.max(f64::MIN_POSITIVE)
 }
 
+fn sweep_threshold(n: &Normal) -> f64 {
+    SWEEP_MIN_IDS.max(NORMAL_FACTOR * n.bias_ids_q90)
+}
+
 fn sweep(t: &Totals, largest: u32, n: &Normal) -> Option<f64> {
-    let thr = SWEEP_MIN_IDS
-        .max(SWEEP_LIST_FACTOR * f64::from(largest))
-        .max(NORMAL_FACTOR * n.bias_ids_q90);
+    let thr = sweep_threshold(n).max(SWEEP_LIST_FACTOR * f64::from(largest));
     (t.distinct_bias_ids >= thr).then(|| ratio(t.distinct_bias_ids, thr))
 }
 
+/// The client changes its bias set between requests (not one fixed list).
+fn rotating(t: &Totals, largest: u32) -> bool {
+    t.biased >= 2 && t.distinct_bias_ids >= SWEEP_LIST_FACTOR * f64::from(largest).max(1.0)
+}
+
+fn harvest_per_query(n: &Normal) -> f64 {
+    HARVEST_MIN_PER_QUERY.max(NORMAL_FACTOR * n.soft_per_query_q90)
+}
+
 fn harvest(t: &Totals, n: &Normal) -> Option<f64> {
-    let per = t.per_query(t.soft_tokens);
-    let thr = HARVEST_MIN_PER_QUERY.max(NORMAL_FACTOR * n.soft_per_query_q90);
+    let (per, thr) = (t.per_query(t.soft_tokens), harvest_per_query(n));
     (t.soft_tokens >= HARVEST_MIN_SOFT_TOKENS && per >= thr)
         .then(|| ratio(per, thr).min(ratio(t.soft_tokens as f64, HARVEST_MIN_SOFT_TOKENS as f64)))
+}
+
+/// A sweep or a harvest spread over accounts: enough of them, pooling what one alone would
+/// be alerted for.
+fn spread(g: &Group, technique: Technique, n: &Normal) -> Option<f64> {
+    let bar = match technique {
+        // The accounts cover more than any one of them does, as one account's ids must
+        // cover more than its largest request: clients rotating subsets of one shared set
+        // (constrained decoding) each cover most of it.
+        Technique::LogitBiasSweep => sweep_threshold(n).max(SWEEP_LIST_FACTOR * g.widest),
+        _ => HARVEST_MIN_SOFT_TOKENS as f64,
+    };
+    (g.members >= CAMPAIGN_MIN_MEMBERS && g.pooled >= bar).then(|| {
+        ratio(g.pooled, bar).min(ratio(f64::from(g.members), f64::from(CAMPAIGN_MIN_MEMBERS)))
+    })
 }
 
 fn templated(t: &Totals) -> bool {
@@ -140,10 +192,12 @@ fn templated(t: &Totals) -> bool {
 fn distillation(g: &Group, n: &Normal) -> Option<f64> {
     let thr = DISTILL_MIN_COMPLETION.max(DISTILL_COMPLETION_FACTOR * n.completion_median);
     let output_heavy = g.completion_per_query >= DISTILL_MIN_OUTPUT_RATIO * g.prompt_per_query;
-    (g.members >= DISTILL_MIN_MEMBERS && g.completion_per_query >= thr && output_heavy).then(|| {
-        ratio(g.completion_per_query, thr)
-            .min(ratio(f64::from(g.members), f64::from(DISTILL_MIN_MEMBERS)))
-    })
+    (g.members >= CAMPAIGN_MIN_MEMBERS && g.completion_per_query >= thr && output_heavy).then(
+        || {
+            ratio(g.completion_per_query, thr)
+                .min(ratio(f64::from(g.members), f64::from(CAMPAIGN_MIN_MEMBERS)))
+        },
+    )
 }
 
 fn evidence(f: Finding, t: &Totals, largest: u32, group: Option<&Group>, n: Normal) -> Evidence {
@@ -169,6 +223,7 @@ fn evidence(f: Finding, t: &Totals, largest: u32, group: Option<&Group>, n: Norm
             queries: g.queries,
             prompt_tokens_per_query: g.prompt_per_query,
             completion_tokens_per_query: g.completion_per_query,
+            pooled: g.pooled.round(),
         }),
         normal: n,
     }
@@ -205,38 +260,37 @@ impl Detector for Llm {
         let c = st.sketch.get_or_insert_with(Default::default);
         c.observe(lq, q.ts_ms);
         let t = c.totals(q.ts_ms);
-        let normal = model.note(q.member, q.ts_ms, c, &t, st.flagged);
         let largest = c.max_bias_entries;
-        let mut best: Option<(Finding, Option<Group>)> = None;
-        let mut consider = |technique, strength: Option<f64>, g: Option<Group>| {
-            if let Some(strength) = strength {
-                if best.as_ref().is_none_or(|(b, _)| strength > b.strength) {
-                    best = Some((
-                        Finding {
-                            technique,
-                            strength,
-                        },
-                        g,
-                    ));
+        let rotates = rotating(&t, largest);
+        let normal = model.note(q.member, q.ts_ms, c, &t, st.flagged, rotates);
+        let mut best = Best::default();
+        best.consider(Technique::LogitBiasSweep, sweep(&t, largest, &normal), None);
+        best.consider(Technique::LogprobHarvest, harvest(&t, &normal), None);
+        let horizon = 2 * client::EPOCH_MS;
+        // Only clients that rotate biases or harvest take part (the lookup returns at once
+        // for the others), and a spread campaign's accounts each send few queries: judged on
+        // every one.
+        if best.0.is_none() {
+            let harvesting = Spread::Harvest {
+                min_per_query: harvest_per_query(&normal) as u64,
+            };
+            for (what, technique) in [
+                (Spread::Sweep, Technique::LogitBiasSweep),
+                (harvesting, Technique::LogprobHarvest),
+            ] {
+                if let Some(g) = model.spread(what, q.member, q.ts_ms, horizon) {
+                    best.consider(technique, spread(&g, technique, &normal), Some(g));
                 }
             }
-        };
-        consider(Technique::LogitBiasSweep, sweep(&t, largest, &normal), None);
-        consider(Technique::LogprobHarvest, harvest(&t, &normal), None);
+        }
         let recently = matches!(&st.last, Some(e) if e.technique == Technique::Distillation);
         if templated(&t) && (recently || t.novel.is_multiple_of(JUDGE_GROUP_EVERY)) {
-            let horizon = 2 * client::EPOCH_MS;
-            if let Some(g) = model.group(
-                q.member,
-                q.ts_ms,
-                horizon,
-                DISTILL_MIN_SHARE,
-                DISTILL_MIN_NOVEL,
-            ) {
-                consider(Technique::Distillation, distillation(&g, &normal), Some(g));
+            let (share, novel) = (DISTILL_MIN_SHARE, DISTILL_MIN_NOVEL);
+            if let Some(g) = model.group(q.member, q.ts_ms, horizon, share, novel) {
+                best.consider(Technique::Distillation, distillation(&g, &normal), Some(g));
             }
         }
-        if let Some((f, g)) = best {
+        if let Some((f, g)) = best.0 {
             if let Some(g) = &g {
                 model.adopt(q.member, g.id);
             }

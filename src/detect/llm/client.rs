@@ -97,6 +97,8 @@ pub struct Totals {
     pub completion_tokens: u64,
     pub biased: u32,
     pub distinct_bias_ids: f64,
+    /// The bias ids of both epochs, merged.
+    pub bias_ids: Hll,
     pub bias_reprompts: u32,
     pub novel: u32,
     pub templated: u32,
@@ -280,6 +282,7 @@ impl LlmClient {
             bias.merge(&e.bias_ids);
         }
         t.distinct_bias_ids = bias.estimate();
+        t.bias_ids = bias;
         t
     }
 

@@ -3,6 +3,7 @@
 //! prompt template (the groups that distillation campaigns form).
 
 use super::client::{LlmClient, Totals};
+use crate::stats::hll::Hll;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 
@@ -33,14 +34,29 @@ pub struct Normal {
     pub completion_median: f64,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Profile {
     last_ms: i64,
     queries: u32,
     distinct_bias: f64,
+    soft_tokens: u64,
     soft_per_query: f64,
     completion_per_query: f64,
     flagged: bool,
+    /// The client's bias ids, when it rotates them (not one fixed list): what a sweep spread
+    /// over accounts pools.
+    rotating: Option<Hll>,
+    /// The spread attack the client was alerted in (0: none).
+    group: u64,
+}
+
+/// What a spread attack pools over accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// Distinct bias ids of accounts that rotate their biases.
+    Sweep,
+    /// Soft-labelled tokens of accounts that harvest them at the per-query rate.
+    Harvest { min_per_query: u64 },
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -67,6 +83,11 @@ pub struct Group {
     pub queries: u64,
     pub prompt_per_query: f64,
     pub completion_per_query: f64,
+    /// The pooled figure: distinct bias ids (a spread sweep), soft-labelled tokens (a spread
+    /// harvest), or queries (a template group).
+    pub pooled: f64,
+    /// The largest figure of one member, the strongest left out (distinct ids, for a sweep).
+    pub widest: f64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -91,10 +112,27 @@ impl Clone for Tenants {
     }
 }
 
+/// Entries a full table drops at once (its least recently seen): one scan per this many
+/// new clients, not per client, so a flood of new accounts costs no more than traffic.
+const EVICT_BATCH: usize = 64;
+
 fn evict_oldest<V>(m: &mut HashMap<u64, V>, last: impl Fn(&V) -> i64) {
-    if let Some(k) = m.iter().min_by_key(|(_, v)| last(v)).map(|(k, _)| *k) {
-        m.remove(&k);
+    let mut ages: Vec<(i64, u64)> = m.iter().map(|(k, v)| (last(v), *k)).collect();
+    let n = EVICT_BATCH.min(ages.len());
+    if n == 0 {
+        return;
     }
+    ages.select_nth_unstable(n - 1);
+    for (_, k) in &ages[..n] {
+        m.remove(k);
+    }
+}
+
+/// The id most members were alerted under (the smaller on a tie), else one from `lowest`.
+fn pick_id(ids: HashMap<u64, u32>, lowest: u64) -> u64 {
+    ids.into_iter()
+        .max_by_key(|&(id, n)| (n, std::cmp::Reverse(id)))
+        .map_or_else(|| crate::hash::mix64(lowest), |(id, _)| id)
 }
 
 fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
@@ -133,20 +171,32 @@ impl Inner {
 impl Tenants {
     /// Updates client `member`'s profile (and its template entry) after a query at `ts`;
     /// returns the model's normal.
-    pub fn note(&self, member: u64, ts: i64, c: &LlmClient, t: &Totals, flagged: bool) -> Normal {
+    pub fn note(
+        &self,
+        member: u64,
+        ts: i64,
+        c: &LlmClient,
+        t: &Totals,
+        flagged: bool,
+        rotating: bool,
+    ) -> Normal {
         let mut g = self.inner.lock();
         if !g.profiles.contains_key(&member) && g.profiles.len() >= MAX_PROFILES {
             evict_oldest(&mut g.profiles, |p| p.last_ms);
         }
+        let group = g.profiles.get(&member).map_or(0, |p| p.group);
         g.profiles.insert(
             member,
             Profile {
                 last_ms: ts,
                 queries: t.queries,
                 distinct_bias: t.distinct_bias_ids,
+                soft_tokens: t.soft_tokens,
                 soft_per_query: t.per_query(t.soft_tokens),
                 completion_per_query: t.per_query(t.completion_tokens),
                 flagged,
+                rotating: rotating.then(|| t.bias_ids.clone()),
+                group,
             },
         );
         let values: Vec<u64> = c.template_values().collect();
@@ -208,24 +258,87 @@ impl Tenants {
                 lowest = lowest.min(tag);
             }
         }
-        // The id most members were alerted under (the smaller on a tie), else a new one.
-        let id = ids
-            .into_iter()
-            .max_by_key(|&(id, n)| (n, std::cmp::Reverse(id)))
-            .map_or_else(|| crate::hash::mix64(lowest), |(id, _)| id);
         (members > 0).then(|| Group {
-            id,
+            id: pick_id(ids, lowest),
             members,
             queries,
             prompt_per_query: prompt as f64 / queries.max(1) as f64,
             completion_per_query: completion as f64 / queries.max(1) as f64,
+            pooled: queries as f64,
+            widest: 0.0,
+        })
+    }
+
+    /// The accounts doing what `member` does at a scale none of them reaches alone, seen
+    /// within `horizon_ms` of `ts` (`member` among them).
+    pub fn spread(&self, what: Spread, member: u64, ts: i64, horizon_ms: i64) -> Option<Group> {
+        let g = self.inner.lock();
+        let takes_part = |p: &Profile| match what {
+            Spread::Sweep => p.rotating.is_some(),
+            Spread::Harvest { min_per_query } => {
+                p.soft_tokens > 0 && p.soft_per_query >= min_per_query as f64
+            }
+        };
+        if !g.profiles.get(&member).is_some_and(takes_part) {
+            return None;
+        }
+        let part: Vec<(u64, &Profile)> = g
+            .profiles
+            .iter()
+            .filter(|(_, p)| ts - p.last_ms <= horizon_ms && takes_part(p))
+            .map(|(&t, p)| (t, p))
+            .collect();
+        let figure = |p: &Profile| match what {
+            Spread::Sweep => p.distinct_bias,
+            Spread::Harvest { .. } => p.soft_tokens as f64,
+        };
+        // Pooled without the strongest member, so that one heavy account never makes a
+        // campaign of its neighbours.
+        let top = part
+            .iter()
+            .max_by(|a, b| figure(a.1).total_cmp(&figure(b.1)).then(b.0.cmp(&a.0)))
+            .map(|(t, _)| *t);
+        let (mut union, mut widest, mut sum, mut ids) = (Hll::default(), 0.0, 0.0, HashMap::new());
+        for (tag, p) in &part {
+            if p.group != 0 {
+                *ids.entry(p.group).or_insert(0u32) += 1;
+            }
+            if Some(*tag) != top {
+                widest = f64::max(widest, figure(p));
+                sum += figure(p);
+                if let Some(h) = &p.rotating {
+                    union.merge(h);
+                }
+            }
+        }
+        let pooled = match what {
+            Spread::Sweep => union.estimate(),
+            Spread::Harvest { .. } => sum,
+        };
+        let lowest = part.iter().map(|(t, _)| *t).min().unwrap_or(member);
+        let (members, queries) = (
+            part.len() as u32,
+            part.iter().map(|(_, p)| u64::from(p.queries)).sum(),
+        );
+        Some(Group {
+            id: pick_id(ids, lowest ^ 0x5B5B),
+            members,
+            queries,
+            prompt_per_query: 0.0,
+            completion_per_query: 0.0,
+            pooled,
+            widest,
         })
     }
 
     /// Records that `member` was alerted in group `id`.
     pub fn adopt(&self, member: u64, id: u64) {
-        if let Some(t) = self.inner.lock().templated.get_mut(&member) {
+        let mut g = self.inner.lock();
+        if let Some(t) = g.templated.get_mut(&member) {
             t.group = id;
+        }
+        if let Some(p) = g.profiles.get_mut(&member) {
+            p.group = id;
         }
     }
 

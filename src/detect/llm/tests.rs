@@ -186,3 +186,96 @@ fn accounts_on_one_template_with_short_answers_are_not() {
     let m = Tenants::default();
     assert_eq!(first(&run(&m, 1, templated(4, 2000, 200))), None);
 }
+
+fn bias_query(ids: Vec<u32>, prompt: u64) -> LlmQuery {
+    LlmQuery {
+        bias_entries: ids.len() as u32,
+        bias_ids: ids,
+        max_tokens: Some(1),
+        prompt_key: prompt,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_sweep_divided_over_accounts_is_a_campaign_and_a_shared_pool_is_not() {
+    let m = Tenants::default();
+    let mut named = vec![];
+    for a in 0..10u32 {
+        // Each account sweeps its own 40 ids: under the one-account bar of 64.
+        let qs = (0..8u32).map(|i| {
+            let base = a * 1000 + i * 5;
+            (
+                i64::from(a * 8 + i) * 1000,
+                bias_query((base..base + 5).collect(), 1),
+            )
+        });
+        if let Some((_, t)) = first(&run(&m, 200 + u64::from(a), qs)) {
+            named.push(t);
+        }
+    }
+    assert!(named.len() >= 5, "{named:?}");
+    assert!(named.iter().all(|t| *t == Technique::LogitBiasSweep));
+    // Accounts rotating subsets of one shared set of 40 ids (constrained decoding).
+    let m = Tenants::default();
+    for a in 0..10u32 {
+        let qs = (0..8u32).map(|i| {
+            let ids = (0..8).map(|j| (a + i * 3 + j * 5) % 40).collect::<Vec<_>>();
+            let mut ids = ids;
+            ids.sort_unstable();
+            ids.dedup();
+            (i64::from(a * 8 + i) * 1000, bias_query(ids, u64::from(i)))
+        });
+        assert_eq!(first(&run(&m, 300 + u64::from(a), qs)), None, "account {a}");
+    }
+}
+
+#[test]
+fn one_sweeper_makes_no_campaign_of_its_neighbours() {
+    let m = Tenants::default();
+    let sweep = (0..100u32).map(|i| {
+        (
+            i64::from(i) * 100,
+            bias_query((i * 5..i * 5 + 5).collect(), 1),
+        )
+    });
+    assert!(first(&run(&m, 1, sweep)).is_some());
+    for a in 0..6u32 {
+        let qs = (0..12u32).map(|i| {
+            (
+                20_000 + i64::from(a * 12 + i) * 100,
+                bias_query(vec![i % 6, 6 + (i + a) % 5], 9),
+            )
+        });
+        assert_eq!(
+            first(&run(&m, 10 + u64::from(a), qs)),
+            None,
+            "neighbour {a}"
+        );
+    }
+}
+
+#[test]
+fn a_harvest_divided_over_accounts_is_a_campaign() {
+    let m = Tenants::default();
+    let mut named = vec![];
+    for a in 0..10u32 {
+        // Ten queries of 100 soft-labelled tokens each: 1,000, under the bar of 2,048.
+        let qs = (0..10u32).map(|i| {
+            let lq = LlmQuery {
+                top_logprobs: 20,
+                logprob_tokens: 100,
+                logprob_values: 2000,
+                completion_tokens: 100,
+                prompt_key: u64::from(a * 100 + i),
+                ..Default::default()
+            };
+            (i64::from(a * 10 + i) * 1000, lq)
+        });
+        if let Some((_, t)) = first(&run(&m, 500 + u64::from(a), qs)) {
+            named.push(t);
+        }
+    }
+    assert!(named.len() >= 5, "{named:?}");
+    assert!(named.iter().all(|t| *t == Technique::LogprobHarvest));
+}

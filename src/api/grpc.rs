@@ -156,6 +156,7 @@ impl Query for ApiState {
                 threshold: c.campaign.threshold,
                 first_ms: c.campaign.first_ms,
                 last_ms: c.campaign.last_ms,
+                technique: c.technique.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListCampaignsResponse { campaigns }))

@@ -92,9 +92,70 @@ pub struct CampaignSummary {
     pub campaign: crate::detect::campaign::CampaignView,
     /// Clients alerted as members (a member whose state was evicted is no longer listed).
     pub members: Vec<String>,
+    /// For an LLM campaign, its technique (`logit_bias_sweep`, `logprob_harvest`,
+    /// `distillation`); an onset cohort has none. Its `pooled_events` is the pooled figure
+    /// (distinct bias ids, soft-labelled tokens, queries) and `llr` the strength over 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub technique: Option<String>,
 }
 
 impl Pipeline {
+    /// The LLM campaigns, from their members' last findings: one per (model, group id), its
+    /// figures those of the member that saw it last.
+    fn llm_campaigns(&self) -> Vec<CampaignSummary> {
+        use crate::detect::campaign::CampaignView;
+        let mut by: std::collections::BTreeMap<(String, u64), CampaignSummary> = Default::default();
+        for e in self.store.map().iter() {
+            let st = e.value();
+            let Some(ev) = &st.detectors.llm.last else {
+                continue;
+            };
+            let Some(g) = &ev.group else {
+                continue;
+            };
+            let Some(id) =
+                g.id.strip_prefix("pc-")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            let technique = serde_json::to_value(ev.technique)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let s = by
+                .entry((st.model.to_string(), id))
+                .or_insert_with(|| CampaignSummary {
+                    model: st.model.to_string(),
+                    campaign: CampaignView {
+                        id,
+                        members: 0,
+                        accounts: 0,
+                        pooled_queries: 0,
+                        pooled_events: 0,
+                        normal_rate: 0.0,
+                        llr: 0.0,
+                        threshold: 1.0,
+                        first_ms: i64::MAX,
+                        last_ms: i64::MIN,
+                    },
+                    members: Vec::new(),
+                    technique,
+                });
+            let c = &mut s.campaign;
+            if st.last_seen_ms >= c.last_ms {
+                c.accounts = g.members;
+                c.pooled_queries = g.queries;
+                c.pooled_events = g.pooled.max(0.0) as u64;
+                c.llr = ev.strength;
+            }
+            c.members += 1;
+            c.first_ms = c.first_ms.min(st.first_seen_ms);
+            c.last_ms = c.last_ms.max(st.last_seen_ms);
+            s.members.push(self.client_label(&st.client));
+        }
+        by.into_values().collect()
+    }
+
     /// Every tracked client of `model` (all models when `None`), unordered.
     pub fn client_summaries(&self, model: Option<&str>) -> Vec<ClientSummary> {
         self.store
@@ -142,6 +203,7 @@ impl Pipeline {
                     model: m.name.to_string(),
                     campaign: c,
                     members: Vec::new(),
+                    technique: None,
                 });
             }
         }
@@ -166,6 +228,7 @@ impl Pipeline {
                 s.members.push(self.client_label(&st.client));
             }
         }
+        out.extend(self.llm_campaigns());
         for s in &mut out {
             s.members.sort();
         }
@@ -266,5 +329,48 @@ fn bucket_view(b: &crate::window::Bucket, bucket_ms: i64) -> BucketView {
             structured: score(2),
             invalid: score(3),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::v1::LlmQuery;
+    use crate::record::RawRecord;
+
+    #[test]
+    fn llm_campaigns_are_listed_with_their_technique_and_members() {
+        let p = super::Pipeline::new(
+            std::sync::Arc::new(crate::config::Config::default()),
+            None,
+            std::sync::Arc::new(crate::clock::ManualClock::new(0)),
+        );
+        let mut alerts = Vec::new();
+        // Eight accounts each sweep their own 40 ids, taking turns: a sweep spread over
+        // accounts.
+        for i in 0..8u32 {
+            for a in 0..8u32 {
+                let base = a * 1000 + i * 5;
+                let rec = RawRecord {
+                    client_id: format!("acct-{a}"),
+                    model: "chat".into(),
+                    ts_ms: 1_000 + i64::from(i * 8 + a) * 1000,
+                    input: vec![1.0; 8],
+                    llm: Some(Box::new(LlmQuery {
+                        bias_ids: (base..base + 5).collect(),
+                        bias_entries: 5,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                };
+                p.submit(rec, &mut alerts).unwrap();
+            }
+        }
+        let c = p.campaigns();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].technique.as_deref(), Some("logit_bias_sweep"));
+        assert!(c[0].members.len() >= 5, "{:?}", c[0].members);
+        assert!(c[0].campaign.pooled_events >= 64);
+        let v = serde_json::to_value(&c[0]).unwrap();
+        assert_eq!(v["id"], c[0].campaign.id_label());
     }
 }

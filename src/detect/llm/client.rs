@@ -54,6 +54,23 @@ impl Epoch {
             ..Default::default()
         }
     }
+
+    /// Adds `o`'s counts (and merges its bias ids) into these.
+    fn add(&mut self, o: &Epoch) {
+        self.queries += o.queries;
+        self.max_tokens_one += o.max_tokens_one;
+        self.temperature_zero += o.temperature_zero;
+        self.with_logprobs += o.with_logprobs;
+        self.soft_tokens += o.soft_tokens;
+        self.logprob_values += o.logprob_values;
+        self.prompt_tokens += o.prompt_tokens;
+        self.completion_tokens += o.completion_tokens;
+        self.biased += o.biased;
+        self.bias_ids.merge(&o.bias_ids);
+        self.bias_reprompts += o.bias_reprompts;
+        self.novel += o.novel;
+        self.templated += o.templated;
+    }
 }
 
 /// A recent prompt: its key and its bias set, hashed.
@@ -84,24 +101,19 @@ pub struct LlmClient {
     pub template: Vec<TemplateValue>,
 }
 
-/// The client's counts over the current and the previous epoch.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The client's counts over the current and the previous epoch (the epochs' counts added,
+/// their bias ids merged), and the estimate of its distinct bias ids.
+#[derive(Debug, Clone, Default)]
 pub struct Totals {
-    pub queries: u32,
-    pub max_tokens_one: u32,
-    pub temperature_zero: u32,
-    pub with_logprobs: u32,
-    pub soft_tokens: u64,
-    pub logprob_values: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub biased: u32,
+    pub sum: Epoch,
     pub distinct_bias_ids: f64,
-    /// The bias ids of both epochs, merged.
-    pub bias_ids: Hll,
-    pub bias_reprompts: u32,
-    pub novel: u32,
-    pub templated: u32,
+}
+
+impl std::ops::Deref for Totals {
+    type Target = Epoch;
+    fn deref(&self) -> &Epoch {
+        &self.sum
+    }
 }
 
 impl Totals {
@@ -261,29 +273,16 @@ impl LlmClient {
     pub fn totals(&self, ts: i64) -> Totals {
         let cur_live = ts - self.cur.start_ms < 2 * EPOCH_MS;
         let prev_live = ts - self.prev.start_ms < 2 * EPOCH_MS;
-        let mut bias = Hll::default();
-        let mut t = Totals::default();
-        for e in [(&self.cur, cur_live), (&self.prev, prev_live)]
-            .into_iter()
-            .filter_map(|(e, live)| live.then_some(e))
-        {
-            t.queries += e.queries;
-            t.max_tokens_one += e.max_tokens_one;
-            t.temperature_zero += e.temperature_zero;
-            t.with_logprobs += e.with_logprobs;
-            t.soft_tokens += e.soft_tokens;
-            t.logprob_values += e.logprob_values;
-            t.prompt_tokens += e.prompt_tokens;
-            t.completion_tokens += e.completion_tokens;
-            t.biased += e.biased;
-            t.bias_reprompts += e.bias_reprompts;
-            t.novel += e.novel;
-            t.templated += e.templated;
-            bias.merge(&e.bias_ids);
+        let mut sum = Epoch::default();
+        for (e, live) in [(&self.cur, cur_live), (&self.prev, prev_live)] {
+            if live {
+                sum.add(e);
+            }
         }
-        t.distinct_bias_ids = bias.estimate();
-        t.bias_ids = bias;
-        t
+        Totals {
+            distinct_bias_ids: sum.bias_ids.estimate(),
+            sum,
+        }
     }
 
     /// The template values seen at least twice (the client's template, if it has one).

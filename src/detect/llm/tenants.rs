@@ -116,6 +116,13 @@ impl Clone for Tenants {
 /// new clients, not per client, so a flood of new accounts costs no more than traffic.
 const EVICT_BATCH: usize = 64;
 
+/// Makes room for `member` in a table of at most `cap` entries.
+fn make_room<V>(m: &mut HashMap<u64, V>, member: u64, cap: usize, last: impl Fn(&V) -> i64) {
+    if !m.contains_key(&member) && m.len() >= cap {
+        evict_oldest(m, last);
+    }
+}
+
 fn evict_oldest<V>(m: &mut HashMap<u64, V>, last: impl Fn(&V) -> i64) {
     let mut ages: Vec<(i64, u64)> = m.iter().map(|(k, v)| (last(v), *k)).collect();
     let n = EVICT_BATCH.min(ages.len());
@@ -181,9 +188,7 @@ impl Tenants {
         rotating: bool,
     ) -> Normal {
         let mut g = self.inner.lock();
-        if !g.profiles.contains_key(&member) && g.profiles.len() >= MAX_PROFILES {
-            evict_oldest(&mut g.profiles, |p| p.last_ms);
-        }
+        make_room(&mut g.profiles, member, MAX_PROFILES, |p| p.last_ms);
         let group = g.profiles.get(&member).map_or(0, |p| p.group);
         g.profiles.insert(
             member,
@@ -201,9 +206,7 @@ impl Tenants {
         );
         let values: Vec<u64> = c.template_values().collect();
         if values.len() >= GROUP_MIN_SHARED {
-            if !g.templated.contains_key(&member) && g.templated.len() >= MAX_TEMPLATED {
-                evict_oldest(&mut g.templated, |t| t.last_ms);
-            }
+            make_room(&mut g.templated, member, MAX_TEMPLATED, |t| t.last_ms);
             let group = g.templated.get(&member).map_or(0, |e| e.group);
             g.templated.insert(
                 member,

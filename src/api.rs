@@ -184,8 +184,25 @@ async fn clients(
 async fn client(
     State(s): State<ApiState>,
     Path((model, client)): Path<(String, String)>,
-) -> Result<Json<view::ClientDetail>, ApiError> {
-    view::client(&s.pipeline, &s.alerts, &model, &client).map(Json)
+) -> Result<Json<Value>, ApiError> {
+    let d = view::client(&s.pipeline, &s.alerts, &model, &client)?;
+    let mut v = serde_json::to_value(&d.report).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        let alerts = d.alerts.iter().map(|a| with_reason(a)).collect();
+        o.insert("alerts".into(), Value::Array(alerts));
+    }
+    Ok(Json(v))
+}
+
+/// An alert event with its evidence in words (the figures Slack and OCSF show), for a queue
+/// or a client page that says why without unfolding the raw evidence.
+fn with_reason(a: &crate::vocab::Alert) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        let reason = crate::alert::slack::highlights(a).join("; ");
+        o.insert("reason".into(), Value::String(reason));
+    }
+    v
 }
 
 async fn alerts(
@@ -194,19 +211,7 @@ async fn alerts(
 ) -> Result<Json<Value>, ApiError> {
     let Query(f) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let events = view::alerts(&s.alerts, f)?;
-    // Each event with its evidence in words (the figures Slack and OCSF show), for a queue
-    // that says why without unfolding the raw evidence.
-    let list: Vec<Value> = events
-        .iter()
-        .map(|a| {
-            let mut v = serde_json::to_value(&**a).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                let reason = crate::alert::slack::highlights(a).join("; ");
-                o.insert("reason".into(), Value::String(reason));
-            }
-            v
-        })
-        .collect();
+    let list: Vec<Value> = events.iter().map(|a| with_reason(a)).collect();
     Ok(Json(json!({ "alerts": list })))
 }
 

@@ -1,19 +1,12 @@
 //! The binary: bad configuration exits 64 with a clear message; replay works end to end.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+#[path = "support/serve.rs"]
+mod serve;
+
+use serve::{bin, send_trace, signal, start_serve, synthetic_trace, LOOPBACK_API};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Config lines that keep the API and metrics on ephemeral loopback ports (tests run in
-/// parallel; the defaults are fixed ports).
-const LOOPBACK_API: &str =
-    "[sources]\nenvoy_listen = \"127.0.0.1:0\"\nkserve_listen = \"127.0.0.1:0\"\n\
-    [api]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n";
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_probewatch"))
-}
 
 /// Runs `serve` on a config file with `text`; it must exit 64 naming `needle`.
 fn expect_bad_config(text: &str, needle: &str) {
@@ -34,57 +27,6 @@ fn expect_bad_config(text: &str, needle: &str) {
 fn bad_config_exits_64_naming_the_field() {
     expect_bad_config("[detect.prada]\ndelta = 2.0\n", "detect.prada.delta");
     expect_bad_config("[window]\nlenght_ms = 5\n", "lenght_ms");
-}
-
-/// Streams `trace` into the sidecar at `addr` with `probewatch send`; it must succeed.
-fn send_trace(trace: &Path, addr: &str) {
-    let sent = bin()
-        .arg("send")
-        .arg(trace)
-        .args(["--to", &format!("http://{addr}")])
-        .output()
-        .unwrap();
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-}
-
-/// Writes a small trace into `dir`: 30 clients of natural-looking traffic, then one client
-/// sending uniform noise (an extraction the default config catches).
-fn synthetic_trace(dir: &Path) -> PathBuf {
-    let trace = dir.join("t.jsonl");
-    let mut lines = String::new();
-    let mut ts = 0;
-    let mut x = 12345u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % 1000) as f64 / 1000.0
-    };
-    for i in 0..1200 {
-        ts += 100;
-        let c = i % 30;
-        let input: Vec<String> = (0..16)
-            .map(|j| format!("{:.3}", if j < 8 { 0.0 } else { (c % 5) as f64 + next() }))
-            .collect();
-        lines.push_str(&format!(
-            "{{\"ts_ms\":{ts},\"client\":\"b{c}\",\"model\":\"m\",\"input\":[{}],\"output\":[0.9,0.1]}}\n",
-            input.join(",")
-        ));
-    }
-    for _ in 0..200 {
-        ts += 50;
-        let input: Vec<String> = (0..16).map(|_| format!("{:.3}", 10.0 * next())).collect();
-        lines.push_str(&format!(
-            "{{\"ts_ms\":{ts},\"client\":\"attacker\",\"model\":\"m\",\"input\":[{}],\"output\":[0.9,0.1]}}\n",
-            input.join(",")
-        ));
-    }
-    std::fs::write(&trace, lines).unwrap();
-    trace
 }
 
 #[test]
@@ -115,67 +57,6 @@ fn replay_writes_alert_lines_in_the_scoring_format() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["client"], "attacker", "no benign client alerted");
     }
-}
-
-/// A child process killed when the test ends, even by a panic (else the harness waits on its
-/// inherited output).
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Running {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-/// Starts `probewatch serve ARGS` in `cwd`; returns it, its log lines and its ingest address.
-fn start_serve(
-    cwd: &Path,
-    args: &[&str],
-) -> (
-    Running,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-    String,
-) {
-    let mut serve = bin()
-        .current_dir(cwd)
-        .arg("serve")
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = log.next().expect("serve exited before listening").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            if line.contains("ingest listening") {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-    };
-    (Running(serve), log, addr)
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .unwrap()
-        .success());
 }
 
 /// Kubernetes stops a pod with SIGTERM: the sidecar stops accepting, finishes what it has,

@@ -29,6 +29,9 @@ pub struct AlertFilter {
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub limit: Option<usize>,
+    /// Only each alert's latest event (a queue: one row per alert).
+    #[serde(default)]
+    pub latest: bool,
 }
 
 /// The history.
@@ -70,9 +73,11 @@ impl AlertHistory {
             .filter(|a| a.event == super::Event::Resolved)
             .map(|a| a.id.as_str())
             .collect();
+        let mut seen = std::collections::HashSet::new();
         events
             .iter()
             .rev()
+            .filter(|a| !f.latest || seen.insert(a.id.as_str()))
             .filter(|a| f.model.as_deref().is_none_or(|m| a.model == m))
             .filter(|a| f.client.as_deref().is_none_or(|c| a.client == c))
             .filter(|a| f.kind.is_none_or(|k| a.kind == k))
@@ -133,5 +138,12 @@ mod tests {
             ..Default::default()
         };
         assert!(h.query(&open).iter().all(|a| a.id != "pw-4"));
+        let latest = AlertFilter {
+            latest: true,
+            ..Default::default()
+        };
+        let l = h.query(&latest);
+        assert_eq!(l.iter().filter(|a| a.id == "pw-4").count(), 1);
+        assert_eq!(l[0].event, super::super::Event::Resolved);
     }
 }

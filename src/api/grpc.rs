@@ -229,6 +229,7 @@ impl Query for ApiState {
             since_ms: r.since_ms,
             until_ms: r.until_ms,
             limit: (r.limit > 0).then_some(r.limit as usize),
+            latest: false,
         };
         let events = view::alerts(&self.alerts, f)?;
         Ok(Response::new(pb::ListAlertsResponse {

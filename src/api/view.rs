@@ -62,10 +62,7 @@ pub fn top_clients(
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("bad page_token {t:?}")))?,
     };
-    let mut rows: Vec<ClientSummary> = p.client_summaries(model);
-    rows.sort_by(|a, b| b.risk.total_cmp(&a.risk));
-    let total = rows.len();
-    let clients: Vec<ClientSummary> = rows.into_iter().skip(offset).take(limit).collect();
+    let (clients, total) = p.ranked_clients(model, offset, limit);
     let end = offset + clients.len();
     Ok(ClientPage {
         clients,

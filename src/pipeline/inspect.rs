@@ -31,6 +31,14 @@ pub struct ClientSummary {
     pub client: String,
     /// Strongest sequential test relative to the alert threshold (1.0 raises an alert).
     pub risk: f64,
+    /// The risk on a bounded scale: the strongest evidence now as a percentage of what
+    /// raises an alert, capped at 100 (100 also while an alert is open).
+    pub score: u8,
+    /// The highest score the client ever had (an old peak, when above `score`: evidence
+    /// that decayed, or an alert that resolved).
+    pub peak_score: u8,
+    /// It was alerted and has no alert open now: its evidence is an old peak.
+    pub resolved: bool,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub queries: QueriesView,
@@ -166,6 +174,54 @@ impl Pipeline {
             .collect()
     }
 
+    /// The clients of `model` (all models when `None`) ranked by risk, highest first: the
+    /// `limit` from `offset`, and how many there are. Only the page is summarised (its
+    /// window totals and labels), so a page of a million clients costs a scan of their
+    /// evidence, not a million summaries.
+    pub fn ranked_clients(
+        &self,
+        model: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<ClientSummary>, usize) {
+        let mut ranked: Vec<(f64, crate::window::store::ClientKey)> = self
+            .store
+            .map()
+            .iter()
+            .filter(|e| model.is_none_or(|m| &*e.key().model == m))
+            .map(|e| (self.risk(e.value()), e.key().clone()))
+            .collect();
+        let total = ranked.len();
+        let end = offset.saturating_add(limit).min(total);
+        // Highest risk first; ties in a fixed order, so that pages neither repeat nor skip.
+        let order = |a: &(f64, crate::window::store::ClientKey),
+                     b: &(f64, crate::window::store::ClientKey)| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| (&*a.1.model, &*a.1.client).cmp(&(&*b.1.model, &*b.1.client)))
+        };
+        if end > 0 && end < total {
+            ranked.select_nth_unstable_by(end - 1, order);
+            ranked.truncate(end);
+        }
+        ranked.sort_by(order);
+        let page = ranked
+            .into_iter()
+            .skip(offset)
+            .filter_map(|(_, k)| self.store.map().get(&k).map(|e| self.summary(e.value())))
+            .collect();
+        (page, total)
+    }
+
+    /// A client's strongest sequential test relative to the alert threshold.
+    fn risk(&self, st: &ClientState) -> f64 {
+        let c = &st.policy.cusum;
+        c.low_margin
+            .max(c.out_of_range)
+            .max(c.structured)
+            .max(c.invalid)
+            / self.threshold()
+    }
+
     /// One client of `model`, addressed as the API shows it (a pseudonym is matched by scan).
     pub fn client_report(&self, model: &str, label: &str) -> Option<ClientReport> {
         let entry =
@@ -277,16 +333,45 @@ impl Pipeline {
 
     fn summary(&self, st: &ClientState) -> ClientSummary {
         let c = &st.policy.cusum;
-        let risk = c
-            .low_margin
-            .max(c.out_of_range)
-            .max(c.structured)
-            .max(c.invalid)
-            / self.threshold();
+        let risk = self.risk(st);
+        let (h, h2) = (self.policy.threshold(), self.policy.threshold2());
+        let now = [
+            c.low_margin / h2,
+            c.out_of_range / h2,
+            c.tail / h2,
+            c.structured / h2,
+            c.invalid / h,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        let p = &st.policy.peak;
+        let peak = [
+            p.low_margin,
+            p.out_of_range,
+            p.tail,
+            p.structured,
+            p.invalid,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        let pct = |x: f64| (100.0 * x).clamp(0.0, 100.0).round() as u8;
+        // 100 is an open alert. Evidence at the threshold without one is either not yet
+        // corroborated (too small a share of the window) or what is left of an alert that
+        // resolved for want of new evidence (a CUSUM only decays on new queries): 99.
+        let score = if st.policy.open.is_empty() {
+            pct(now).min(99)
+        } else {
+            100
+        };
+        let ever_llm = st.detectors.llm.last.is_some();
+        let peak_score = score.max(pct(peak)).max(if ever_llm { 100 } else { 0 });
         ClientSummary {
             model: st.model.to_string(),
             client: self.client_label(&st.client),
             risk,
+            score,
+            peak_score,
+            resolved: st.policy.open.is_empty() && st.contributed == u32::MAX,
             first_seen_ms: st.first_seen_ms,
             last_seen_ms: st.last_seen_ms,
             queries: QueriesView {

@@ -73,11 +73,12 @@ fn render(s: &ResolvedSink) -> Option<http::Render> {
     let source = format!("probewatch/{}", s.name);
     Some(match &s.config.kind {
         SinkKind::Slack(c) => {
-            let link = c.client_link.clone();
+            let (link, console) = (c.client_link.clone(), s.console.clone());
             Box::new(move |a: &Alert| {
-                let l = link
-                    .as_ref()
-                    .map(|b| format!("{b}{}", urlencode(&a.client)));
+                let l = match &link {
+                    Some(b) => Some(format!("{b}{}", urlencode(&a.client))),
+                    None => console.as_deref().map(|c| client_page(c, a)),
+                };
                 Some((slack::body(a, l.as_deref()), "application/json"))
             })
         }
@@ -87,8 +88,11 @@ fn render(s: &ResolvedSink) -> Option<http::Render> {
                 .as_ref()
                 .map(|k| k.0.clone())
                 .unwrap_or_default();
+            let console = s.console.clone();
             Box::new(move |a: &Alert| {
-                Some((pagerduty::event(a, &key, "probewatch"), "application/json"))
+                let link = console.as_deref().map(|c| client_page(c, a));
+                let e = pagerduty::event(a, &key, "probewatch", link.as_deref());
+                Some((e, "application/json"))
             })
         }
         SinkKind::Cloudevents(_) => Box::new(move |a: &Alert| {
@@ -130,6 +134,16 @@ fn render_audit(s: &ResolvedSink) -> Option<http::AuditRender> {
         }),
         _ => return None,
     })
+}
+
+/// The console page of an alert's client under `console` (the API's public address):
+/// `<console>/?client_model=<model>&client=<client>`, which the console opens.
+pub fn client_page(console: &str, a: &Alert) -> String {
+    format!(
+        "{console}/?client_model={}&client={}",
+        urlencode(&a.model),
+        urlencode(&a.client)
+    )
 }
 
 /// Percent-encodes a client id for a URL path or query.

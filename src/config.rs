@@ -198,6 +198,11 @@ pub struct ApiConfig {
     pub operator_tokens_env: Vec<String>,
     #[serde(default)]
     pub operator_tokens_file: Vec<String>,
+    /// Where analysts reach this API (`https://probewatch.soc.example`): every alert in
+    /// Slack, PagerDuty and webhooks then links to its client's page in the console. Empty:
+    /// no links (a sink's own `client_link` still applies).
+    #[serde(default)]
+    pub public_url: String,
 }
 
 /// Ingest server.
@@ -513,6 +518,8 @@ mod tests {
         assert!(err("[tls]\nclient_ca_file = \"ca.pem\"\n").contains("tls.client_ca_file"));
         assert!(err("[api]\nlisten = \"nowhere\"\n").contains("api.listen"));
         assert!(err("[alerts]\nhistory = 0\n").contains("alerts.history"));
+        let e = err("[api]\npublic_url = \"probewatch.example\"\n");
+        assert!(e.contains("api.public_url"), "{e}");
         let e = err("[sources]\nidentity = [\"cookie:session\"]\n");
         assert!(
             e.contains("sources.identity") && e.contains("cookie:session"),

@@ -96,7 +96,11 @@ impl Settings {
         schema: Option<Schema>,
     ) -> Result<Self, crate::config::ConfigError> {
         use crate::config::ConfigError::Parse;
-        let sinks = cfg.alerts.resolve_sinks()?;
+        let mut sinks = cfg.alerts.resolve_sinks()?;
+        let console = cfg.api.public_url.trim_end_matches('/');
+        for s in &mut sinks {
+            s.console = (!console.is_empty()).then(|| console.to_string());
+        }
         let tokens = Tokens::load(&cfg.api).map_err(Parse)?;
         let (ingest_tls, api_tls) = if cfg.tls.cert_file.is_empty() {
             (None, None)

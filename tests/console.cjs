@@ -9,8 +9,8 @@ const fail = (m) => { throw new Error(m); };
 const open = (page, query = "") => page.goto(`${url}/${query}#token=${encodeURIComponent(token)}`);
 // Waits until the queue shows the filters now in the URL (it re-renders after a fetch).
 const settled = (page) => page.waitForFunction(() => {
-  const q = new URLSearchParams(location.search); q.delete("client");
-  const v = new URLSearchParams(document.getElementById("queue").dataset.view || ""); v.delete("client");
+  const q = new URLSearchParams(location.search); q.delete("client"); q.delete("client_model");
+  const v = new URLSearchParams(document.getElementById("queue").dataset.view || ""); v.delete("client"); v.delete("client_model");
   return document.getElementById("queue").dataset.view !== undefined && q.toString() === v.toString();
 });
 
@@ -85,8 +85,15 @@ try {
     if (ticks.length < 2 || ticks.some((t) => !/^\d\d:\d\d$/.test(t))) fail(`chart ${c} has no time axis: ${ticks}`);
   }
   if ((await page.locator('svg[data-chart="score"] line.threshold').count()) !== 1) fail("no threshold line on the score chart");
-  if (!/client=/.test(await page.evaluate(() => location.search))) fail("the open client is not in the URL");
+  const link = await page.evaluate(() => location.search);
+  if (!/client_model=.*client=/.test(link)) fail(`the open client is not in the URL: ${link}`);
   await page.screenshot({ path: `${dir}/client-light.png`, fullPage: false });
+  // The link an alert carries to Slack, PagerDuty and webhooks opens the same page.
+  const who = (await page.textContent("#drill-title")).split(" ")[0];
+  const q = new URLSearchParams(link);
+  await open(page, `?client_model=${encodeURIComponent(q.get("client_model"))}&client=${encodeURIComponent(q.get("client"))}`);
+  await page.locator("#drill:not([hidden])").waitFor({ timeout: 10000 });
+  if (!(await page.textContent("#drill-title")).startsWith(who)) fail("an alert's link did not open its client");
 
   // Keyboard: esc closes the client, j moves, enter opens the selected row.
   await page.keyboard.press("Escape");

@@ -121,9 +121,18 @@ fn webhook_signed(url: &str, secrets_file: Vec<String>) -> SinkConfig {
 }
 
 fn start(sinks: Vec<SinkConfig>) -> Dispatcher {
+    start_linked(sinks, None)
+}
+
+/// With `console` (`api.public_url`), events link to their client's console page.
+fn start_linked(sinks: Vec<SinkConfig>, console: Option<&str>) -> Dispatcher {
     let mut a = alerts_cfg();
     a.sinks = sinks;
-    Dispatcher::start(&a, a.resolve_sinks().unwrap()).unwrap()
+    let mut resolved = a.resolve_sinks().unwrap();
+    for s in &mut resolved {
+        s.console = console.map(str::to_owned);
+    }
+    Dispatcher::start(&a, resolved).unwrap()
 }
 
 /// Six events from two clients, interleaved.
@@ -395,9 +404,14 @@ async fn every_format_reaches_its_receiver() {
     let sys = SinkKind::Syslog(SyslogConfig {
         address: format!("tcp://{tcp_addr}"),
     });
-    let d = start(
+    let linked = SinkKind::Slack(SlackConfig {
+        url: url("slack-linked"),
+        ..Default::default()
+    });
+    let d = start_linked(
         [
             slack,
+            linked,
             pd,
             SinkKind::Cloudevents(http("ce")),
             SinkKind::Ocsf(http("ocsf")),
@@ -406,6 +420,7 @@ async fn every_format_reaches_its_receiver() {
         .into_iter()
         .map(SinkConfig::new)
         .collect(),
+        Some("https://pw.soc.example"),
     );
     let raised = Alert::example("pw-fmt");
     let mut resolved = raised.clone();
@@ -425,8 +440,14 @@ async fn every_format_reaches_its_receiver() {
     assert!(slack[0].2["blocks"]
         .to_string()
         .contains("https://soc.example/clients/c-17"));
+    // Without a sink's own client_link, the console's page of the client (api.public_url).
+    let page = "https://pw.soc.example/?client_model=digits-mlp&client=c-17";
+    assert!(at("/slack-linked")[0].2["blocks"]
+        .to_string()
+        .contains(page));
     let pd = at("/pd");
     assert_eq!(pd[0].2["event_action"], "trigger");
+    assert_eq!(pd[0].2["links"][0]["href"], page);
     assert_eq!(pd[0].2["routing_key"], "R0UTINGKEY0123456789");
     assert_eq!(pd[1].2["event_action"], "resolve");
     assert_eq!(pd[0].2["dedup_key"], pd[1].2["dedup_key"]);

@@ -25,8 +25,9 @@ pub fn severity(s: Severity) -> &'static str {
 /// The Events API v2 body of an alert event: `trigger` for raised and updated (PagerDuty
 /// folds a repeated trigger with the same `dedup_key` into the open incident), `resolve`
 /// for resolved. A resolve carries only the routing key, action and dedup key, as the API
-/// documents; the payload would be ignored.
-pub fn event(a: &Alert, routing_key: &str, source: &str) -> Value {
+/// documents; the payload would be ignored. `link`, the client's console page, becomes the
+/// event's link.
+pub fn event(a: &Alert, routing_key: &str, source: &str, link: Option<&str>) -> Value {
     if a.event == Event::Resolved {
         return json!({
             "routing_key": routing_key,
@@ -34,7 +35,7 @@ pub fn event(a: &Alert, routing_key: &str, source: &str) -> Value {
             "dedup_key": a.id,
         });
     }
-    json!({
+    let mut e = json!({
         "routing_key": routing_key,
         "event_action": "trigger",
         "dedup_key": a.id,
@@ -65,7 +66,11 @@ pub fn event(a: &Alert, routing_key: &str, source: &str) -> Value {
                 "evidence": a.evidence,
             },
         },
-    })
+    });
+    if let Some(l) = link {
+        e["links"] = json!([{ "href": l, "text": "Client page in probewatch" }]);
+    }
+    e
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary (bytes bound characters too).
@@ -84,7 +89,12 @@ mod tests {
     #[test]
     fn trigger_carries_the_payload() {
         let a = Alert::example("al-9");
-        let v = event(&a, "R0UTING", "probewatch-0.prod");
+        let v = event(
+            &a,
+            "R0UTING",
+            "probewatch-0.prod",
+            Some("https://pw.example/?client=c-17"),
+        );
         assert_eq!(v["routing_key"], "R0UTING");
         assert_eq!(v["event_action"], "trigger");
         assert_eq!(v["dedup_key"], "al-9");
@@ -95,6 +105,7 @@ mod tests {
         assert_eq!(p["component"], "digits-mlp");
         assert_eq!(p["group"], "extraction");
         assert_eq!(p["class"], "AML.T0024.002");
+        assert_eq!(v["links"][0]["href"], "https://pw.example/?client=c-17");
         let s = p["summary"].as_str().expect("summary");
         assert!(
             s.contains("Model extraction raised") && s.contains("c-17"),
@@ -114,7 +125,7 @@ mod tests {
         let mut a = Alert::example("al-9");
         a.event = Event::Updated;
         a.event_id = "al-9.3".into();
-        let v = event(&a, "k", "s");
+        let v = event(&a, "k", "s", None);
         assert_eq!(v["event_action"], "trigger");
         assert_eq!(v["dedup_key"], "al-9");
         assert_eq!(v["payload"]["custom_details"]["event"], "updated");
@@ -125,7 +136,7 @@ mod tests {
         let mut a = Alert::example("al-9");
         a.event = Event::Resolved;
         a.event_id = "al-9.4".into();
-        let v = event(&a, "k", "s");
+        let v = event(&a, "k", "s", None);
         assert_eq!(
             v,
             json!({"routing_key": "k", "event_action": "resolve", "dedup_key": "al-9"})
@@ -142,7 +153,7 @@ mod tests {
         let mut a = Alert::example("al-9");
         a.severity = Severity::Low;
         a.client = "é".repeat(2000);
-        let v = event(&a, "k", "s");
+        let v = event(&a, "k", "s", None);
         assert_eq!(v["payload"]["severity"], "info");
         let s = v["payload"]["summary"].as_str().expect("summary");
         assert!(s.len() <= MAX_SUMMARY, "{}", s.len());

@@ -21,6 +21,8 @@ pub struct WebhookSink {
     client: reqwest::Client,
     url: String,
     keys: Vec<Vec<u8>>,
+    /// The console's address: payloads carry their client's page.
+    console: Option<String>,
 }
 
 impl WebhookSink {
@@ -33,17 +35,23 @@ impl WebhookSink {
             client: http::client(s.config.delivery.timeout_ms)?,
             url: s.url.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
             keys: s.signing_keys.iter().map(|k| k.0.clone()).collect(),
+            console: s.console.clone(),
         })
     }
 }
 
-/// The Standard Webhooks payload of an alert event.
-pub fn body(a: &Alert) -> serde_json::Value {
-    serde_json::json!({
+/// The Standard Webhooks payload of an alert event; with `console`, `client_url` is the
+/// client's page in it.
+pub fn body(a: &Alert, console: Option<&str>) -> serde_json::Value {
+    let mut b = serde_json::json!({
         "type": format!("probewatch.alert.{}", event_name(a)),
         "timestamp": super::rfc3339(a.emitted_at_ms),
         "data": a,
-    })
+    });
+    if let Some(c) = console {
+        b["client_url"] = super::client_page(c, a).into();
+    }
+    b
 }
 
 fn event_name(a: &Alert) -> &'static str {
@@ -99,7 +107,8 @@ impl WebhookSink {
 
 impl Sink for WebhookSink {
     async fn deliver(&mut self, a: &Alert) -> Outcome {
-        self.post(&a.event_id, &body(a)).await
+        self.post(&a.event_id, &body(a, self.console.as_deref()))
+            .await
     }
 
     async fn deliver_audit(&mut self, e: &AuditEvent) -> Option<Outcome> {
@@ -140,7 +149,13 @@ mod tests {
 
     #[test]
     fn body_wraps_the_alert() {
-        let b = body(&Alert::example("pw-1"));
+        let b = body(&Alert::example("pw-1"), None);
+        assert!(b.get("client_url").is_none());
+        let linked = body(&Alert::example("pw-1"), Some("https://pw.example"));
+        assert_eq!(
+            linked["client_url"],
+            "https://pw.example/?client_model=digits-mlp&client=c-17"
+        );
         assert_eq!(b["type"], "probewatch.alert.raised");
         assert_eq!(b["data"]["id"], "pw-1");
         assert!(b["timestamp"].as_str().unwrap().ends_with('Z'));

@@ -207,7 +207,16 @@ impl PrivacyConfig {
 impl ApiConfig {
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         optional_addr("api.listen", &self.listen)?;
-        optional_addr("api.metrics_listen", &self.metrics_listen)
+        optional_addr("api.metrics_listen", &self.metrics_listen)?;
+        let u = &self.public_url;
+        let scheme = u.starts_with("https://") || u.starts_with("http://");
+        if !u.is_empty() && (!scheme || u.contains(char::is_whitespace) || u.contains(['?', '#'])) {
+            return Err(invalid(
+                "api.public_url",
+                format!("{u:?} is not an http(s) address without query or fragment"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -454,6 +454,7 @@ impl SinkConfig {
             signing_keys: signing_keys.into_iter().map(Secret).collect(),
             routing_key: routing_key.map(Secret),
             config: self.clone(),
+            console: None,
         })
     }
 }
@@ -467,6 +468,8 @@ pub struct ResolvedSink {
     pub signing_keys: Vec<Secret<Vec<u8>>>,
     pub routing_key: Option<Secret>,
     pub config: SinkConfig,
+    /// The console's address (`api.public_url`): events link to their client's page.
+    pub console: Option<String>,
 }
 
 /// A value that never shows in `Debug` output or logs.

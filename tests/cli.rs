@@ -3,7 +3,7 @@
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{bin, send_trace, signal, start_serve, synthetic_trace, LOOPBACK_API};
+use serve::{bin, listening, send_trace, signal, start_serve, synthetic_trace, LOOPBACK_API};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -221,21 +221,8 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
         dir.path(),
         &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
     );
-    let mut other = |what: &str| loop {
-        let line = log.next().expect("serve exited").unwrap();
-        if line.contains(&format!("{what} listening")) {
-            break line
-                .split("addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-    };
-    let api = format!("http://{}", other("api"));
-    let metrics = format!("http://{}/metrics", other("metrics"));
+    let api = format!("http://{}", listening(&mut log, "api"));
+    let metrics = format!("http://{}/metrics", listening(&mut log, "metrics"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = reqwest::Client::new();
@@ -475,19 +462,7 @@ fn campaigns_over_the_api() {
         dir.path(),
         &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
     );
-    let api = loop {
-        let line = log.next().expect("serve exited").unwrap();
-        if line.contains("api listening") {
-            let a = line
-                .split("addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            break format!("http://{a}");
-        }
-    };
+    let api = format!("http://{}", listening(&mut log, "api"));
     send_trace(&set.join("trace.jsonl.gz"), &addr);
     let labels: serde_json::Value =
         serde_json::from_slice(&std::fs::read(set.join("labels.json")).unwrap()).unwrap();

@@ -85,6 +85,8 @@ try {
     if (ticks.length < 2 || ticks.some((t) => !/^\d\d:\d\d$/.test(t))) fail(`chart ${c} has no time axis: ${ticks}`);
   }
   if ((await page.locator('svg[data-chart="score"] line.threshold').count()) !== 1) fail("no threshold line on the score chart");
+  const tipText = await page.locator('svg[data-chart="rate"] rect title').first().textContent();
+  if (!/queries at \d\d:\d\d UTC$/.test(tipText)) fail(`a bar's tooltip says ${tipText}`);
   const link = await page.evaluate(() => location.search);
   if (!/client_model=.*client=/.test(link)) fail(`the open client is not in the URL: ${link}`);
   await page.screenshot({ path: `${dir}/client-light.png`, fullPage: false });

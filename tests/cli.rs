@@ -3,7 +3,10 @@
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{bin, listening, send_trace, signal, start_serve, synthetic_trace, LOOPBACK_API};
+use serve::{
+    bin, listening, send_trace, signal, start_serve, start_with_token, synthetic_trace,
+    LOOPBACK_API,
+};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -452,17 +455,8 @@ fn soc_api_and_metrics_on_a_running_sidecar() {
 fn campaigns_over_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/public-tabular/breast_cancer");
-    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
-    std::fs::write(
-        dir.path().join("pw.toml"),
-        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\n"),
-    )
-    .unwrap();
-    let (serve, mut log, addr) = start_serve(
-        dir.path(),
-        &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
-    );
-    let api = format!("http://{}", listening(&mut log, "api"));
+    let (serve, _log, addr, api) = start_with_token(dir.path());
+
     send_trace(&set.join("trace.jsonl.gz"), &addr);
     let labels: serde_json::Value =
         serde_json::from_slice(&std::fs::read(set.join("labels.json")).unwrap()).unwrap();

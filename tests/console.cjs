@@ -1,7 +1,7 @@
 // Drives the console in headless Chromium (playwright-core, Debian's chromium) as an analyst
 // would: queue, filters, client page, campaign page, keyboard, live alerts; screenshots
 // light and dark. Usage: NODE_PATH=... PW_SEND_LIVE='[cmd, args...]' node tests/console.cjs URL TOKEN SHOT_DIR
-const { chromium } = require("playwright-core");
+const { launch, page: newPage } = require("./browser.cjs");
 const { execFileSync } = require("child_process");
 
 const [url, token, dir] = process.argv.slice(2);
@@ -15,14 +15,9 @@ const settled = (page) => page.waitForFunction(() => {
 });
 
 (async () => {
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on("pageerror", (e) => { console.error("page error:", e.message); process.exitCode = 1; });
+  const page = await newPage(browser);
   const t0 = Date.now();
   await open(page);
   const rows = page.locator("#queue tbody tr");

@@ -10,7 +10,7 @@
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{listening, send_trace, signal, start_serve, synthetic_trace, LOOPBACK_API};
+use serve::{send_trace, signal, start_with_token, synthetic_trace};
 use std::path::Path;
 use std::process::Command;
 
@@ -35,17 +35,7 @@ fn many_clients(dir: &Path, n: usize) -> std::path::PathBuf {
 #[test]
 fn the_console_triages_from_the_queue_to_a_client_and_a_campaign() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
-    std::fs::write(
-        dir.path().join("pw.toml"),
-        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\n"),
-    )
-    .unwrap();
-    let (serve, mut log, addr) = start_serve(
-        dir.path(),
-        &["--config", "pw.toml", "--listen", "127.0.0.1:0"],
-    );
-    let api = format!("http://{}", listening(&mut log, "api"));
+    let (serve, log, addr, api) = start_with_token(dir.path());
     std::thread::spawn(move || for _ in log {});
     send_trace(&many_clients(dir.path(), 10_000), &addr);
     let set = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/public-tabular/breast_cancer");

@@ -3,19 +3,14 @@
 // charts. With an operator token, an action from the drill-down: refused with the read
 // token, then taken with the operator's, listed under Enforcement and in the audit log.
 // Saves a screenshot. Usage: NODE_PATH=... node tests/dashboard.cjs URL TOKEN EXPECT SCREENSHOT [OPERATOR_TOKEN]
-const { chromium } = require("playwright-core");
+const { launch, page: newPage } = require("./browser.cjs");
 
 (async () => {
 
 const [url, token, expect, shot, operator] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on("pageerror", (e) => { console.error("page error:", e.message); process.exitCode = 1; });
+  const page = await newPage(browser);
   await page.goto(`${url}/#token=${encodeURIComponent(token)}`);
   const first = page.locator("#clients tbody tr").first();
   await first.waitFor({ timeout: 15000 });

@@ -148,3 +148,25 @@ pub fn synthetic_trace(dir: &Path) -> PathBuf {
     std::fs::write(&trace, lines).unwrap();
     trace
 }
+
+/// `serve` in `dir` on loopback ports, with one read token (`s3cret-token`) from a file and
+/// no spool; returns it, its log, its ingest address and its API's base URL.
+pub fn start_with_token(
+    dir: &Path,
+) -> (
+    Running,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    String,
+    String,
+) {
+    std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(
+        dir.join("pw.toml"),
+        format!("{LOOPBACK_API}tokens_file = [\"token\"]\ntokens_env = []\n[alerts]\nspool_dir = \"\"\n"),
+    )
+    .unwrap();
+    let (serve, mut log, addr) =
+        start_serve(dir, &["--config", "pw.toml", "--listen", "127.0.0.1:0"]);
+    let api = format!("http://{}", listening(&mut log, "api"));
+    (serve, log, addr, api)
+}

@@ -238,7 +238,7 @@ impl Pipeline {
                 client: c.client.clone(),
             };
             c.fleet = self.echo.as_ref().map_or(0, |o| o.enrol(&key));
-            self.store.map().insert(key, c);
+            self.store.insert(key, c);
             r.clients += 1;
         }
         self.processed.fetch_max(img.processed, Ordering::Relaxed);
@@ -331,6 +331,7 @@ impl Pipeline {
                 Entry::Vacant(v) => {
                     let key = v.into_key();
                     self.make_room(rec.ts_ms, alerts);
+                    self.store.enrol(&key, rec.ts_ms, false);
                     self.store
                         .map()
                         .entry(key)

@@ -61,7 +61,7 @@ def draw(points, out):
         xs = [p["clients"] for p in c]
         a.plot(xs, [p["records_per_s"] / 1e3 for p in c], "o-", color="tab:blue")
         a.set_xscale("log")
-        a.set_xlabel("clients sending (8 queries each)")
+        a.set_xlabel("clients sending (at least 8 queries each)")
         a.set_ylabel("thousand records/s (one core)", color="tab:blue")
         a.axvline(CAP, color="grey", ls="--", lw=1)
         a.text(CAP, a.get_ylim()[1] * 0.95, " max_clients", color="grey", va="top")
@@ -81,7 +81,7 @@ def draw(points, out):
         a.set_ylabel("RSS (MiB)")
         a.set_ylim(bottom=0)
         a.set_title(
-            "{:,} clients against a cap of {:,}: {:,} evicted".format(
+            "{:,} clients, cap {:,}: {:,} evicted".format(
                 flood["clients"], CAP, flood["evicted"]
             )
         )

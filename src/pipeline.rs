@@ -17,7 +17,7 @@
 //!    from the baseline;
 //! 10. **refresh** the baseline when due (computed off the record path, landing a fixed
 //!     number of records later: [`learner`]), and **sweep** idle clients every
-//!     [`SWEEP_EVERY`] records.
+//!     [`SWEEP_EVERY`] records (less often past 32,768 clients).
 //!
 //! Rejections of every kind are counted in one place, [`Pipeline::submit`].
 
@@ -52,8 +52,12 @@ use dashmap::mapref::entry::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Records between sweeps for idle clients and quiet alerts.
+/// Records between sweeps for idle clients and quiet alerts ...
 pub const SWEEP_EVERY: u64 = 4096;
+/// ... or more, so that a sweep's pass over every tracked state costs at most this many
+/// states visited per record: at 200,000 clients a sweep every 4,096 records visited about
+/// 100 states per record (two passes), most of the time spent under a flood of new ids.
+pub const SWEEP_VISITS_PER_RECORD: u64 = 8;
 /// Model name for records that do not name one.
 pub const DEFAULT_MODEL: &str = "default";
 
@@ -376,10 +380,21 @@ impl Pipeline {
         self.stats
             .baseline_refreshes
             .fetch_add(installed, Ordering::Relaxed);
-        if self.processed.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        if self.sweep_due(self.processed.fetch_add(1, Ordering::Relaxed)) {
             alerts.extend(self.sweep());
         }
         Ok(())
+    }
+
+    /// Whether the `n`th record (from 0) ends with a sweep: every [`SWEEP_EVERY`] records,
+    /// less often when the store holds so many clients that a sweep would visit more than
+    /// [`SWEEP_VISITS_PER_RECORD`] per record. Counted in records, so a replay sweeps at
+    /// the same records every time.
+    fn sweep_due(&self, n: u64) -> bool {
+        if n % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return false;
+        }
+        (n / SWEEP_EVERY).is_multiple_of(sweep_stride(self.store.len()))
     }
 
     /// Steps 9 and 10: the policy's decision and its alert events; returns the client's tag
@@ -641,6 +656,13 @@ impl Pipeline {
     }
 }
 
+/// Sweeps that fall due per sweep run with `clients` tracked (see [`SWEEP_VISITS_PER_RECORD`]).
+fn sweep_stride(clients: usize) -> u64 {
+    (clients as u64)
+        .div_ceil(SWEEP_VISITS_PER_RECORD * SWEEP_EVERY)
+        .max(1)
+}
+
 /// The record limits of `cfg`.
 pub fn limits(cfg: &Config) -> Limits {
     use crate::record::validate::{
@@ -691,6 +713,30 @@ fn record_window(
         }
         Slot::Expired => {
             stats.expired_late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_visits_a_bounded_number_of_states_per_record() {
+        // Up to 32,768 clients every due sweep runs, as before.
+        assert_eq!(sweep_stride(0), 1);
+        assert_eq!(sweep_stride(32_768), 1);
+        for clients in [32_769usize, 200_000, 1_000_000, 10_000_000] {
+            let stride = sweep_stride(clients);
+            let visits = clients as f64 / (stride * SWEEP_EVERY) as f64;
+            assert!(
+                visits <= SWEEP_VISITS_PER_RECORD as f64,
+                "{clients}: {visits}"
+            );
+            assert!(
+                visits > SWEEP_VISITS_PER_RECORD as f64 / 2.0,
+                "not far less often"
+            );
         }
     }
 }

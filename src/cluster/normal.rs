@@ -16,8 +16,9 @@ use crate::pipeline::Pipeline;
 use bincode::Options;
 use std::sync::atomic::Ordering;
 
-/// Version of a published normal's encoding; others are refused.
-pub const NORMAL_FORMAT: u32 = 1;
+/// Version of a published normal's encoding; others are refused (2: a rank-space fit's
+/// integer tables carry where they start).
+pub const NORMAL_FORMAT: u32 = 2;
 /// Largest published normal read back (a 64-feature baseline is about 100 kB).
 pub const MAX_NORMAL_BYTES: u64 = 16 << 20;
 /// How long the fleet's normal outlives its last publication: a fleet that is down for a

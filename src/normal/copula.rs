@@ -51,9 +51,11 @@ pub const BLOCK: usize = 16;
 /// sorted column: a few hundred bytes that stay in cache, where the column's lines were
 /// a cache miss per feature and query once client state had pushed them out.
 pub const MAX_LEVELS: usize = 32;
-/// A discrete feature whose values are integers spanning at most this many (pixels 0–16,
-/// counts, flags) is scored by indexing a table of the score of every integer in its
-/// range: one load, where the level table's search was five dependent ones.
+/// A feature whose normal range holds at most this many integers (pixels 0–16, counts,
+/// flags) scores an integer query by indexing a table of the score of every integer in its
+/// range: one load, where the level table's search was five dependent ones and a
+/// continuous column's two searches were a tenth of a replay (a few crafted, non-integer
+/// samples in a pixel's normal make its column continuous, while most queries stay integers).
 pub const INT_SPAN: usize = 64;
 
 /// The rank-space fit.
@@ -75,8 +77,10 @@ pub struct Copula {
     /// Per feature, the range in `int_z` of the scores of every integer from its minimum
     /// (empty: not an integer-valued discrete feature) ...
     int_at: Vec<(u32, u32)>,
-    /// ... and those scores, each exactly what the level table gives.
+    /// ... and those scores, each exactly what the level table or the sorted column gives ...
     int_z: Vec<f32>,
+    /// ... with the integer each table starts at.
+    int_base: Vec<f32>,
     /// Score of each half-rank `l + r` (0..=2n): precomputed, so a query costs no Φ⁻¹.
     z_of: Vec<f32>,
     vmin: Vec<f32>,
@@ -169,6 +173,7 @@ impl Copula {
             level_lr,
             int_at: vec![(0, 0); d],
             int_z: Vec::new(),
+            int_base: vec![0.0; d],
             z_of,
             vmin,
             vmax,
@@ -193,23 +198,34 @@ impl Copula {
         Some(c)
     }
 
-    /// Fills `int_at` and `int_z` for the discrete features whose values are integers
-    /// spanning at most [`INT_SPAN`], from the level table itself.
+    /// Fills `int_at`, `int_z` and `int_base` for the features whose range holds at most
+    /// [`INT_SPAN`] integers, each score computed by the path a query would take.
     fn index_integers(&mut self) {
+        let (n, m) = (self.n, self.n.div_ceil(BLOCK));
         for j in 0..self.d {
-            let (start, len) = self.level_at[j];
-            let vals = &self.level_v[start as usize..(start + len) as usize];
-            let integral = |v: f32| v.abs() < 16_777_216.0 && v == v.floor();
-            let span = self.vmax[j] - self.vmin[j] + 1.0;
-            if len == 0 || !vals.iter().all(|&v| integral(v)) || span > INT_SPAN as f32 {
+            let (base, top) = (self.vmin[j].ceil(), self.vmax[j].floor());
+            if !(base.abs() < 16_777_216.0 && top.abs() < 16_777_216.0 && top >= base) {
                 continue;
             }
+            let span = top - base + 1.0;
+            if span > INT_SPAN as f32 {
+                continue;
+            }
+            let (start, len) = self.level_at[j];
             let at = self.int_z.len();
             for k in 0..span as usize {
-                let z = self.level_score(start as usize, len as usize, self.vmin[j] + k as f32);
+                let v = base + k as f32;
+                let z = if len == 0 {
+                    let col = &self.sorted[j * n..(j + 1) * n];
+                    let fences = &self.fences[j * m..(j + 1) * m];
+                    self.rank_score(col, fences, v)
+                } else {
+                    self.level_score(start as usize, len as usize, v)
+                };
                 self.int_z.push(z);
             }
             self.int_at[j] = (at as u32, span as u32);
+            self.int_base[j] = base;
         }
     }
 
@@ -293,17 +309,16 @@ impl Copula {
                 };
                 self.z_of[0] - ext
             } else {
-                match (self.level_at[j], self.int_at[j]) {
-                    ((_, 0), _) => self.rank_score(col, fences, v),
-                    ((start, len), (at, span)) => {
-                        // In range, so `k` is exact; an integral `k` is a table index.
-                        let k = v - self.vmin[j];
-                        let i = k as u32;
-                        if i < span && i as f32 == k {
-                            self.int_z[(at + i) as usize]
-                        } else {
-                            self.level_score(start as usize, len as usize, v)
-                        }
+                // In range, so an integral offset from the table's start is an index.
+                let (at, span) = self.int_at[j];
+                let k = v - self.int_base[j];
+                let i = k as u32;
+                if i < span && i as f32 == k {
+                    self.int_z[(at + i) as usize]
+                } else {
+                    match self.level_at[j] {
+                        (_, 0) => self.rank_score(col, fences, v),
+                        (start, len) => self.level_score(start as usize, len as usize, v),
                     }
                 }
             }
@@ -467,41 +482,49 @@ mod tests {
     }
 
     #[test]
-    fn discrete_features_rank_from_their_table_exactly_as_from_the_column() {
-        // Few levels (pixels), a feature with one level, and one just past the table's size.
+    fn integer_queries_rank_from_their_table_exactly_as_from_the_column() {
+        // Few levels (pixels), a feature with one level, one just past the level table's size
+        // and a continuous one whose range starts between two integers.
         let pts: Vec<Vec<f32>> = (0..300u64)
             .map(|i| {
                 vec![
                     (unit(i, 1) * 17.0).floor() as f32,
                     3.0,
                     (unit(i, 2) * (MAX_LEVELS as f64 + 1.0)).floor() as f32,
+                    (0.25 + unit(i, 4) * 20.0) as f32,
                 ]
             })
             .collect();
         let refs: Vec<&[f32]> = pts.iter().map(|p| &p[..]).collect();
         let c = Copula::fit(&refs, &vec![None; 300]).unwrap();
-        assert!(c.level_at[0].1 == 17 && c.level_at[1].1 == 1 && c.level_at[2].1 == 0);
-        assert!(c.int_at[0].1 == 17 && c.int_at[1].1 == 1 && c.int_at[2].1 == 0);
+        let levels: Vec<u32> = c.level_at.iter().map(|l| l.1).collect();
+        assert_eq!(levels, [17, 1, 0, 0]);
+        let spans: Vec<u32> = c.int_at.iter().map(|t| t.1).collect();
+        let top = c.vmax[3].floor() - c.vmin[3].ceil() + 1.0;
+        assert_eq!(spans, [17, 1, 33, top as u32]);
+        assert_eq!(c.int_base[3], c.vmin[3].ceil());
         let n = c.n;
-        for k in 0..200u64 {
-            let v = (unit(k, 3) * 20.0 - 1.0) as f32;
+        let m = n.div_ceil(BLOCK);
+        for k in 0..400u64 {
+            let v = (unit(k, 3) * 22.0 - 1.0) as f32;
             let v = if k % 2 == 0 { v.floor() } else { v };
-            for j in 0..2 {
+            for j in 0..4 {
                 if v < c.vmin[j] || v > c.vmax[j] {
                     continue;
                 }
                 let col = &c.sorted[j * n..(j + 1) * n];
-                let m = n.div_ceil(BLOCK);
                 let exact = c.rank_score(col, &c.fences[j * m..(j + 1) * m], v);
                 let (start, len) = c.level_at[j];
-                assert_eq!(
-                    c.level_score(start as usize, len as usize, v),
-                    exact,
-                    "{j} {v}"
-                );
+                if len > 0 {
+                    assert_eq!(
+                        c.level_score(start as usize, len as usize, v),
+                        exact,
+                        "{j} {v}"
+                    );
+                }
                 // The transform, through the integer table where `v` is an integer.
                 let mut z = [0f32; SKETCH_DIM];
-                c.transform(&[v, v, 10.0], &mut z);
+                c.transform(&[v, v, v, v], &mut z);
                 assert_eq!(z[j], exact.clamp(-Z_CAP, Z_CAP), "table {j} {v}");
             }
         }

@@ -31,8 +31,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Format version; a snapshot of another version is refused. 3: clients and models carry
-/// the LLM detector's state.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// the LLM detector's state; 4: a rank-space fit's integer tables carry where they start.
+pub const SNAPSHOT_VERSION: u32 = 4;
 const MAGIC: &[u8; 8] = b"PWSTATE\0";
 /// Magic and version.
 const HEADER: u64 = 8 + 4;

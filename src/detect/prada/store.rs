@@ -10,6 +10,7 @@
 use crate::detect::fingerprint::class_tag;
 use crate::hash::mix64;
 use crate::normal::grid::Grid;
+use crate::sketch::SKETCH_DIM;
 use std::sync::Arc;
 
 /// A member found by [`GrowingSet::nearest`].
@@ -71,24 +72,40 @@ impl GrowingSet {
         self.codes.capacity() + self.classes.capacity() * 2
     }
 
+    /// Where `x` lies on the set's grid: computed once per query, for every comparison.
+    pub fn locate(&self, x: &[f32]) -> Located {
+        let d = self.grid.dims().min(x.len());
+        let mut at = Located {
+            d,
+            coords: [0.0; SKETCH_DIM],
+            weights: [0.0; SKETCH_DIM],
+            codes: [0; SKETCH_DIM],
+        };
+        for j in 0..d {
+            let u = self.grid.coord(j, x[j]);
+            let s = self.grid.step(j);
+            at.coords[j] = u;
+            at.weights[j] = s * s;
+            at.codes[j] = Grid::code_of(u);
+        }
+        at
+    }
+
     /// The nearest member of `class` to `x`, if the class has one.
     pub fn nearest(&self, x: &[f32], class: u32) -> Option<Nearest> {
+        self.nearest_to(&self.locate(x), class)
+    }
+
+    /// [`GrowingSet::nearest`] for a query already located.
+    pub fn nearest_to(&self, at: &Located, class: u32) -> Option<Nearest> {
         let class = class_tag(Some(class));
         let d = self.grid.dims();
-        let mut coords = [0f32; crate::sketch::SKETCH_DIM];
-        let mut weights = [0f32; crate::sketch::SKETCH_DIM];
-        for j in 0..d {
-            coords[j] = self.grid.coord(j, x[j]);
-            let s = self.grid.step(j);
-            weights[j] = s * s;
-        }
-        let (coords, weights) = (&coords[..d], &weights[..d]);
         let mut best: Option<(usize, f32)> = None;
         for (i, &c) in self.classes.iter().enumerate() {
             if c != class {
                 continue;
             }
-            let acc = weighted_distance2(&self.codes[i * d..(i + 1) * d], coords, weights);
+            let acc = at.distance2(&self.codes[i * d..(i + 1) * d]);
             if best.is_none_or(|(_, b)| acc < b) {
                 best = Some((i, acc));
             }
@@ -106,6 +123,12 @@ impl GrowingSet {
 
     /// Adds `x` as a member of `class`, replacing a pseudo-random member when full.
     pub fn insert(&mut self, x: &[f32], class: u32) {
+        let at = self.locate(x);
+        self.insert_at(&at, class);
+    }
+
+    /// [`GrowingSet::insert`] for a query already located.
+    pub fn insert_at(&mut self, at: &Located, class: u32) {
         let class = class_tag(Some(class));
         let d = self.grid.dims();
         self.joins += 1;
@@ -118,13 +141,29 @@ impl GrowingSet {
             self.classes[i] = class;
             i
         };
-        for (j, (c, &v)) in self.codes[slot * d..(slot + 1) * d]
-            .iter_mut()
-            .zip(x)
-            .enumerate()
-        {
-            *c = self.grid.encode(j, v);
-        }
+        self.codes[slot * d..(slot + 1) * d].copy_from_slice(at.codes());
+    }
+}
+
+/// A query on a set's grid: its continuous coordinates, the squared step of each
+/// dimension, and its codes.
+#[derive(Debug, Clone)]
+pub struct Located {
+    d: usize,
+    coords: [f32; SKETCH_DIM],
+    weights: [f32; SKETCH_DIM],
+    codes: [u8; SKETCH_DIM],
+}
+
+impl Located {
+    /// The query's codes, as a member would store them.
+    pub fn codes(&self) -> &[u8] {
+        &self.codes[..self.d]
+    }
+
+    /// Squared L2 distance, in the input's own units, to a point stored as `codes`.
+    pub fn distance2(&self, codes: &[u8]) -> f32 {
+        weighted_distance2(codes, &self.coords[..self.d], &self.weights[..self.d])
     }
 }
 

@@ -79,8 +79,11 @@ pub struct Copula {
     int_at: Vec<(u32, u32)>,
     /// ... and those scores, each exactly what the level table or the sorted column gives ...
     int_z: Vec<f32>,
-    /// ... with the integer each table starts at.
+    /// ... with the integer each table starts at, and how many normal values are below and
+    /// at most each integer (a continuous column then searches only the values between two
+    /// integers).
     int_base: Vec<f32>,
+    int_lr: Vec<(u32, u32)>,
     /// Score of each half-rank `l + r` (0..=2n): precomputed, so a query costs no Φ⁻¹.
     z_of: Vec<f32>,
     vmin: Vec<f32>,
@@ -174,6 +177,7 @@ impl Copula {
             int_at: vec![(0, 0); d],
             int_z: Vec::new(),
             int_base: vec![0.0; d],
+            int_lr: Vec::new(),
             z_of,
             vmin,
             vmax,
@@ -215,14 +219,16 @@ impl Copula {
             let at = self.int_z.len();
             for k in 0..span as usize {
                 let v = base + k as f32;
+                let col = &self.sorted[j * n..(j + 1) * n];
                 let z = if len == 0 {
-                    let col = &self.sorted[j * n..(j + 1) * n];
                     let fences = &self.fences[j * m..(j + 1) * m];
                     self.rank_score(col, fences, v)
                 } else {
                     self.level_score(start as usize, len as usize, v)
                 };
                 self.int_z.push(z);
+                let lr = (count_below(col, |c| c < v), count_below(col, |c| c <= v));
+                self.int_lr.push((lr.0 as u32, lr.1 as u32));
             }
             self.int_at[j] = (at as u32, span as u32);
             self.int_base[j] = base;
@@ -309,18 +315,7 @@ impl Copula {
                 };
                 self.z_of[0] - ext
             } else {
-                // In range, so an integral offset from the table's start is an index.
-                let (at, span) = self.int_at[j];
-                let k = v - self.int_base[j];
-                let i = k as u32;
-                if i < span && i as f32 == k {
-                    self.int_z[(at + i) as usize]
-                } else {
-                    match self.level_at[j] {
-                        (_, 0) => self.rank_score(col, fences, v),
-                        (start, len) => self.level_score(start as usize, len as usize, v),
-                    }
-                }
+                self.in_range_score(j, col, fences, v)
             }
             .clamp(-Z_CAP, Z_CAP);
         }
@@ -332,6 +327,55 @@ impl Copula {
         // Ties are the exception for continuous features: only then the second search.
         let r = if col.get(l).is_some_and(|&c| c == v) {
             count_fenced(col, fences, |c| c <= v)
+        } else {
+            l
+        };
+        self.z_of[l + r]
+    }
+
+    /// The score of `v`, within feature `j`'s normal range: from the integer table when `v`
+    /// is one of its integers, else from the level table or the sorted column.
+    fn in_range_score(&self, j: usize, col: &[f32], fences: &[f32], v: f32) -> f32 {
+        let (at, span) = self.int_at[j];
+        if span > 0 {
+            let base = self.int_base[j];
+            // The integer at or below `v`, from the subtraction; its rounding is off by one
+            // at most, and comparisons with exact integers (below 2^24) correct it.
+            let mut i = (v - base) as i64;
+            if base + i as f32 > v {
+                i -= 1;
+            } else if base + (i + 1) as f32 <= v {
+                i += 1;
+            }
+            if base + i as f32 == v {
+                // In range, so `0 <= i < span`.
+                return self.int_z[at as usize + i as usize];
+            }
+            if self.level_at[j].1 == 0 {
+                return self.rank_between(col, at, span, i, v);
+            }
+        }
+        match self.level_at[j] {
+            (_, 0) => self.rank_score(col, fences, v),
+            (start, len) => self.level_score(start as usize, len as usize, v),
+        }
+    }
+
+    /// [`Copula::rank_score`] of a `v` strictly between the integers `i` and `i + 1` past
+    /// the first of a column's table (`at`, `span`; `i` from -1 to `span - 1`): only the
+    /// normal values between those two integers are searched, few where most are integers.
+    fn rank_between(&self, col: &[f32], at: u32, span: u32, i: i64, v: f32) -> f32 {
+        let lr = &self.int_lr[at as usize..(at + span) as usize];
+        let lo = usize::try_from(i).map_or(0, |i| lr[i].1 as usize);
+        let hi = usize::try_from(i + 1)
+            .ok()
+            .and_then(|k| lr.get(k))
+            .map_or(col.len(), |e| e.0 as usize);
+        let between = &col[lo..hi];
+        let l = lo + count_below(between, |c| c < v);
+        // Ties are the exception for continuous features: only then the second search.
+        let r = if col.get(l).is_some_and(|&c| c == v) {
+            lo + count_below(between, |c| c <= v)
         } else {
             l
         };
@@ -492,23 +536,30 @@ mod tests {
                     3.0,
                     (unit(i, 2) * (MAX_LEVELS as f64 + 1.0)).floor() as f32,
                     (0.25 + unit(i, 4) * 20.0) as f32,
+                    (-7.3 + unit(i, 5) * 30.0) as f32,
                 ]
             })
             .collect();
         let refs: Vec<&[f32]> = pts.iter().map(|p| &p[..]).collect();
         let c = Copula::fit(&refs, &vec![None; 300]).unwrap();
         let levels: Vec<u32> = c.level_at.iter().map(|l| l.1).collect();
-        assert_eq!(levels, [17, 1, 0, 0]);
+        assert_eq!(levels, [17, 1, 0, 0, 0]);
         let spans: Vec<u32> = c.int_at.iter().map(|t| t.1).collect();
-        let top = c.vmax[3].floor() - c.vmin[3].ceil() + 1.0;
-        assert_eq!(spans, [17, 1, 33, top as u32]);
-        assert_eq!(c.int_base[3], c.vmin[3].ceil());
+        let span = |j: usize| (c.vmax[j].floor() - c.vmin[j].ceil() + 1.0) as u32;
+        assert_eq!(spans, [17, 1, 33, span(3), span(4)]);
+        assert_eq!((c.int_base[3], c.int_base[4]), (1.0, -7.0));
         let n = c.n;
         let m = n.div_ceil(BLOCK);
-        for k in 0..400u64 {
-            let v = (unit(k, 3) * 22.0 - 1.0) as f32;
-            let v = if k % 2 == 0 { v.floor() } else { v };
-            for j in 0..4 {
+        for k in 0..4000u64 {
+            let v = (unit(k, 3) * 32.0 - 9.0) as f32;
+            // Integers, values a step away from them, and anything between.
+            let v = match k % 4 {
+                0 => v.floor(),
+                1 => v.floor().next_up(),
+                2 => v.ceil().next_down(),
+                _ => v,
+            };
+            for j in 0..5 {
                 if v < c.vmin[j] || v > c.vmax[j] {
                     continue;
                 }
@@ -524,7 +575,7 @@ mod tests {
                 }
                 // The transform, through the integer table where `v` is an integer.
                 let mut z = [0f32; SKETCH_DIM];
-                c.transform(&[v, v, v, v], &mut z);
+                c.transform(&[v; 5], &mut z);
                 assert_eq!(z[j], exact.clamp(-Z_CAP, Z_CAP), "table {j} {v}");
             }
         }

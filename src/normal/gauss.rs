@@ -166,12 +166,15 @@ impl Gauss {
         let mut cov = vec![0f64; d * d];
         let mut z = vec![0f64; d];
         for s in samples {
-            for j in 0..d {
-                z[j] = (f64::from(s[j]) - mean[j]) * inv_scale[j];
+            for ((z, &x), (&m, &w)) in z.iter_mut().zip(s.iter()).zip(mean.iter().zip(&inv_scale)) {
+                *z = (f64::from(x) - m) * w;
             }
-            for i in 0..d {
-                for j in 0..=i {
-                    cov[i * d + j] += z[i] * z[j];
+            // Row by row over slices: each row's update is element-wise (no reduction), so it
+            // runs in vector lanes without bounds checks, with the same sums as one by one.
+            for (i, row) in cov.chunks_exact_mut(d).enumerate() {
+                let zi = z[i];
+                for (c, &zj) in row[..=i].iter_mut().zip(&z[..=i]) {
+                    *c += zi * zj;
                 }
             }
         }
@@ -190,10 +193,14 @@ impl Gauss {
         let mut winv = vec![0f32; d * stride];
         // Column c of L⁻¹ by forward substitution of the unit vector e_c.
         let mut col = vec![0f64; d];
+        // L⁻¹ is lower triangular: entries above row `c` of column `c` are zero, and so are
+        // their terms in each dot product (skipping them leaves every sum as it was).
         for c in 0..d {
-            for i in 0..d {
+            col[..c].fill(0.0);
+            for i in c..d {
                 let e = if i == c { 1.0 } else { 0.0 };
-                let dot: f64 = (0..i).map(|k| chol[i * d + k] * col[k]).sum();
+                let row = &chol[i * d..i * d + i];
+                let dot: f64 = row[c..].iter().zip(&col[c..i]).map(|(a, b)| a * b).sum();
                 col[i] = (e - dot) / chol[i * d + i];
                 winv[i * stride + c] = col[i] as f32;
             }

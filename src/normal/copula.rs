@@ -58,6 +58,25 @@ pub const MAX_LEVELS: usize = 32;
 /// samples in a pixel's normal make its column continuous, while most queries stay integers).
 pub const INT_SPAN: usize = 64;
 
+/// One feature of the fit.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Feature {
+    vmin: f32,
+    vmax: f32,
+    /// Tail scales past the range: a value beyond it scores by how far, in these.
+    tau_lo: f32,
+    tau_hi: f32,
+    /// Every normal value equal (no tail scale).
+    constant: bool,
+    /// The range of its distinct values in `level_v` (empty: a continuous feature, ranked
+    /// from its sorted column).
+    level_at: (u32, u32),
+    /// The range in `int_z` and `int_lr` of every integer from `int_base` in its normal
+    /// range (empty: it holds more than [`INT_SPAN`], or none).
+    int_at: (u32, u32),
+    int_base: f32,
+}
+
 /// The rank-space fit.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Copula {
@@ -67,30 +86,21 @@ pub struct Copula {
     sorted: Vec<f32>,
     /// Every [`BLOCK`]-th sorted value, feature by feature (`d` runs of `n.div_ceil(BLOCK)`).
     fences: Vec<f32>,
-    /// Per feature, the range of its distinct values in `level_v` (empty: a continuous
-    /// feature, ranked from its sorted column).
-    level_at: Vec<(u32, u32)>,
+    /// What a query's score reads of each feature, side by side: one cache line and one
+    /// bounds check per feature on the record path.
+    features: Vec<Feature>,
     /// Distinct values of the discrete features, ascending within each feature ...
     level_v: Vec<f32>,
     /// ... and how many normal values are below each and at most each.
     level_lr: Vec<(u32, u32)>,
-    /// Per feature, the range in `int_z` of the scores of every integer from its minimum
-    /// (empty: not an integer-valued discrete feature) ...
-    int_at: Vec<(u32, u32)>,
-    /// ... and those scores, each exactly what the level table or the sorted column gives ...
+    /// The scores of every integer of each feature's integer table, each exactly what the
+    /// level table or the sorted column gives ...
     int_z: Vec<f32>,
-    /// ... with the integer each table starts at, and how many normal values are below and
-    /// at most each integer (a continuous column then searches only the values between two
-    /// integers).
-    int_base: Vec<f32>,
+    /// ... and how many normal values are below and at most each integer (a continuous
+    /// column then searches only the values between two integers).
     int_lr: Vec<(u32, u32)>,
     /// Score of each half-rank `l + r` (0..=2n): precomputed, so a query costs no Φ⁻¹.
     z_of: Vec<f32>,
-    vmin: Vec<f32>,
-    vmax: Vec<f32>,
-    tau_lo: Vec<f32>,
-    tau_hi: Vec<f32>,
-    constant: Vec<bool>,
     global: Gauss,
     within: Gauss,
     /// Mean score per class (`(class, mean)`, sorted by class).
@@ -113,13 +123,7 @@ impl Copula {
         }
         let zk = (crate::stats::norm_ppf(TAIL_OUTER) - crate::stats::norm_ppf(TAIL_INNER)) as f32;
         let mut sorted = Vec::with_capacity(n * d);
-        let (mut vmin, mut vmax, mut tau_lo, mut tau_hi, mut constant) = (
-            vec![0f32; d],
-            vec![0f32; d],
-            vec![0f32; d],
-            vec![0f32; d],
-            vec![false; d],
-        );
+        let mut features = Vec::with_capacity(d);
         for j in 0..d {
             let start = sorted.len();
             sorted.extend(samples.iter().map(|s| s[j]));
@@ -135,18 +139,23 @@ impl Copula {
             let wide = (hi2 - lo2) / (2.0 * crate::stats::norm_ppf(TAIL_OUTER) as f32);
             let th = if hi2 > hi1 { (hi2 - hi1) / zk } else { wide };
             let tl = if lo1 > lo2 { (lo1 - lo2) / zk } else { wide };
-            constant[j] = !(th > 0.0 && tl > 0.0);
-            tau_hi[j] = th;
-            tau_lo[j] = tl;
-            vmin[j] = col[0];
-            vmax[j] = col[n - 1];
+            features.push(Feature {
+                vmin: col[0],
+                vmax: col[n - 1],
+                tau_lo: tl,
+                tau_hi: th,
+                constant: !(th > 0.0 && tl > 0.0),
+                level_at: (0, 0),
+                int_at: (0, 0),
+                int_base: 0.0,
+            });
         }
         let fences = sorted
             .chunks_exact(n)
             .flat_map(|col| col.iter().step_by(BLOCK).copied())
             .collect();
-        let (mut level_at, mut level_v, mut level_lr) = (Vec::new(), Vec::new(), Vec::new());
-        for col in sorted.chunks_exact(n) {
+        let (mut level_v, mut level_lr) = (Vec::new(), Vec::new());
+        for (col, f) in sorted.chunks_exact(n).zip(&mut features) {
             let start = level_v.len();
             let runs: Vec<(f32, u32, u32)> = col
                 .chunk_by(|a, b| a == b)
@@ -161,7 +170,7 @@ impl Copula {
                 level_v.extend(runs.iter().map(|r| r.0));
                 level_lr.extend(runs.iter().map(|r| (r.1, r.2)));
             }
-            level_at.push((start as u32, (level_v.len() - start) as u32));
+            f.level_at = (start as u32, (level_v.len() - start) as u32);
         }
         let z_of: Vec<f32> = (0..=2 * n)
             .map(|k| crate::stats::norm_ppf((k as f64 / 2.0 + 0.5) / (n as f64 + 1.0)) as f32)
@@ -171,19 +180,12 @@ impl Copula {
             d,
             sorted,
             fences,
-            level_at,
+            features,
             level_v,
             level_lr,
-            int_at: vec![(0, 0); d],
             int_z: Vec::new(),
-            int_base: vec![0.0; d],
             int_lr: Vec::new(),
             z_of,
-            vmin,
-            vmax,
-            tau_lo,
-            tau_hi,
-            constant,
             global: Gauss::identity(d),
             within: Gauss::identity(d),
             class_mean: Vec::new(),
@@ -207,7 +209,8 @@ impl Copula {
     fn index_integers(&mut self) {
         let (n, m) = (self.n, self.n.div_ceil(BLOCK));
         for j in 0..self.d {
-            let (base, top) = (self.vmin[j].ceil(), self.vmax[j].floor());
+            let f = self.features[j];
+            let (base, top) = (f.vmin.ceil(), f.vmax.floor());
             if !(base.abs() < 16_777_216.0 && top.abs() < 16_777_216.0 && top >= base) {
                 continue;
             }
@@ -215,7 +218,7 @@ impl Copula {
             if span > INT_SPAN as f32 {
                 continue;
             }
-            let (start, len) = self.level_at[j];
+            let (start, len) = f.level_at;
             let at = self.int_z.len();
             for k in 0..span as usize {
                 let v = base + k as f32;
@@ -230,8 +233,8 @@ impl Copula {
                 let lr = (count_below(col, |c| c < v), count_below(col, |c| c <= v));
                 self.int_lr.push((lr.0 as u32, lr.1 as u32));
             }
-            self.int_at[j] = (at as u32, span as u32);
-            self.int_base[j] = base;
+            self.features[j].int_at = (at as u32, span as u32);
+            self.features[j].int_base = base;
         }
     }
 
@@ -296,29 +299,35 @@ impl Copula {
 
     /// The normal scores of `x` into `z[..d]`.
     pub fn transform(&self, x: &[f32], z: &mut [f32; SKETCH_DIM]) {
-        let (n, m) = (self.n, self.n.div_ceil(BLOCK));
-        for (j, (&v, out)) in x.iter().zip(z.iter_mut()).take(self.d).enumerate() {
-            let col = &self.sorted[j * n..(j + 1) * n];
-            let fences = &self.fences[j * m..(j + 1) * m];
-            *out = if v > self.vmax[j] {
-                let ext = if self.constant[j] {
+        for (j, ((&v, out), f)) in x.iter().zip(z.iter_mut()).zip(&self.features).enumerate() {
+            *out = if v > f.vmax {
+                let ext = if f.constant {
                     CONST_JUMP
                 } else {
-                    (v - self.vmax[j]) / self.tau_hi[j]
+                    (v - f.vmax) / f.tau_hi
                 };
-                self.z_of[2 * n] + ext
-            } else if v < self.vmin[j] {
-                let ext = if self.constant[j] {
+                self.z_of[2 * self.n] + ext
+            } else if v < f.vmin {
+                let ext = if f.constant {
                     CONST_JUMP
                 } else {
-                    (self.vmin[j] - v) / self.tau_lo[j]
+                    (f.vmin - v) / f.tau_lo
                 };
                 self.z_of[0] - ext
             } else {
-                self.in_range_score(j, col, fences, v)
+                self.in_range_score(j, f, v)
             }
             .clamp(-Z_CAP, Z_CAP);
         }
+    }
+
+    /// Feature `j`'s sorted normal values and their fences.
+    fn column(&self, j: usize) -> (&[f32], &[f32]) {
+        let (n, m) = (self.n, self.n.div_ceil(BLOCK));
+        (
+            &self.sorted[j * n..(j + 1) * n],
+            &self.fences[j * m..(j + 1) * m],
+        )
     }
 
     /// Score of the mid-rank of `v` among `col`.
@@ -335,10 +344,10 @@ impl Copula {
 
     /// The score of `v`, within feature `j`'s normal range: from the integer table when `v`
     /// is one of its integers, else from the level table or the sorted column.
-    fn in_range_score(&self, j: usize, col: &[f32], fences: &[f32], v: f32) -> f32 {
-        let (at, span) = self.int_at[j];
+    fn in_range_score(&self, j: usize, f: &Feature, v: f32) -> f32 {
+        let (at, span) = f.int_at;
         if span > 0 {
-            let base = self.int_base[j];
+            let base = f.int_base;
             // The integer at or below `v`, from the subtraction; its rounding is off by one
             // at most, and comparisons with exact integers (below 2^24) correct it.
             let mut i = (v - base) as i64;
@@ -351,12 +360,15 @@ impl Copula {
                 // In range, so `0 <= i < span`.
                 return self.int_z[at as usize + i as usize];
             }
-            if self.level_at[j].1 == 0 {
-                return self.rank_between(col, at, span, i, v);
+            if f.level_at.1 == 0 {
+                return self.rank_between(self.column(j).0, at, span, i, v);
             }
         }
-        match self.level_at[j] {
-            (_, 0) => self.rank_score(col, fences, v),
+        match f.level_at {
+            (_, 0) => {
+                let (col, fences) = self.column(j);
+                self.rank_score(col, fences, v)
+            }
             (start, len) => self.level_score(start as usize, len as usize, v),
         }
     }
@@ -542,12 +554,15 @@ mod tests {
             .collect();
         let refs: Vec<&[f32]> = pts.iter().map(|p| &p[..]).collect();
         let c = Copula::fit(&refs, &vec![None; 300]).unwrap();
-        let levels: Vec<u32> = c.level_at.iter().map(|l| l.1).collect();
+        let levels: Vec<u32> = c.features.iter().map(|f| f.level_at.1).collect();
         assert_eq!(levels, [17, 1, 0, 0, 0]);
-        let spans: Vec<u32> = c.int_at.iter().map(|t| t.1).collect();
-        let span = |j: usize| (c.vmax[j].floor() - c.vmin[j].ceil() + 1.0) as u32;
+        let spans: Vec<u32> = c.features.iter().map(|f| f.int_at.1).collect();
+        let span = |j: usize| (c.features[j].vmax.floor() - c.features[j].vmin.ceil() + 1.0) as u32;
         assert_eq!(spans, [17, 1, 33, span(3), span(4)]);
-        assert_eq!((c.int_base[3], c.int_base[4]), (1.0, -7.0));
+        assert_eq!(
+            (c.features[3].int_base, c.features[4].int_base),
+            (1.0, -7.0)
+        );
         let n = c.n;
         let m = n.div_ceil(BLOCK);
         for k in 0..4000u64 {
@@ -560,12 +575,12 @@ mod tests {
                 _ => v,
             };
             for j in 0..5 {
-                if v < c.vmin[j] || v > c.vmax[j] {
+                if v < c.features[j].vmin || v > c.features[j].vmax {
                     continue;
                 }
                 let col = &c.sorted[j * n..(j + 1) * n];
                 let exact = c.rank_score(col, &c.fences[j * m..(j + 1) * m], v);
-                let (start, len) = c.level_at[j];
+                let (start, len) = c.features[j].level_at;
                 if len > 0 {
                     assert_eq!(
                         c.level_score(start as usize, len as usize, v),

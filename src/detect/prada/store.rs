@@ -13,6 +13,9 @@ use crate::normal::grid::Grid;
 use crate::sketch::SKETCH_DIM;
 use std::sync::Arc;
 
+/// Members a growing set first makes room for.
+pub const FIRST_ROOM: usize = 8;
+
 /// A member found by [`GrowingSet::nearest`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Nearest {
@@ -40,16 +43,29 @@ impl GrowingSet {
         }
     }
 
-    /// An empty set on `grid` (allocated in full now, so its memory never grows later).
+    /// An empty set on `grid`. Its room grows with its members, doubling from
+    /// [`FIRST_ROOM`] up to `cap` exactly: a client that stops after a few queries holds a
+    /// few hundred bytes, not the full set, and a new client costs one small allocation.
     pub fn new(grid: Arc<Grid>, cap: usize) -> Self {
-        let dims = grid.dims();
         Self {
             grid,
             cap,
-            codes: Vec::with_capacity(cap * dims),
-            classes: Vec::with_capacity(cap),
+            codes: Vec::new(),
+            classes: Vec::new(),
             joins: 0,
         }
+    }
+
+    /// Makes room for one more member when the set is not full.
+    fn grow(&mut self) {
+        let len = self.classes.len();
+        if len < self.classes.capacity() || len >= self.cap {
+            return;
+        }
+        let room = (2 * len).clamp(FIRST_ROOM.min(self.cap), self.cap);
+        let d = self.grid.dims();
+        self.classes.reserve_exact(room - len);
+        self.codes.reserve_exact(room * d - self.codes.len());
     }
 
     /// The grid members are stored on.
@@ -133,6 +149,7 @@ impl GrowingSet {
         let d = self.grid.dims();
         self.joins += 1;
         let slot = if self.classes.len() < self.cap {
+            self.grow();
             self.classes.push(class);
             self.codes.resize(self.classes.len() * d, 0);
             self.classes.len() - 1
@@ -244,7 +261,9 @@ mod tests {
             s.insert(&[i as f32 / 100.0, 0.0, 0.0, 0.0], i);
         }
         assert_eq!(s.len(), cap);
-        assert_eq!(s.heap_bytes(), bytes);
+        // Room grew with the members, to the cap exactly, and no further once full.
+        assert!(bytes < s.heap_bytes());
+        assert_eq!(s.heap_bytes(), cap * 4 + cap * 2);
         // A member survives m later joins with (1 - 1/128)^m: of the last 128 joins about
         // 128·(1 - 1/e) ≈ 81 remain, of those 500 or more joins back about 3.
         let recent = s.classes.iter().filter(|&&c| c >= 872).count();

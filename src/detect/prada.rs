@@ -375,12 +375,9 @@ fn modal_share(s: &[(f32, bool, f32)]) -> f64 {
         small += usize::from(h.1);
         // Each stored coordinate is rounded to its own grid step, so two equal steps can
         // differ by the two coordinates' steps together, and by no more.
-        loop {
-            let l = at(keys[lo]);
-            if !(h.0 - l.0 > (STRUCT_STEP_TOLERANCE * l.0).max(l.2 + h.2)) {
-                break;
-            }
-            small -= usize::from(l.1);
+        let apart = |l: (f32, bool, f32)| h.0 - l.0 > (STRUCT_STEP_TOLERANCE * l.0).max(l.2 + h.2);
+        while apart(at(keys[lo])) {
+            small -= usize::from(at(keys[lo]).1);
             lo += 1;
         }
         best = best.max(small);

@@ -97,8 +97,8 @@ impl GrowingSet {
             weights: [0.0; SKETCH_DIM],
             codes: [0; SKETCH_DIM],
         };
-        for j in 0..d {
-            let u = self.grid.coord(j, x[j]);
+        for (j, &v) in x.iter().enumerate().take(d) {
+            let u = self.grid.coord(j, v);
             let s = self.grid.step(j);
             at.coords[j] = u;
             at.weights[j] = s * s;

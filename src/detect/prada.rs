@@ -321,7 +321,7 @@ fn structured(x: &[f32], set: &GrowingSet, i: usize, m: &ModelView<'_>) -> bool 
 }
 
 /// Whether at least [`STRUCT_MODAL_SHARE`] of `steps` (value, small, rounding) are small
-/// steps equal within tolerance ([`modal_share`]), sorting only when the quantiles allow it.
+/// steps equal within tolerance ([`share_of_sorted`]), sorting only when the quantiles allow it.
 fn modal_steps(s: &[(f32, bool, f32)]) -> bool {
     let n = s.len();
     // Groups are runs of the sorted steps; one of `need` members starts at rank `n - need`
@@ -342,7 +342,8 @@ fn modal_steps(s: &[(f32, bool, f32)]) -> bool {
             return false;
         }
     }
-    modal_share(s) >= STRUCT_MODAL_SHARE
+    keys.sort_unstable();
+    share_of_sorted(s, keys) >= STRUCT_MODAL_SHARE
 }
 
 /// Each step's bit pattern (steps are magnitudes, so patterns order as values do) over its
@@ -361,12 +362,9 @@ fn key_index(k: u64) -> usize {
 }
 
 /// Share of `steps` (value, small, rounding, at most [`crate::sketch::SKETCH_DIM`]) in the
-/// largest group of small steps equal within tolerance.
-fn modal_share(s: &[(f32, bool, f32)]) -> f64 {
-    let n = s.len().min(crate::sketch::SKETCH_DIM);
-    let mut keys = step_keys(s);
-    let keys = &mut keys[..n];
-    keys.sort_unstable();
+/// largest group of small steps equal within tolerance, from their [`step_keys`] sorted.
+fn share_of_sorted(s: &[(f32, bool, f32)], keys: &[u64]) -> f64 {
+    let n = keys.len();
     let at = |k: u64| s[key_index(k)];
     // Two pointers over the sorted steps.
     let (mut best, mut lo, mut small) = (0usize, 0usize, 0usize);
@@ -419,6 +417,13 @@ mod tests {
     fn gaussian(seed: u64, i: u64) -> f32 {
         let (u1, u2) = (unit(seed, 2 * i).max(1e-12), unit(seed, 2 * i + 1));
         ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
+    fn modal_share(s: &[(f32, bool, f32)]) -> f64 {
+        let mut keys = step_keys(s);
+        let keys = &mut keys[..s.len()];
+        keys.sort_unstable();
+        share_of_sorted(s, keys)
     }
 
     #[test]

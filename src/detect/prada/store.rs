@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// Members a growing set first makes room for.
 pub const FIRST_ROOM: usize = 8;
 
-/// A member found by [`GrowingSet::nearest`].
+/// A member found by [`GrowingSet::nearest_to`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Nearest {
     pub index: usize,
@@ -107,12 +107,7 @@ impl GrowingSet {
         at
     }
 
-    /// The nearest member of `class` to `x`, if the class has one.
-    pub fn nearest(&self, x: &[f32], class: u32) -> Option<Nearest> {
-        self.nearest_to(&self.locate(x), class)
-    }
-
-    /// [`GrowingSet::nearest`] for a query already located.
+    /// The nearest member of `class` to a located query, if the class has one.
     pub fn nearest_to(&self, at: &Located, class: u32) -> Option<Nearest> {
         let class = class_tag(Some(class));
         let d = self.grid.dims();
@@ -137,13 +132,8 @@ impl GrowingSet {
         self.grid.decode(j, self.codes[i * self.grid.dims() + j])
     }
 
-    /// Adds `x` as a member of `class`, replacing a pseudo-random member when full.
-    pub fn insert(&mut self, x: &[f32], class: u32) {
-        let at = self.locate(x);
-        self.insert_at(&at, class);
-    }
-
-    /// [`GrowingSet::insert`] for a query already located.
+    /// Adds a located query as a member of `class`, replacing a pseudo-random member when
+    /// full.
     pub fn insert_at(&mut self, at: &Located, class: u32) {
         let class = class_tag(Some(class));
         let d = self.grid.dims();
@@ -229,7 +219,8 @@ mod tests {
             .map(|i| (0..16).map(|j| 16.0 * unit(i, j) as f32).collect())
             .collect();
         for (i, p) in pts.iter().enumerate() {
-            s.insert(p, (i % 2) as u32);
+            let at = s.locate(p);
+            s.insert_at(&at, (i % 2) as u32);
         }
         for q in 100..140u64 {
             let x: Vec<f32> = (0..16).map(|j| 16.0 * unit(q, j) as f32).collect();
@@ -245,11 +236,11 @@ mod tests {
                         .sqrt()
                 })
                 .fold(f32::INFINITY, f32::min);
-            let got = s.nearest(&x, 1).unwrap().distance;
+            let got = s.nearest_to(&s.locate(&x), 1).unwrap().distance;
             // Each coordinate is off by at most half a step (24/255/2).
             assert!((got - exact).abs() < 0.05 * 4.0, "{got} vs {exact}");
         }
-        assert!(s.nearest(&pts[0], 7).is_none());
+        assert!(s.nearest_to(&s.locate(&pts[0]), 7).is_none());
     }
 
     #[test]
@@ -258,7 +249,8 @@ mod tests {
         let mut s = GrowingSet::new(grid(4), cap);
         let bytes = s.heap_bytes();
         for i in 0..1000u32 {
-            s.insert(&[i as f32 / 100.0, 0.0, 0.0, 0.0], i);
+            let at = s.locate(&[i as f32 / 100.0, 0.0, 0.0, 0.0]);
+            s.insert_at(&at, i);
         }
         assert_eq!(s.len(), cap);
         // Room grew with the members, to the cap exactly, and no further once full.

@@ -105,6 +105,9 @@ pub struct Signals {
     pub cell: Option<u64>,
     /// The campaign the client is a member of.
     pub campaign: Option<campaign::CampaignView>,
+    /// The client behaves like the accounts of a campaign that shares its onset, without
+    /// the evidence to be alerted as one: its queries leave the model's baseline sample.
+    pub campaign_suspect: bool,
     /// The query was a language-model exchange: only the [`llm`] detector judged it.
     pub llm_query: bool,
     /// What the [`llm`] detector found.

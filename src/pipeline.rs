@@ -398,7 +398,8 @@ impl Pipeline {
     }
 
     /// Steps 9 and 10: the policy's decision and its alert events; returns the client's tag
-    /// when it raised a new alert (the client then leaves the baseline sample).
+    /// when it raised a new alert, or first looked like a campaign's account (the client
+    /// then leaves the baseline sample).
     fn decide_and_apply(
         &self,
         st: &mut ClientState,
@@ -410,13 +411,15 @@ impl Pipeline {
     ) -> Option<u64> {
         let decisions = self.decide(st, sig, answer, base, ts);
         let raised = self.apply(st, &decisions, ts, base, sig, alerts);
-        if raised {
+        let suspect = sig.campaign_suspect && !st.excluded_from_baseline();
+        if raised || suspect {
             st.exclude_from_baseline();
         }
-        raised.then_some(st.tag)
+        (raised || suspect).then_some(st.tag)
     }
 
-    /// Removes a client that was just alerted from its model's baseline sample.
+    /// Removes a client that was just alerted (or suspected) from its model's baseline
+    /// sample.
     fn purge_alerted(&self, model: &ModelState, raised: Option<u64>) {
         if let Some(tag) = raised {
             let n = model.purge(tag);

@@ -12,7 +12,11 @@
 //! - at least [`MIN_MEMBERS`] members each show the events at twice normal's rate (and at
 //!   least [`MEMBER_RATE_FLOOR`]), with [`MIN_MEMBER_EVENTS`] of them.
 //!
-//! Every such member is alerted as `extraction` with the campaign in the evidence. A busy
+//! A member is alerted as `extraction`, with the campaign in the evidence, once its own
+//! queries favour the campaign's rate over normal's by a likelihood ratio of
+//! `1 / MEMBER_FALSE_ALARM_RATE` ([`attributable`]): an honest account that started beside
+//! a campaign is tested at each of its queries, and a share threshold alone took about one
+//! in eight of them. Until then its queries only leave the baseline sample. A busy
 //! benign population does not form one: its pooled rate is normal's, by definition of the
 //! base rate (the upper decile of normal clients' rates). A client keeps the first campaign
 //! it is attributed to, so the two grids do not report one group twice.
@@ -48,6 +52,9 @@ pub const CORE_SHARE: f64 = 0.75;
 pub const JUDGE_EVERY: u32 = 8;
 /// Novel queries a member needs before it counts.
 pub const MIN_MEMBER_QUERIES: u32 = 8;
+/// Chance that an honest account which shares a campaign's onset is ever alerted as one of
+/// its members (see [`attributable`]).
+pub const MEMBER_FALSE_ALARM_RATE: f64 = 1e-2;
 /// Clients of other replicas whose onsets a model keeps (see [`Campaign::observe_remote`]).
 pub const MAX_REMOTE_CLIENTS: usize = 8192;
 
@@ -233,6 +240,7 @@ impl Detector for Campaign {
         let p0 = normal_rate(m.baseline);
         let keys = cohort_keys(onset);
         let cohorts = self.pool(model, p0, q.member, onset, q.ts_ms, sig);
+        let mut suspect = false;
         for key in keys {
             let Some(i) = cohorts.iter().position(|c| c.key == key) else {
                 continue;
@@ -244,15 +252,15 @@ impl Detector for Campaign {
             view.id = c.alias.unwrap_or(view.id);
             let mine = c.index.get(&q.member).map(|&j| &c.members[j]);
             let core = c.core;
+            suspect |= mine.is_some_and(|x| alike(x, p0, core));
             match st.campaign {
                 Some(v) if v.id != view.id => {}
-                _ if mine.is_some_and(|x| is_member(x, p0) && share(x) >= CORE_SHARE * core) => {
-                    st.campaign = Some(view)
-                }
+                _ if mine.is_some_and(|x| attributable(x, p0, core)) => st.campaign = Some(view),
                 _ => {}
             }
         }
         sig.campaign = st.campaign;
+        sig.campaign_suspect = suspect;
     }
 }
 
@@ -388,6 +396,35 @@ fn is_member(m: &Member, p0: f64) -> bool {
         && m.novel >= MIN_MEMBER_QUERIES
         && m.events >= MIN_MEMBER_EVENTS
         && f64::from(m.events) >= (2.0 * p0).max(MEMBER_RATE_FLOOR) * f64::from(m.novel)
+}
+
+/// Whether a member carries the events itself and holds [`CORE_SHARE`] of the campaign's
+/// median share `core`: it behaves like the campaign's accounts.
+fn alike(m: &Member, p0: f64, core: f64) -> bool {
+    is_member(m, p0) && share(m) >= CORE_SHARE * core
+}
+
+/// Whether a member of a campaign is alerted as one of its accounts: it is [`alike`], and
+/// its own queries favour "events at the campaign's rate" over "at normal's"
+/// by a likelihood ratio of `1 / MEMBER_FALSE_ALARM_RATE`.
+///
+/// The other tests are thresholds on a share; an honest account at normal's rate crosses
+/// one now and then as its few queries come in, and is tested again at every query. The
+/// ratio against a fixed alternative is a martingale under normal's rate, so an honest
+/// account ever crosses it with probability at most `MEMBER_FALSE_ALARM_RATE` however often
+/// it is tested (Ville's inequality). The alternative is the campaign's own share, capped at
+/// the policy's "most queries" rate so one query without the event does not veto a member.
+///
+/// A member that is only [`alike`] is not alerted, but its queries leave the baseline: the
+/// normal must not learn a campaign's traffic while its accounts gather their evidence.
+fn attributable(m: &Member, p0: f64, core: f64) -> bool {
+    let p1 = core.min(super::policy::HIGH_P1);
+    if !(alike(m, p0, core) && p1 > p0) {
+        return false;
+    }
+    let (k, n) = (f64::from(m.events), f64::from(m.novel));
+    let llr = k * (p1 / p0).ln() + (n - k) * ((1.0 - p1) / (1.0 - p0)).ln();
+    llr >= (1.0 / MEMBER_FALSE_ALARM_RATE).ln()
 }
 
 impl Cohort {
@@ -575,6 +612,51 @@ mod tests {
             "four accounts per replica are too few alone"
         );
         assert_eq!(run(true), [4, 4], "pooled, each replica alerts its four");
+    }
+
+    /// Honest accounts at normal's rate, tested at each of their 40 queries as a campaign's
+    /// accounts are: the share thresholds alone take about one in eight of them when the
+    /// campaign's share is moderate; the likelihood ratio keeps it within its budget. An
+    /// account at the campaign's share is still taken.
+    #[test]
+    fn honest_accounts_beside_a_campaign_are_attributed_within_the_budget() {
+        let (p0, core) = (0.2, 0.6);
+        let mut draws = 0u64;
+        let mut event = |p: f64| {
+            draws += 1;
+            (mix64(draws) >> 11) as f64 / (1u64 << 53) as f64 <= p
+        };
+        let accounts = 4_000;
+        let (mut by_share, mut by_ratio) = (0, 0);
+        for t in 0..accounts {
+            let mut m = member(t, 0, 0);
+            let (mut share_hit, mut ratio_hit) = (false, false);
+            for _ in 0..40 {
+                m.novel += 1;
+                m.events += u32::from(event(p0));
+                share_hit |= alike(&m, p0, core);
+                ratio_hit |= attributable(&m, p0, core);
+            }
+            by_share += u32::from(share_hit);
+            by_ratio += u32::from(ratio_hit);
+        }
+        let rate = |n: u32| f64::from(n) / f64::from(accounts as u32);
+        assert!(rate(by_share) > 0.05, "share alone: {}", rate(by_share));
+        assert!(
+            rate(by_ratio) <= MEMBER_FALSE_ALARM_RATE,
+            "ratio: {}",
+            rate(by_ratio)
+        );
+        let mut sybil = member(1, 0, 0);
+        let mut taken = None;
+        for q in 1..=60 {
+            sybil.novel += 1;
+            sybil.events += u32::from(event(core));
+            if taken.is_none() && attributable(&sybil, p0, core) {
+                taken = Some(q);
+            }
+        }
+        assert!(taken.is_some(), "{sybil:?}");
     }
 
     #[test]

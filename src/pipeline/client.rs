@@ -85,6 +85,11 @@ impl ClientState {
         self.contributed = u32::MAX;
     }
 
+    /// Whether the client was excluded from the baseline.
+    pub fn excluded_from_baseline(&self) -> bool {
+        self.contributed == u32::MAX
+    }
+
     /// Approximate bytes held by this client (struct and heap), for the memory bench and the
     /// global budget.
     pub fn approx_bytes(&self) -> usize {

@@ -24,6 +24,7 @@
 mod alerts;
 pub mod client;
 pub mod echo;
+pub mod hold;
 pub mod inspect;
 pub mod learner;
 pub mod models;
@@ -78,6 +79,9 @@ pub struct Pipeline {
     learner: learner::Learner,
     /// Echoes shared with other replicas, when the pipeline is one of several.
     echo: Option<echo::Outbox>,
+    /// Policy steps held to be stepped in event-time order with the echoes, when one of
+    /// several replicas.
+    hold: Option<hold::Hold>,
     /// Counters.
     pub stats: Stats,
 }
@@ -112,6 +116,7 @@ impl Pipeline {
             processed: AtomicU64::new(0),
             learner: learner::Learner::spawn(MAX_MODELS),
             echo: None,
+            hold: None,
             clock,
             cfg,
         }
@@ -122,6 +127,14 @@ impl Pipeline {
     /// most `cap` echoes wait to be sent.
     pub fn with_echoes(mut self, key: &[u8], cap: usize) -> Self {
         self.echo = Some(echo::Outbox::new(key, cap));
+        self
+    }
+
+    /// Holds each query's policy step until the next sync's [`Pipeline::release_held`]
+    /// ([`hold`]), at most `cap` steps in all, so that a client's own queries and its
+    /// echoes are stepped in event-time order.
+    pub fn with_held_steps(mut self, cap: usize) -> Self {
+        self.hold = Some(hold::Hold::new(cap));
         self
     }
 
@@ -323,6 +336,9 @@ impl Pipeline {
             schema: self.models.schema_for(&model.name),
         };
         let answer = rec.output.answer();
+        if let Some(h) = &self.hold {
+            h.note_record(rec.ts_ms);
+        }
         let key = ClientKey {
             model: rec.model.clone(),
             client: rec.client.clone(),
@@ -368,8 +384,25 @@ impl Pipeline {
                 );
                 o.push(e.with_fingerprint(fp).with_llm(rec.llm.as_deref()));
             }
-            self.sample(&model, st, &sketch, answer, &sig, !base.ready);
-            self.decide_and_apply(st, &sig, answer, &base, rec.ts_ms, alerts)
+            let mut step = hold::Held {
+                ts_ms: rec.ts_ms,
+                sig,
+                answer,
+                sample: None,
+                base: self.holds(st).then(|| base.clone()),
+            };
+            if self.sample_turn(st, &step.sig, !base.ready) {
+                if self.holds(st) && base.ready {
+                    // Offered when the step is taken: a client alerted by an earlier query
+                    // then offers nothing, as in one process. (Without a normal nothing is
+                    // alerted: offered now, the first normal is not a sync late.)
+                    step.sample = Some(sketch.to_vec().into_boxed_slice());
+                } else {
+                    self.offer(&model, st, &sketch, &step);
+                }
+            }
+            let (key, st) = entry.pair_mut();
+            self.step(key, &model, st, step, &base, alerts)
         };
         self.purge_alerted(&model, raised);
         let (mut installed, due) = model.count_record(base.ready, self.cfg.baseline.refresh_every);
@@ -403,13 +436,13 @@ impl Pipeline {
     fn decide_and_apply(
         &self,
         st: &mut ClientState,
-        sig: &Signals,
-        answer: Answer,
+        step: &hold::Held,
+        n: u64,
         base: &Baseline,
-        ts: i64,
         alerts: &mut Vec<Alert>,
     ) -> Option<u64> {
-        let decisions = self.decide(st, sig, answer, base, ts);
+        let (sig, ts) = (&step.sig, step.ts_ms);
+        let decisions = self.decide(st, sig, step.answer, base, ts, n);
         let raised = self.apply(st, &decisions, ts, base, sig, alerts);
         let suspect = sig.campaign_suspect && !st.excluded_from_baseline();
         if raised || suspect {
@@ -456,6 +489,9 @@ impl Pipeline {
         if let Some(o) = &self.echo {
             o.forget(gone.fleet);
         }
+        if let Some(h) = &self.hold {
+            h.dropped(gone);
+        }
     }
 
     /// Step 5: every detector on one query.
@@ -496,26 +532,21 @@ impl Pipeline {
         sig
     }
 
-    /// Step 7: offers the query to the model's baseline sample when it is the client's
-    /// turn (every query while the model is `cold`: no normal learned yet).
-    fn sample(
-        &self,
-        model: &ModelState,
-        st: &mut ClientState,
-        sketch: &[f32],
-        answer: Answer,
-        sig: &Signals,
-        cold: bool,
-    ) {
-        if sig.llm_query || !st.offers_sample(self.cfg.baseline.per_client_cap, cold) {
-            return;
-        }
+    /// Step 7: whether the query goes to the model's baseline sample: when it is the
+    /// client's turn (every query while the model is `cold`: no normal learned yet).
+    fn sample_turn(&self, st: &ClientState, sig: &Signals, cold: bool) -> bool {
+        !sig.llm_query && st.offers_sample(self.cfg.baseline.per_client_cap, cold)
+    }
+
+    /// Offers the query of `step` to the model's baseline sample.
+    fn offer(&self, model: &ModelState, st: &mut ClientState, sketch: &[f32], step: &hold::Held) {
         st.contributed += 1;
+        let sig = &step.sig;
         model.offer(Sample {
             tag: st.tag,
             sketch: sketch.to_vec().into_boxed_slice(),
-            margin: answer.margin,
-            class: answer.class,
+            margin: step.answer.margin,
+            class: step.answer.class,
             prada_distance: sig.prada_distance,
             structured: sig.structured,
             excursion: sig.excursion_value,
@@ -523,7 +554,8 @@ impl Pipeline {
     }
 
     /// Step 8: the policy's sequential tests over the query's signals and the client's
-    /// window; also keeps each test's peak per bucket for the client's series.
+    /// window; also keeps each test's peak per bucket for the client's series. The query is
+    /// the client's `n`th in the order its steps are taken.
     fn decide(
         &self,
         st: &mut ClientState,
@@ -531,15 +563,24 @@ impl Pipeline {
         answer: Answer,
         base: &Baseline,
         ts: i64,
+        n: u64,
     ) -> Vec<Decision> {
         let window = &st.window;
+        // A held step reads the window as it stood at its query, as one process would have.
+        let held = self.holds(st);
         let decisions = self.policy.observe(
             &mut st.policy,
             sig,
             answer.margin.is_some(),
             base,
-            st.total,
-            || window.total_counts(),
+            n,
+            || {
+                if held {
+                    window.total_counts_at(ts)
+                } else {
+                    window.total_counts()
+                }
+            },
         );
         if let Slot::At(pos) = st.window.slot(ts) {
             let c = st.policy.cusum;

@@ -297,7 +297,7 @@ impl Running {
             .with_pseudonym(s.pseudonym);
         if let Some(key) = s.cluster.as_ref().and_then(|c| c.key.as_ref()) {
             let cap = s.cluster.as_ref().map_or(1, |c| c.config.max_echoes);
-            pipeline = pipeline.with_echoes(&key.0, cap);
+            pipeline = pipeline.with_echoes(&key.0, cap).with_held_steps(cap);
         }
         let pipeline = Arc::new(pipeline);
         if let Some(o) = &otel {
@@ -458,6 +458,20 @@ impl Running {
         }
         for t in self.timers {
             t.abort();
+        }
+        // Steps held for the next sync are taken now, before the snapshot that would lose
+        // them; the sync loop's last sync may already have run.
+        let p = self.pipeline.clone();
+        if let Ok(out) = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            p.release_all_held(&mut out);
+            out
+        })
+        .await
+        {
+            for a in out {
+                self.dispatcher.send(a);
+            }
         }
         // Scored and swept: the state the next start restores.
         if let Some(st) = self.state {

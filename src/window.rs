@@ -216,6 +216,21 @@ impl SlidingWindow {
         out
     }
 
+    /// The counters of the window as it stood when a query at `ts_ms` arrived: buckets up to
+    /// and including that query's, none after it (a step taken late, [`crate::pipeline::hold`],
+    /// does not read queries that came after it).
+    pub fn total_counts_at(&self, ts_ms: i64) -> Counts {
+        let idx = ts_ms.div_euclid(self.bucket_ms).min(self.head);
+        let n = self.ring.len() as i64;
+        let mut out = Counts::default();
+        for b in self.ring.iter() {
+            if b.index != i64::MIN && b.index > idx - n && b.index <= idx {
+                out.merge(&b.counts);
+            }
+        }
+        out
+    }
+
     /// Buckets inside the window, oldest first (for per-bucket time series).
     pub fn buckets(&self) -> Vec<&Bucket> {
         let n = self.ring.len() as i64;

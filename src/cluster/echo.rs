@@ -95,13 +95,19 @@ impl Echoes {
             store.stats.echoes_sent.fetch_add(n, Ordering::Relaxed);
         }
         let (batches, extra) = self.read(store, extra).await;
-        if batches.is_empty() {
+        if batches.is_empty() && p.held_steps() == 0 {
             return (Vec::new(), extra);
         }
+        // Absorbed, then released: the others' echoes read now join the held steps before
+        // the due ones are stepped, whether or not Redis answered.
         let (p, stats) = (p.clone(), store.stats.clone());
-        let alerts = tokio::task::spawn_blocking(move || absorb(&p, &stats, batches))
-            .await
-            .unwrap_or_default();
+        let alerts = tokio::task::spawn_blocking(move || {
+            let mut alerts = absorb(&p, &stats, batches);
+            p.release_held(&mut alerts);
+            alerts
+        })
+        .await
+        .unwrap_or_default();
         (alerts, extra)
     }
 

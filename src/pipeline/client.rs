@@ -28,6 +28,14 @@ pub struct ClientState {
     /// Each detector's state for this client.
     pub detectors: ClientDetectors,
     pub policy: PolicyState,
+    /// Policy steps waiting their turn ([`super::hold`]); never in snapshots, which are
+    /// written after they are released.
+    #[serde(skip)]
+    pub(crate) held: Vec<super::hold::Held>,
+    /// Another replica has sent an echo of this client: its queries are spread over
+    /// replicas, and its steps are held to be taken in order.
+    #[serde(skip)]
+    pub(crate) echoed: bool,
 }
 
 impl ClientState {
@@ -46,6 +54,8 @@ impl ClientState {
             window,
             detectors: detectors.new_client(),
             policy: Default::default(),
+            held: Vec::new(),
+            echoed: false,
         }
     }
 

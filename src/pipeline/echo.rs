@@ -281,11 +281,14 @@ impl super::Pipeline {
                 };
                 let st = entry.value_mut();
                 for e in run.iter().map(|&i| &echoes[i]) {
-                    raised = raised.or(self.absorb_one(e, &model, st, &base, alerts));
+                    raised = raised.or(self.absorb_one(e, &key, &model, st, &base, alerts));
                 }
                 r.matched += run.len();
             }
             self.purge_alerted(&model, raised);
+        }
+        if let Some(h) = &self.hold {
+            h.note_batch(r.matched, r.pooled);
         }
         r
     }
@@ -294,12 +297,14 @@ impl super::Pipeline {
     fn absorb_one(
         &self,
         e: &Echo,
+        key: &ClientKey,
         model: &super::models::ModelState,
         st: &mut super::ClientState,
         base: &crate::normal::baseline::Baseline,
         alerts: &mut Vec<crate::vocab::Alert>,
     ) -> Option<u64> {
         st.note_query(e.ts_ms);
+        st.echoed = true;
         let (mut sig, answer) = (e.signals(), e.answer());
         self.replay_detectors(e, model, st, base, &mut sig);
         super::record_window(
@@ -310,7 +315,14 @@ impl super::Pipeline {
             e.scored(),
             &self.stats,
         );
-        self.decide_and_apply(st, &sig, answer, base, e.ts_ms, alerts)
+        let step = super::hold::Held {
+            ts_ms: e.ts_ms,
+            sig,
+            answer,
+            sample: None,
+            base: None,
+        };
+        self.step(key, model, st, step, base, alerts)
     }
 
     /// The detectors whose state an echo updates: the fingerprint history takes the

@@ -373,6 +373,19 @@ impl Figures {
                 (labels(&[("outcome", "pool_full")]), self.pipeline.pool_overflow()),
             ],
         )?;
+        gauge(
+            e,
+            "cluster_held_steps",
+            "Policy steps held to be taken in event-time order with the other replicas' echoes (at most cluster.max_echoes).",
+            None,
+            &one(self.pipeline.held_steps() as f64),
+        )?;
+        counter(
+            e,
+            "cluster_steps_released_early",
+            "Policy steps taken before their turn because the hold was full.",
+            &one(self.pipeline.held_released_early()),
+        )?;
         counter(
             e,
             "cluster_normals",

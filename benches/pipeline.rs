@@ -271,7 +271,8 @@ fn warm_replica(recs: &[QueryRecord]) -> Pipeline {
         None,
         Arc::new(ManualClock::new(CLOCK_MS)),
     )
-    .with_echoes(FLEET_KEY, 1 << 20);
+    .with_echoes(FLEET_KEY, 1 << 20)
+    .with_held_steps(1 << 20);
     let mut out = Vec::new();
     for r in recs.iter().cloned() {
         let _ = p.process_wire(r, &mut out);
@@ -281,8 +282,9 @@ fn warm_replica(recs: &[QueryRecord]) -> Pipeline {
 }
 
 /// One sidecar of three behind a round-robin balancer, against one alone, in one run: per
-/// record of its own it also encodes its echo, and decodes and absorbs the echoes of two
-/// other replicas' records. The Redis round trips are not in it (they are a few per sync,
+/// record of its own it also encodes its echo, decodes and absorbs the echoes of two other
+/// replicas' records, and takes every query's policy step from the hold (`pipeline::hold`)
+/// at the batch's sync, as a sidecar does. The Redis round trips are not in it (they are a few per sync,
 /// not per record: tests/cluster_serve.rs).
 fn bench_replica(c: &mut Criterion) {
     let recs = records(20_000);
@@ -336,6 +338,7 @@ fn replica_batches(b: &mut criterion::Bencher<'_>, recs: &[QueryRecord], share: 
                     let echoes = decode_batch(b).expect("echoes decode");
                     p.absorb(&echoes, &mut out);
                 }
+                p.release_held(&mut out);
             }
         },
         criterion::BatchSize::LargeInput,

@@ -296,8 +296,12 @@ impl Running {
         let mut pipeline = Pipeline::new(Arc::new(s.cfg), s.schema, crate::clock::system())
             .with_pseudonym(s.pseudonym);
         if let Some(key) = s.cluster.as_ref().and_then(|c| c.key.as_ref()) {
-            let cap = s.cluster.as_ref().map_or(1, |c| c.config.max_echoes);
-            pipeline = pipeline.with_echoes(&key.0, cap).with_held_steps(cap);
+            let c = s.cluster.as_ref().map(|c| &c.config);
+            let cap = c.map_or(1, |c| c.max_echoes);
+            pipeline = pipeline.with_echoes(&key.0, cap);
+            if c.is_some_and(|c| c.hold_steps) {
+                pipeline = pipeline.with_held_steps(cap);
+            }
         }
         let pipeline = Arc::new(pipeline);
         if let Some(o) = &otel {

@@ -189,9 +189,16 @@ impl Replica {
     /// A replica; with `redis` (URL, deployment, replica), one of a fleet that claims its
     /// alerts there, and shares echoes there when `share` is set.
     fn new(dir: &str, redis: Option<(&str, &str, &str)>, share: bool) -> Self {
+        Self::with(dir, redis, share, false)
+    }
+
+    /// [`Replica::new`]; `hold` sets `hold_steps`.
+    fn with(dir: &str, redis: Option<(&str, &str, &str)>, share: bool, hold: bool) -> Self {
         let cfg = match redis {
             Some((url, deployment, name)) => {
-                let extra = format!("key_prefix = \"{deployment}:\"\nshare_windows = {share}");
+                let extra = format!(
+                    "key_prefix = \"{deployment}:\"\nshare_windows = {share}\nhold_steps = {hold}"
+                );
                 cluster_cfg(url, name, &extra)
             }
             None => {
@@ -205,7 +212,10 @@ impl Replica {
         if redis.is_some() {
             let r = resolved(&cfg);
             if let Some(k) = &r.key {
-                pipeline = pipeline.with_echoes(&k.0, 1 << 16).with_held_steps(1 << 16);
+                pipeline = pipeline.with_echoes(&k.0, 1 << 16);
+                if r.config.hold_steps {
+                    pipeline = pipeline.with_held_steps(1 << 16);
+                }
             }
             let cl = Cluster::open(&r, &cfg).unwrap();
             dispatcher = dispatcher.with_fleet(cl.alert_store(), 4096, pace(100, 10_000));
@@ -441,7 +451,11 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
         "tests/data/public-tabular/wine",
         DIGITS,
     ];
-    for (n, dir) in sets.iter().enumerate() {
+    for (n, (dir, hold)) in sets
+        .iter()
+        .flat_map(|d| [(d, false), (d, true)])
+        .enumerate()
+    {
         let labels = labels(dir);
         let benign = |c: &str| labels[c]["kind"] == "benign";
         let sybil = |c: &str| labels[c].get("group").is_some_and(|g| !g.is_null());
@@ -453,9 +467,9 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
         let fleet: Vec<Replica> = ["a", "b", "c"]
             .iter()
             .map(|r| {
-                // A deployment of its own per set: nothing of the last one is read.
+                // A deployment of its own per run: nothing of the last one is read.
                 let deployment = format!("set-{n}");
-                Replica::new(dir, Some((&redis.url(), &deployment, r)), true)
+                Replica::with(dir, Some((&redis.url(), &deployment, r)), true, hold)
             })
             .collect();
         let (merged, delivered) = run_fleet(dir, &fleet).await;
@@ -503,8 +517,9 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
             .filter(|k| benign(&k.0))
             .map(|k| k.0.as_str())
             .collect();
+        let name = format!("{dir}{}", if hold { " (hold_steps)" } else { "" });
         eprintln!(
-            "{dir}: {attacks} attack alerts single-process; fleet with echoes: {} detected, \
+            "{name}: {attacks} attack alerts single-process; fleet with echoes: {} detected, \
              queries to first alert by event time {:.2}x median, {:.2}x max ({:.2}x median \
              without echoes), as delivered {:.2}x median, {:.2}x max; \
              missed {missed:?}; extra {extra:?}; benign alerted {benign_alerted:?}",
@@ -517,14 +532,14 @@ async fn three_replicas_decide_on_every_query_of_a_client() {
         );
         assert!(
             median(by_ts) < median(split_by_ts),
-            "{dir}: echoes bring first alerts earlier"
+            "{name}: echoes bring first alerts earlier"
         );
         if *dir != DIGITS {
-            assert!(benign_alerted.is_empty(), "{dir}: {benign_alerted:?}");
+            assert!(benign_alerted.is_empty(), "{name}: {benign_alerted:?}");
             for k in want.at.keys().filter(|k| sybil(&k.0)) {
                 assert!(
                     merged.at.contains_key(k),
-                    "{dir}: campaign member {k:?} missed"
+                    "{name}: campaign member {k:?} missed"
                 );
             }
         }

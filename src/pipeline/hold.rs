@@ -10,6 +10,10 @@
 //! would have stepped them: the fleet crosses the threshold at the query where one process
 //! crosses it, and delivers the alert a sync or two later.
 //!
+//! Opt-in (`[cluster] hold_steps`): with each replica's normal learned from its own share
+//! of the samples, the reordering moved a borderline benign client over the threshold in
+//! the three-sidecar test, so it waits for a normal common to the fleet.
+//!
 //! Steps are held while the load balancer spreads clients over the replicas (most echoes
 //! name clients tracked here), and for any client another replica has echoed. Under a
 //! client-hash router a client's queries all reach one replica, which has nothing to wait

@@ -265,14 +265,16 @@ fn memory_per_client(_: &mut Criterion) {
 /// The key replicas share in the replica bench.
 const FLEET_KEY: &[u8] = b"bench-cluster-key-0123456789";
 
-fn warm_replica(recs: &[QueryRecord]) -> Pipeline {
-    let p = Pipeline::new(
+fn warm_replica(recs: &[QueryRecord], hold: bool) -> Pipeline {
+    let mut p = Pipeline::new(
         Arc::new(Config::default()),
         None,
         Arc::new(ManualClock::new(CLOCK_MS)),
     )
-    .with_echoes(FLEET_KEY, 1 << 20)
-    .with_held_steps(1 << 20);
+    .with_echoes(FLEET_KEY, 1 << 20);
+    if hold {
+        p = p.with_held_steps(1 << 20);
+    }
     let mut out = Vec::new();
     for r in recs.iter().cloned() {
         let _ = p.process_wire(r, &mut out);
@@ -283,8 +285,8 @@ fn warm_replica(recs: &[QueryRecord]) -> Pipeline {
 
 /// One sidecar of three behind a round-robin balancer, against one alone, in one run: per
 /// record of its own it also encodes its echo, decodes and absorbs the echoes of two other
-/// replicas' records, and takes every query's policy step from the hold (`pipeline::hold`)
-/// at the batch's sync, as a sidecar does. The Redis round trips are not in it (they are a few per sync,
+/// replicas' records; with `hold_steps`, it also takes every query's policy step from the
+/// hold (`pipeline::hold`) at the batch's sync. The Redis round trips are not in it (they are a few per sync,
 /// not per record: tests/cluster_serve.rs).
 fn bench_replica(c: &mut Criterion) {
     let recs = records(20_000);
@@ -292,10 +294,13 @@ fn bench_replica(c: &mut Criterion) {
     g.throughput(Throughput::Elements(recs.len() as u64));
     g.sample_size(10);
     g.bench_function(BenchmarkId::new("local_only", DIM), |b| {
-        replica_batches(b, &recs, false)
+        replica_batches(b, &recs, None)
     });
     g.bench_function(BenchmarkId::new("one_of_three_with_echoes", DIM), |b| {
-        replica_batches(b, &recs, true)
+        replica_batches(b, &recs, Some(false))
+    });
+    g.bench_function(BenchmarkId::new("one_of_three_holding_steps", DIM), |b| {
+        replica_batches(b, &recs, Some(true))
     });
     g.finish();
 }
@@ -303,13 +308,14 @@ fn bench_replica(c: &mut Criterion) {
 /// The replica bench's loop. Both variants run the two peers on each batch outside the
 /// timing, so both start every timed batch with the caches the peers' work left; only
 /// the sharing variant then encodes its echoes and absorbs the peers'.
-fn replica_batches(b: &mut criterion::Bencher<'_>, recs: &[QueryRecord], share: bool) {
-    let p = if share {
-        warm_replica(recs)
-    } else {
-        warm(recs)
+/// `share`: `None` alone, else one of three, holding steps when `Some(true)`.
+fn replica_batches(b: &mut criterion::Bencher<'_>, recs: &[QueryRecord], share: Option<bool>) {
+    let p = match share {
+        Some(hold) => warm_replica(recs, hold),
+        None => warm(recs),
     };
-    let peers = [warm_replica(recs), warm_replica(recs)];
+    let share = share.is_some();
+    let peers = [warm_replica(recs, false), warm_replica(recs, false)];
     let mut out = Vec::new();
     let mut shift = 0i64;
     b.iter_batched(

@@ -384,15 +384,16 @@ impl Pipeline {
                 );
                 o.push(e.with_fingerprint(fp).with_llm(rec.llm.as_deref()));
             }
+            let held = self.holds(st);
             let mut step = hold::Held {
                 ts_ms: rec.ts_ms,
                 sig,
                 answer,
                 sample: None,
-                base: self.holds(st).then(|| base.clone()),
+                base: held.then(|| base.clone()),
             };
             if self.sample_turn(st, &step.sig, !base.ready) {
-                if self.holds(st) && base.ready {
+                if held && base.ready {
                     // Offered when the step is taken: a client alerted by an earlier query
                     // then offers nothing, as in one process. (Without a normal nothing is
                     // alerted: offered now, the first normal is not a sync late.)

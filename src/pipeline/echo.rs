@@ -15,10 +15,10 @@
 //!   always come before the others' echoes of the same moment, and a burst would reach its
 //!   threshold on each replica's third of it. With `hold_steps`, while clients are spread,
 //!   the steps wait a sync instead and are taken merged in event-time order
-//!   ([`super::hold`]). A replica
-//!   whose echoes come late (slow, Redis down) costs order only: its echoes are stepped when
-//!   they come, and a CUSUM over a reordered sequence of events drawn at one rate has the
-//!   same distribution, so the false-alarm budget per replica holds.
+//!   ([`super::hold`]). A replica whose echoes come late (slow, Redis down) costs order
+//!   only: its echoes are stepped when they come, and a CUSUM over a reordered sequence of
+//!   events drawn at one rate has the same distribution, so the false-alarm budget per
+//!   replica holds.
 //! - **History-based findings** (near-duplicates, structured steps, PRADA's distances) are
 //!   computed against the queries this replica saw of the client, not all of them: the
 //!   histories hold inputs, which never leave the replica.
